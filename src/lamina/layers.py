@@ -1,0 +1,464 @@
+"""The layered image: one type for the output of every lamina method.
+
+A :class:`LayeredImage` is a canvas of ``width x height`` pixels holding a background
+:class:`Layer` and an ordered list of foreground layers, **back to front** (``layers[0]``
+sits directly on the background, ``layers[-1]`` is the top). Each layer stores straight
+(non-premultiplied) RGBA as ``float32`` in ``[0, 1]``, channel-last ``[h, w, 4]``, placed
+on the canvas at an integer ``offset`` ``(left, top)`` and drawn with an ``opacity``.
+
+Conventions shared by the whole library:
+
+* NumPy arrays are channel-last ``[H, W, C]``; torch tensors are channel-first
+  ``[N, C, H, W]``. Both hold values in ``[0, 1]``.
+* The composite is the exact Porter-Duff "over" of the layers, back to front
+  (:mod:`lamina.compositing`).
+* ``metadata`` is free JSON-serialisable data: ``method``, ``prompt``, ``seed``, ``box``...
+  Each layer has its own ``metadata`` too (e.g. the caption of the object it holds).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .compositing import premultiply, unpremultiply
+from .errors import LayerError
+
+#: Tolerance on the ``[0, 1]`` range check of float pixels (rounding from other libraries).
+RANGE_TOLERANCE = 1e-4
+
+
+def as_float_image(array: Any, what: str, channels: Sequence[int] = (4,)) -> np.ndarray:
+    """Validate an image array and return it as ``float32`` ``[H, W, C]`` in ``[0, 1]``.
+
+    Accepts ``uint8`` (scaled by 1/255), ``uint16`` (scaled by 1/65535), ``bool`` and float
+    arrays, or a torch tensor ``[C, H, W]`` (moved to channel-last). Raises
+    :class:`LayerError` naming ``what`` for a wrong shape, dtype, NaN/Inf or out-of-range value.
+    """
+    if isinstance(array, torch.Tensor):
+        if array.ndim != 3:
+            raise LayerError(f"{what}: expected a [C, H, W] tensor, got shape {tuple(array.shape)}")
+        array = array.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
+    if not isinstance(array, np.ndarray):
+        raise LayerError(f"{what}: expected a NumPy array or torch tensor, got {type(array).__name__}")
+    if array.ndim == 2 and 1 in channels:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in channels:
+        want = " or ".join(f"[H, W, {c}]" for c in channels)
+        raise LayerError(f"{what}: expected shape {want}, got {tuple(array.shape)}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise LayerError(f"{what}: image is empty (shape {tuple(array.shape)})")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255.0)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / np.float32(65535.0)
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise LayerError(f"{what}: unsupported dtype {array.dtype} (use uint8, uint16, bool or float)")
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        raise LayerError(f"{what}: contains {int((~finite).sum())} NaN/Inf values")
+    lo, hi = float(out.min()), float(out.max())
+    if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+        raise LayerError(f"{what}: values must lie in [0, 1], found range [{lo:.4g}, {hi:.4g}]")
+    if lo < 0.0 or hi > 1.0:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _check_json(metadata: dict[str, Any], what: str) -> dict[str, Any]:
+    if not isinstance(metadata, dict):
+        raise LayerError(f"{what}: metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise LayerError(f"{what}: metadata is not JSON-serialisable ({exc})") from None
+    return metadata
+
+
+class Layer:
+    """One RGBA layer.
+
+    Args:
+        pixels: straight RGBA ``[h, w, 4]`` in ``[0, 1]`` (float, or ``uint8``/``uint16``
+            rescaled), or a torch tensor ``[4, h, w]``. RGB input gets an opaque alpha.
+        name: shown in editors (PSD/ORA layer name, PNG-stack file name).
+        offset: ``(left, top)`` of the layer on the canvas, in pixels; may be negative.
+        opacity: layer opacity in ``[0, 1]``, multiplied into alpha when compositing.
+        visible: hidden layers are kept in files but skipped by :meth:`LayeredImage.composite`.
+        metadata: free JSON-serialisable data about this layer (caption, box, ...).
+
+    The pixels are stored planar (``float32`` ``[4, h, w]``, :attr:`planes`) because every
+    per-pixel operation on planes vectorises; :attr:`pixels` is a channel-last view of them.
+    """
+
+    def __init__(
+        self,
+        pixels: np.ndarray | torch.Tensor,
+        name: str = "layer",
+        offset: tuple[int, int] = (0, 0),
+        opacity: float = 1.0,
+        visible: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise LayerError(f"layer name must be a non-empty string, got {name!r}")
+        self.name = name
+        what = f"layer {name!r}"
+        self.pixels = pixels
+        try:
+            left, top = offset
+            self.offset = (int(left), int(top))
+        except (TypeError, ValueError):
+            raise LayerError(f"{what}: offset must be (left, top) integers, got {offset!r}") from None
+        if isinstance(opacity, bool) or not (isinstance(opacity, (int, float)) and 0.0 <= float(opacity) <= 1.0):
+            raise LayerError(f"{what}: opacity must be a number in [0, 1], got {opacity!r}")
+        self.opacity = float(opacity)
+        self.visible = bool(visible)
+        self.metadata = _check_json(dict(metadata or {}), what)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """Straight RGBA ``float32`` ``[h, w, 4]`` in ``[0, 1]`` (a view of :attr:`planes`)."""
+        return self.planes.transpose(1, 2, 0)
+
+    @pixels.setter
+    def pixels(self, value: np.ndarray | torch.Tensor) -> None:
+        hwc = as_float_image(value, f"layer {self.name!r}", channels=(4, 3))
+        planes = np.empty((4,) + hwc.shape[:2], np.float32)
+        planes[: hwc.shape[2]] = hwc.transpose(2, 0, 1)
+        if hwc.shape[2] == 3:
+            planes[3] = 1.0
+        self.planes = planes
+
+    @property
+    def width(self) -> int:
+        return int(self.planes.shape[2])
+
+    @property
+    def height(self) -> int:
+        return int(self.planes.shape[1])
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """``[h, w, 3]`` straight colour (a view)."""
+        return self.pixels[:, :, :3]
+
+    @property
+    def alpha(self) -> np.ndarray:
+        """``[h, w]`` alpha in ``[0, 1]`` (a view, opacity not applied)."""
+        return self.planes[3]
+
+    def bbox(self, threshold: float = 0.0) -> tuple[int, int, int, int] | None:
+        """Canvas box ``(x0, y0, x1, y1)`` (exclusive end) of pixels with alpha > threshold."""
+        ys, xs = np.nonzero(self.alpha > threshold)
+        if ys.size == 0:
+            return None
+        left, top = self.offset
+        return (left + int(xs.min()), top + int(ys.min()), left + int(xs.max()) + 1, top + int(ys.max()) + 1)
+
+    def copy(self) -> Layer:
+        return copy.deepcopy(self)
+
+    def __repr__(self) -> str:
+        return (f"Layer({self.name!r}, {self.width}x{self.height}, offset={self.offset}, "
+                f"opacity={self.opacity:g}, visible={self.visible})")
+
+
+def _placement(layer: Layer, width: int, height: int) -> tuple[slice, slice, slice, slice] | None:
+    """Canvas and layer slices where ``layer`` overlaps a ``width x height`` canvas."""
+    left, top = layer.offset
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(left + layer.width, width), min(top + layer.height, height)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return slice(y0, y1), slice(x0, x1), slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
+
+
+class LayeredImage:
+    """A background plus foreground layers, back to front, on one canvas.
+
+    Args:
+        background: the bottom layer. A :class:`Layer` of exactly the canvas size at offset
+            ``(0, 0)``, or an array ``[H, W, 3|4]`` (uint8 or float in ``[0, 1]``). It is
+            usually opaque; a transparent background is allowed (e.g. a PSD read back).
+        layers: foreground layers, back to front. Arrays are wrapped as full-canvas layers
+            named ``layer_1``, ``layer_2``...
+        metadata: free JSON-serialisable data (``method``, ``prompt``, ``seed``, ``box``...).
+    """
+
+    def __init__(
+        self,
+        background: Layer | np.ndarray,
+        layers: Iterable[Layer | np.ndarray] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(background, Layer):
+            background = Layer(background, name="background")
+        if background.offset != (0, 0):
+            raise LayerError(f"background layer {background.name!r} must be at offset (0, 0), got {background.offset}")
+        self.background = background
+        self.layers: list[Layer] = []
+        for i, layer in enumerate(layers):
+            self.layers.append(layer if isinstance(layer, Layer) else Layer(layer, name=f"layer_{i + 1}"))
+        self.metadata = _check_json(dict(metadata or {}), "layered image")
+        self.validate()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def width(self) -> int:
+        return self.background.width
+
+    @property
+    def height(self) -> int:
+        return self.background.height
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the canvas."""
+        return (self.width, self.height)
+
+    @property
+    def all_layers(self) -> list[Layer]:
+        """Background followed by the foreground layers (back to front)."""
+        return [self.background, *self.layers]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        names = ", ".join(layer.name for layer in self.layers)
+        return f"LayeredImage({self.width}x{self.height}, background={self.background.name!r}, layers=[{names}])"
+
+    def validate(self) -> None:
+        """Check every layer again (after in-place edits); raises :class:`LayerError`."""
+        for layer in self.all_layers:
+            if not isinstance(layer, Layer):
+                raise LayerError(f"layers must be lamina.Layer objects, got {type(layer).__name__}")
+            planes = layer.planes
+            if planes.dtype != np.float32 or planes.ndim != 3 or planes.shape[0] != 4:
+                raise LayerError(f"layer {layer.name!r}: planes must be float32 [4, h, w], got "
+                                 f"{planes.dtype} {tuple(planes.shape)}")
+            if not np.isfinite(planes).all():
+                raise LayerError(f"layer {layer.name!r}: contains NaN/Inf values")
+        if self.background.offset != (0, 0):
+            raise LayerError(f"background layer {self.background.name!r} must be at offset (0, 0)")
+        names = [layer.name for layer in self.all_layers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise LayerError(f"layer names must be unique, repeated: {', '.join(duplicates)}")
+
+    def index(self, key: int | str) -> int:
+        """Index into :attr:`layers` of a foreground layer given by index or name."""
+        if isinstance(key, str):
+            for i, layer in enumerate(self.layers):
+                if layer.name == key:
+                    return i
+            raise LayerError(f"no layer named {key!r} (layers: {[layer.name for layer in self.layers]})")
+        if not -len(self.layers) <= key < len(self.layers):
+            raise LayerError(f"layer index {key} out of range for {len(self.layers)} layers")
+        return key % len(self.layers)
+
+    def copy(self) -> LayeredImage:
+        return copy.deepcopy(self)
+
+    # ------------------------------------------------------------- compositing
+    def canvas(self, key: int | str | None = None) -> np.ndarray:
+        """One layer placed on a transparent canvas, opacity folded into alpha.
+
+        Args:
+            key: foreground index or name; ``None`` for the background.
+        Returns:
+            ``float32`` ``[H, W, 4]`` straight RGBA.
+        """
+        layer = self.background if key is None else self.layers[self.index(key)]
+        return self._canvas_planes(layer).transpose(1, 2, 0)
+
+    def _canvas_planes(self, layer: Layer) -> np.ndarray:
+        out = np.zeros((4, self.height, self.width), np.float32)
+        place = _placement(layer, self.width, self.height)
+        if place is not None:
+            cy, cx, ly, lx = place
+            out[:, cy, cx] = layer.planes[:, ly, lx]
+            out[3, cy, cx] *= layer.opacity
+        return out
+
+    def composite(
+        self,
+        layers: Sequence[int | str] | None = None,
+        background: bool = True,
+        include_hidden: bool = False,
+    ) -> np.ndarray:
+        """Flatten to one image with the exact "over" operator, back to front.
+
+        Args:
+            layers: foreground layers to include (indices or names); all when ``None``.
+                They are always drawn in stack order, whatever order they are given in.
+            background: draw the background first; otherwise start from transparency.
+            include_hidden: also draw layers whose ``visible`` is False.
+        Returns:
+            ``float32`` ``[H, W, 4]`` straight RGBA in ``[0, 1]`` (alpha is 1 everywhere
+            when the background is opaque).
+        """
+        return np.ascontiguousarray(self._composite(layers, background, include_hidden).permute(1, 2, 0).numpy())
+
+    def composite_uint8(
+        self,
+        layers: Sequence[int | str] | None = None,
+        background: bool = True,
+        include_hidden: bool = False,
+    ) -> np.ndarray:
+        """:meth:`composite` rounded half-up to ``uint8`` ``[H, W, 4]``."""
+        out = self._composite(layers, background, include_hidden)
+        out = out.mul_(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+
+    def _composite(self, layers: Sequence[int | str] | None, background: bool, include_hidden: bool) -> torch.Tensor:
+        """Planar ``[4, H, W]`` straight-RGBA composite."""
+        chosen = range(len(self.layers)) if layers is None else sorted({self.index(k) for k in layers})
+        draw = [self.layers[i] for i in chosen if self.layers[i].visible or include_hidden]
+        use_bg = background and (include_hidden or self.background.visible)
+        bg = torch.from_numpy(self.background.planes)
+        if use_bg and self.background.opacity == 1.0 and bool(bg[3].min() >= 1.0):
+            return self._composite_opaque(bg, draw)
+        if use_bg:
+            acc = premultiply(torch.from_numpy(self._canvas_planes(self.background)))
+        else:
+            acc = torch.zeros((4, self.height, self.width), dtype=torch.float32)
+        # General case, premultiplied and in place: C' <- C'_s + C' (1 - a_s) on each layer's region.
+        for cy, cx, src, a in self._regions(draw):
+            region = acc[:, cy, cx]
+            region.mul_(1.0 - a)
+            region[:3].addcmul_(src[:3], a)
+            region[3:].add_(a)
+        return unpremultiply(acc)
+
+    def _composite_opaque(self, bg: torch.Tensor, draw: list[Layer]) -> torch.Tensor:
+        # Over an opaque destination the result stays opaque and "over" reduces to a lerp
+        # of straight colour, C <- C + a_s (C_s - C): one fused pass per layer with no
+        # premultiplication or division.
+        acc = bg.clone()
+        for cy, cx, src, a in self._regions(draw):
+            acc[:3, cy, cx].lerp_(src[:3], a)
+        return acc
+
+    def _regions(self, draw: list[Layer]) -> Iterable[tuple[slice, slice, torch.Tensor, torch.Tensor]]:
+        """For each drawn layer: canvas slices, its overlapping ``[4, h, w]`` planes, effective alpha."""
+        for layer in draw:
+            place = _placement(layer, self.width, self.height)
+            if place is None:
+                continue
+            cy, cx, ly, lx = place
+            src = torch.from_numpy(layer.planes)[:, ly, lx]
+            a = src[3:] * layer.opacity if layer.opacity != 1.0 else src[3:]
+            yield cy, cx, src, a
+
+    def merge(self, keys: Sequence[int | str], name: str | None = None) -> LayeredImage:
+        """Return a copy with the given foreground layers merged into one full-canvas layer.
+
+        The merged layer takes the place of the top-most merged layer (as Photoshop's
+        "Merge Layers" does); the other layers keep their order.
+        """
+        idx = sorted({self.index(k) for k in keys})
+        if not idx:
+            raise LayerError("merge needs at least one layer")
+        merged = Layer(
+            self.composite(layers=idx, background=False, include_hidden=True),
+            name=name or self.layers[idx[-1]].name,
+            metadata={"merged_from": [self.layers[i].name for i in idx]},
+        )
+        out = self.copy()
+        out.layers = [merged if i == idx[-1] else layer for i, layer in enumerate(out.layers) if i not in idx[:-1]]
+        out.validate()
+        return out
+
+    # --------------------------------------------------------------- conversion
+    def to_numpy(self) -> np.ndarray:
+        """All layers on the canvas, background first: ``float32`` ``[L + 1, H, W, 4]``."""
+        return np.ascontiguousarray(self._stack_planes().transpose(0, 2, 3, 1))
+
+    def to_tensor(self) -> torch.Tensor:
+        """All layers on the canvas, background first: ``[L + 1, 4, H, W]`` in ``[0, 1]``."""
+        return torch.from_numpy(self._stack_planes())
+
+    def _stack_planes(self) -> np.ndarray:
+        return np.stack([self._canvas_planes(layer) for layer in self.all_layers])
+
+    @classmethod
+    def from_numpy(
+        cls,
+        stack: np.ndarray,
+        names: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> LayeredImage:
+        """Inverse of :meth:`to_numpy`: ``[L + 1, H, W, 3|4]``, background first."""
+        if not isinstance(stack, np.ndarray) or stack.ndim != 4:
+            raise LayerError(f"expected a [L + 1, H, W, 4] array, got {getattr(stack, 'shape', type(stack))}")
+        return cls._from_list(list(stack), names, metadata)
+
+    @classmethod
+    def from_tensor(
+        cls,
+        stack: torch.Tensor,
+        names: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> LayeredImage:
+        """Inverse of :meth:`to_tensor`: ``[L + 1, 3|4, H, W]`` in ``[0, 1]``, background first."""
+        if not isinstance(stack, torch.Tensor) or stack.ndim != 4:
+            raise LayerError(f"expected a [L + 1, 4, H, W] tensor, got {getattr(stack, 'shape', type(stack))}")
+        return cls._from_list(list(stack), names, metadata)
+
+    @classmethod
+    def _from_list(cls, arrays: list[Any], names: Sequence[str] | None, metadata: dict[str, Any] | None) -> LayeredImage:
+        if not arrays:
+            raise LayerError("a layered image needs at least a background")
+        names = list(names) if names is not None else ["background"] + [f"layer_{i}" for i in range(1, len(arrays))]
+        if len(names) != len(arrays):
+            raise LayerError(f"got {len(names)} names for {len(arrays)} layers")
+        layers = [Layer(a, name=n) for a, n in zip(arrays, names)]
+        return cls(layers[0], layers[1:], metadata)
+
+    @classmethod
+    def from_foreground(
+        cls,
+        background: np.ndarray | torch.Tensor,
+        foreground: np.ndarray | torch.Tensor,
+        alpha: np.ndarray | torch.Tensor | None = None,
+        name: str = "foreground",
+        metadata: dict[str, Any] | None = None,
+    ) -> LayeredImage:
+        """Build the two-layer image of a matting/GAN output: ``I = a F + (1 - a) B``.
+
+        Args:
+            background: ``[H, W, 3]`` array or ``[3, H, W]`` tensor in ``[0, 1]``.
+            foreground: ``[H, W, 3|4]`` array or ``[3|4, H, W]`` tensor in ``[0, 1]``.
+            alpha: ``[H, W]``/``[H, W, 1]`` array or ``[1, H, W]`` tensor; required when the
+                foreground has 3 channels, and replaces its alpha otherwise.
+        """
+        fg = as_float_image(foreground, f"foreground {name!r}", channels=(3, 4))
+        if alpha is not None:
+            a = as_float_image(alpha, f"alpha of {name!r}", channels=(1,))
+            if a.shape[:2] != fg.shape[:2]:
+                raise LayerError(f"alpha of {name!r} is {a.shape[1]}x{a.shape[0]}, "
+                                 f"foreground is {fg.shape[1]}x{fg.shape[0]}")
+            fg = np.concatenate([fg[:, :, :3], a], axis=2)
+        elif fg.shape[2] == 3:
+            raise LayerError(f"foreground {name!r} has no alpha: pass alpha= or an RGBA foreground")
+        bg = Layer(as_float_image(background, "background", channels=(3, 4)), name="background")
+        if bg.pixels.shape[:2] != fg.shape[:2]:
+            raise LayerError(f"background is {bg.width}x{bg.height} but foreground {name!r} is "
+                             f"{fg.shape[1]}x{fg.shape[0]}")
+        return cls(bg, [Layer(fg, name=name)], metadata)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float image in ``[0, 1]`` -> ``uint8`` with round-half-up (``floor(x * 255 + 0.5)``)."""
+    return np.floor(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
