@@ -1,0 +1,227 @@
+"""The ``lamina`` command line.
+
+Every command is a thin layer over the Python API: parse, call, report. Errors meant for
+users (:class:`lamina.LaminaError`) are printed as one line and exit with status 1;
+nothing is half-written because every writer in :mod:`lamina.io` is atomic.
+Method subcommand groups (``lamina furrygan ...``) are registered in :data:`METHOD_GROUPS`
+and imported only when used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import LaminaError
+
+#: ``name -> (module, attribute, help)`` of method command groups, imported lazily.
+METHOD_GROUPS: dict[str, tuple[str, str, str]] = {
+    "furrygan": ("lamina.furrygan.cli", "furrygan", "FurryGAN: train, generate layers, segment, evaluate."),
+}
+
+LAYERED_SUFFIXES = (".psd", ".ora")
+
+
+class LaminaGroup(click.Group):
+    """A click group that turns :class:`LaminaError` into one line and lazily loads method groups."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        available = [name for name, (module, _, _) in METHOD_GROUPS.items() if _module_exists(module)]
+        return sorted([*super().list_commands(ctx), *available])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in METHOD_GROUPS and _module_exists(METHOD_GROUPS[name][0]):
+            module, attr, _ = METHOD_GROUPS[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in METHOD_GROUPS:  # one-line help without importing the method
+                rows.append((name, METHOD_GROUPS[name][2]))
+            else:
+                rows.append((name, self.commands[name].get_short_help_str(limit=80)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LaminaError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _seed_option(func: Any) -> Any:
+    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
+
+
+def _overwrite_option(func: Any) -> Any:
+    return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(func)
+
+
+@click.group(cls=LaminaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lamina")
+def main() -> None:
+    """lamina: layered image synthesis (FurryGAN, LayeringDiff, BFS) on one layered-image core.
+
+    Layered files are .psd, .ora, or a PNG-stack folder (any path without a suffix).
+    """
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the layered files and the contact sheet into.")
+@click.option("--n", "count", type=click.IntRange(1, 64), default=4, show_default=True, help="Number of scenes.")
+@click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True, help="Canvas size in pixels.")
+@_seed_option
+@_overwrite_option
+def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> None:
+    """Write layered PSD, ORA and PNG-stack files and a contact sheet of synthetic scenes."""
+    from .data import SCENE_PRESETS, generate_scene
+    from .io import save, save_contact_sheet
+    from .progress import progress
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(SCENE_PRESETS["default"], size=size)
+    images = [generate_scene(seed + i, config).to_layered() for i in progress(range(count), desc="demo scenes")]
+    written = []
+    for i, image in enumerate(images):
+        stem = out_dir / f"scene_{i:02d}"
+        for path in (stem.with_suffix(".psd"), stem.with_suffix(".ora"), stem):
+            written.append(save(image, path, overwrite=overwrite))
+    written.append(save_contact_sheet(images, out_dir / "contact_sheet.png", overwrite=overwrite))
+    click.echo(f"wrote {len(written)} outputs to {out_dir}: PSD, ORA and PNG-stack files, contact_sheet.png")
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@_overwrite_option
+def convert(src: Path, dst: Path, overwrite: bool) -> None:
+    """Convert a layered file between PSD, OpenRaster and PNG stack (by extension)."""
+    from .io import load, save
+
+    image = load(src)
+    save(image, dst, overwrite=overwrite)
+    click.echo(f"{src} -> {dst} ({len(image.layers) + 1} layers, {image.width}x{image.height})")
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path), nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Contact sheet PNG.")
+@_overwrite_option
+def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
+    """Contact sheet: each layer over a checkerboard, then the composite (one row per file)."""
+    from .io import load, save_contact_sheet
+
+    images = [load(path) for path in src]
+    save_contact_sheet(images, out, overwrite=overwrite)
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+def info(src: Path) -> None:
+    """List the layers of a layered file: name, size, offset, opacity, visibility."""
+    from .io import load
+
+    image = load(src)
+    click.echo(f"{src}: {image.width}x{image.height}, {len(image.layers)} layers over '{image.background.name}'")
+    for layer in reversed(image.all_layers):  # top first, as editors show them
+        box = layer.bbox()
+        click.echo(f"  {layer.name:<24} {layer.width}x{layer.height} at {layer.offset} opacity {layer.opacity:.2f}"
+                   f"{'' if layer.visible else ' hidden'} content {box}")
+    if image.metadata:
+        click.echo(f"  metadata: {json.dumps(image.metadata)}")
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--n", "count", type=click.IntRange(1), required=True, help="Number of scenes.")
+@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True)
+@click.option("--preset", default="default", show_default=True, help="Scene preset (lamina.data.SCENE_PRESETS).")
+@click.option("--format", "fmt", type=click.Choice(["stack", "shards"]), default="stack", show_default=True,
+              help="A PNG stack per sample, or .npz shards.")
+@_seed_option
+@_overwrite_option
+def synth(out_dir: Path, count: int, size: int, preset: str, fmt: str, seed: int, overwrite: bool) -> None:
+    """Write a procedural layered dataset with exact ground truth."""
+    from .data import SCENE_PRESETS, write_dataset
+
+    if preset not in SCENE_PRESETS:
+        raise LaminaError(f"unknown scene preset {preset!r}; choose from {', '.join(sorted(SCENE_PRESETS))}")
+    path = write_dataset(out_dir, count, size, seed, config=SCENE_PRESETS[preset], format=fmt, overwrite=overwrite)
+    click.echo(f"wrote {count} scenes to {path}")
+
+
+@main.command()
+@click.argument("pred", type=click.Path(path_type=Path))
+@click.argument("gt", type=click.Path(path_type=Path))
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Alpha threshold for the mask metrics.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def metrics(pred: Path, gt: Path, threshold: float, as_json: bool) -> None:
+    """Compare predicted layered files with ground truth (files, or folders of them)."""
+    from .io import load
+    from .metrics import evaluate_layers
+
+    pairs = _pair_layered(pred, gt)
+    rows = [evaluate_layers(load(p), load(g), threshold=threshold) for p, g in pairs]
+    mean = {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
+    if as_json:
+        click.echo(json.dumps({"count": len(rows), "mean": mean,
+                               "per_image": {str(p): r for (p, _), r in zip(pairs, rows)}}, indent=2))
+        return
+    click.echo(f"{len(rows)} pair(s)\n\n| metric | value |\n|---|---|")
+    for key, value in mean.items():
+        click.echo(f"| {key} | {value:.4f} |")
+
+
+def _is_layered(path: Path) -> bool:
+    return path.suffix.lower() in LAYERED_SUFFIXES or (path / "layers.json").is_file()
+
+
+def _pair_layered(pred: Path, gt: Path) -> list[tuple[Path, Path]]:
+    """Match layered files of two folders by relative name (suffix ignored), or one pair of files."""
+    for path in (pred, gt):
+        if not path.exists():
+            raise LaminaError(f"{path}: no such file or folder")
+    if _is_layered(pred) and _is_layered(gt):
+        return [(pred, gt)]
+    if _is_layered(pred) or _is_layered(gt):
+        raise LaminaError(f"{pred} and {gt} must both be layered files or both folders of them")
+
+    def index(root: Path) -> dict[str, Path]:
+        return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*")) if _is_layered(p)}
+
+    preds, gts = index(pred), index(gt)
+    common = sorted(preds.keys() & gts.keys())
+    if not common:
+        raise LaminaError(f"no layered files with matching names in {pred} ({len(preds)}) and {gt} ({len(gts)})")
+    missing = sorted(gts.keys() - preds.keys())
+    if missing:
+        click.echo(f"warning: {len(missing)} ground-truth file(s) have no prediction, e.g. {missing[0]}", err=True)
+    return [(preds[k], gts[k]) for k in common]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The layered-image type and the over operator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lamina import Layer, LayeredImage, LayerError, composite_stack, over, premultiply, unpremultiply
+
+
+def rgba(h: int, w: int, color: tuple[float, float, float, float]) -> np.ndarray:
+    return np.broadcast_to(np.asarray(color, np.float32), (h, w, 4)).copy()
+
+
+def random_rgba(rng: np.random.Generator, h: int, w: int, opaque: bool = False) -> np.ndarray:
+    out = rng.random((h, w, 4), dtype=np.float32)
+    if opaque:
+        out[..., 3] = 1.0
+    return out
+
+
+# ---------------------------------------------------------------- over operator
+def test_over_by_hand() -> None:
+    # src (1, 0, 0, a=0.5) over dst (0, 0, 1, a=0.5):
+    # a_o = 0.5 + 0.5 * 0.5 = 0.75; C_o = (1 * 0.5 + (0, 0, 1) * 0.5 * 0.5) / 0.75 = (2/3, 0, 1/3).
+    src = torch.tensor([1.0, 0.0, 0.0, 0.5]).view(4, 1, 1)
+    dst = torch.tensor([0.0, 0.0, 1.0, 0.5]).view(4, 1, 1)
+    out = over(src, dst).flatten()
+    torch.testing.assert_close(out, torch.tensor([2 / 3, 0.0, 1 / 3, 0.75]))
+
+
+def test_over_identities() -> None:
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(random_rgba(rng, 5, 6)).permute(2, 0, 1)
+    clear = torch.zeros_like(x)
+    opaque = x.clone()
+    opaque[3] = 1.0
+    torch.testing.assert_close(over(x, clear), x)  # over transparency is the identity
+    torch.testing.assert_close(over(clear, x), x)
+    torch.testing.assert_close(over(opaque, x), opaque)  # an opaque source hides the destination
+
+
+def test_premultiply_roundtrip_and_transparent_colour() -> None:
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(random_rgba(rng, 4, 4)).permute(2, 0, 1)
+    x[3, 0, 0] = 0.0
+    back = unpremultiply(premultiply(x))
+    assert back[:3, 0, 0].abs().sum() == 0  # colour under alpha 0 is defined as 0
+    torch.testing.assert_close(back[:, 1:, :], x[:, 1:, :])
+
+
+def test_over_is_differentiable() -> None:
+    src = torch.rand(2, 4, 3, 3, requires_grad=True)
+    dst = torch.rand(2, 4, 3, 3)
+    over(src, dst).sum().backward()
+    assert src.grad is not None and torch.isfinite(src.grad).all()
+
+
+def test_composite_stack_matches_pairwise_over_and_channel_last() -> None:
+    rng = np.random.default_rng(2)
+    layers = torch.from_numpy(np.stack([random_rgba(rng, 3, 4) for _ in range(3)]))  # [L, H, W, 4]
+    expected = over(layers[2], over(layers[1], layers[0], dim=-1), dim=-1)
+    torch.testing.assert_close(composite_stack(layers, dim=-1), expected)
+
+
+# ------------------------------------------------------------- LayeredImage
+def test_composite_by_hand_with_offset_and_opacity() -> None:
+    bg = rgba(4, 5, (1.0, 0.0, 0.0, 1.0))
+    fg = rgba(2, 2, (0.0, 1.0, 0.0, 0.5))
+    image = LayeredImage(bg, [Layer(fg, name="green", offset=(3, 3), opacity=0.5)])
+    out = image.composite()
+    assert out.shape == (4, 5, 4) and out.dtype == np.float32
+    # effective alpha 0.25: (1 - 0.25) * red + 0.25 * green; only the in-canvas 1x2 part lands.
+    np.testing.assert_allclose(out[3, 3], [0.75, 0.25, 0.0, 1.0])
+    np.testing.assert_allclose(out[3, 4], [0.75, 0.25, 0.0, 1.0])
+    np.testing.assert_allclose(out[2, 3], [1.0, 0.0, 0.0, 1.0])
+
+
+def test_composite_transparent_background_uses_general_over() -> None:
+    rng = np.random.default_rng(3)
+    bg, a, b = (random_rgba(rng, 6, 7) for _ in range(3))
+    image = LayeredImage(bg, [Layer(a, name="a"), Layer(b, name="b")])
+    stack = torch.from_numpy(np.stack([bg, a, b]))
+    np.testing.assert_allclose(image.composite(), composite_stack(stack, dim=-1).numpy(), atol=1e-6)
+
+
+def test_opaque_fast_path_equals_general_path() -> None:
+    rng = np.random.default_rng(4)
+    bg = random_rgba(rng, 8, 9, opaque=True)
+    layers = [Layer(random_rgba(rng, 5, 4), name=f"l{i}", offset=(i - 1, 2 * i - 2), opacity=0.7) for i in range(4)]
+    fast = LayeredImage(bg, layers).composite()
+    bg[0, 0, 3] = 1 - 1e-6  # one alpha below 1 forces the general premultiplied path
+    general = LayeredImage(bg, layers).composite()
+    np.testing.assert_allclose(fast, general, atol=1e-5)
+
+
+def test_composite_matches_pillow_within_one_lsb() -> None:
+    rng = np.random.default_rng(5)
+    bg = (random_rgba(rng, 16, 16, opaque=True) * 255).round().astype(np.uint8)
+    fg = (random_rgba(rng, 16, 16) * 255).round().astype(np.uint8)
+    ours = LayeredImage(bg, [Layer(fg, name="fg")]).composite_uint8()
+    ref = np.asarray(Image.alpha_composite(Image.fromarray(bg, "RGBA"), Image.fromarray(fg, "RGBA")))
+    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_subset_hidden_and_background_flags() -> None:
+    bg = rgba(2, 2, (0.0, 0.0, 0.0, 1.0))
+    red = Layer(rgba(2, 2, (1.0, 0.0, 0.0, 1.0)), name="red")
+    blue = Layer(rgba(2, 2, (0.0, 0.0, 1.0, 1.0)), name="blue", visible=False)
+    image = LayeredImage(bg, [red, blue])
+    np.testing.assert_allclose(image.composite()[0, 0], [1, 0, 0, 1])  # blue is hidden
+    np.testing.assert_allclose(image.composite(include_hidden=True)[0, 0], [0, 0, 1, 1])
+    np.testing.assert_allclose(image.composite(layers=["blue", 0], include_hidden=True)[0, 0], [0, 0, 1, 1])
+    np.testing.assert_allclose(image.composite(layers=[], background=False)[0, 0], [0, 0, 0, 0])
+
+
+def test_merge_keeps_appearance_and_order() -> None:
+    rng = np.random.default_rng(6)
+    layers = [Layer(random_rgba(rng, 6, 6), name=n) for n in "abcd"]
+    image = LayeredImage(random_rgba(rng, 6, 6, opaque=True), layers, metadata={"method": "test"})
+    merged = image.merge(["b", "c"], name="bc")
+    assert [layer.name for layer in merged.layers] == ["a", "bc", "d"]
+    assert merged.layers[1].metadata["merged_from"] == ["b", "c"]
+    np.testing.assert_allclose(merged.composite(), image.composite(), atol=1e-5)
+    assert [layer.name for layer in image.layers] == ["a", "b", "c", "d"]  # original untouched
+
+
+def test_numpy_and_tensor_roundtrip() -> None:
+    rng = np.random.default_rng(7)
+    image = LayeredImage(random_rgba(rng, 5, 7, opaque=True), [Layer(random_rgba(rng, 5, 7), name="fg")])
+    t = image.to_tensor()
+    assert t.shape == (2, 4, 5, 7) and t.dtype == torch.float32
+    assert image.to_numpy().shape == (2, 5, 7, 4)
+    back = LayeredImage.from_tensor(t, names=["background", "fg"])
+    np.testing.assert_array_equal(back.layers[0].pixels, image.layers[0].pixels)
+    back = LayeredImage.from_numpy(image.to_numpy())
+    assert [layer.name for layer in back.all_layers] == ["background", "layer_1"]
+    np.testing.assert_array_equal(back.composite(), image.composite())
+
+
+def test_from_foreground_is_the_matting_equation() -> None:
+    rng = np.random.default_rng(8)
+    bg, fg = rng.random((2, 3, 4, 4), dtype=np.float32)
+    alpha = rng.random((1, 4, 4), dtype=np.float32)
+    image = LayeredImage.from_foreground(torch.from_numpy(bg), torch.from_numpy(fg), torch.from_numpy(alpha))
+    expected = alpha * fg + (1 - alpha) * bg
+    np.testing.assert_allclose(image.composite()[..., :3], expected.transpose(1, 2, 0), atol=1e-6)
+
+
+def test_uint8_and_uint16_inputs_are_rescaled() -> None:
+    layer = Layer(np.full((2, 2, 4), 255, np.uint8))
+    assert layer.pixels.dtype == np.float32 and layer.pixels.max() == 1.0
+    layer = Layer(np.full((2, 2, 3), 65535, np.uint16))
+    assert layer.alpha.min() == 1.0 and layer.rgb.max() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.full((2, 2, 4), np.nan, np.float32), "NaN"),
+        (np.full((2, 2, 4), 1.5, np.float32), "must lie in [0, 1]"),
+        (np.zeros((2, 2), np.float32), "expected shape"),
+        (np.zeros((2, 2, 5), np.float32), "expected shape"),
+        (np.zeros((0, 2, 4), np.float32), "empty"),
+        (np.zeros((2, 2, 4), np.int32), "unsupported dtype"),
+        ("not an array", "expected a NumPy array"),
+    ],
+)
+def test_bad_pixels_are_named(pixels: object, message: str) -> None:
+    with pytest.raises(LayerError, match="layer 'fg'") as info:
+        Layer(pixels, name="fg")  # type: ignore[arg-type]
+    assert message in str(info.value)
+
+
+def test_bad_layer_attributes() -> None:
+    px = np.zeros((2, 2, 4), np.float32)
+    with pytest.raises(LayerError, match="opacity"):
+        Layer(px, opacity=1.5)
+    with pytest.raises(LayerError, match="offset"):
+        Layer(px, offset=(1,))  # type: ignore[arg-type]
+    with pytest.raises(LayerError, match="JSON"):
+        Layer(px, metadata={"x": object()})
+    with pytest.raises(LayerError, match="unique"):
+        LayeredImage(px, [Layer(px, name="a"), Layer(px, name="a")])
+    with pytest.raises(LayerError, match="offset"):
+        LayeredImage(Layer(px, offset=(1, 0)))
+    with pytest.raises(LayerError, match="no layer named"):
+        LayeredImage(px, [Layer(px, name="a")]).composite(layers=["zzz"])
+    with pytest.raises(LayerError, match="2x2"):
+        LayeredImage.from_foreground(px[..., :3], np.zeros((3, 3, 4), np.float32))
+
+
+def test_validate_catches_in_place_nan() -> None:
+    image = LayeredImage(np.zeros((2, 2, 3), np.float32), [np.zeros((2, 2, 4), np.float32)])
+    image.layers[0].pixels[0, 0, 0] = np.nan
+    with pytest.raises(LayerError, match="NaN"):
+        image.validate()
+
+
+def test_bbox() -> None:
+    px = np.zeros((4, 4, 4), np.float32)
+    px[1:3, 2, 3] = 0.5
+    assert Layer(px, offset=(10, 20)).bbox() == (12, 21, 13, 23)
+    assert Layer(np.zeros((2, 2, 4), np.float32)).bbox() is None
