@@ -1,0 +1,105 @@
+"""Previews: a checkerboard for transparency and contact sheets of layered images.
+
+A contact sheet has one row per layered image: every layer (background first) placed on
+its canvas over a checkerboard, then the composite, each tile labelled with the layer
+name (``(hidden)`` marks hidden layers), on a grey grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import LaminaError, LayerError
+from ..layers import LayeredImage, to_uint8
+from .atomic import check_writable
+from .images import write_png
+
+#: Range of the default tile side of :func:`contact_sheet`, in pixels (small canvases are enlarged).
+MIN_TILE, MAX_TILE = 128, 256
+GAP = 4
+LABEL_HEIGHT = 14
+SEPARATOR_GREY = 128
+CHECKER_GREYS = (0.85, 0.6)
+
+
+def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
+    """``float32`` ``[h, w, 3]`` in ``[0, 1]``: light and dark grey squares of ``cell`` pixels."""
+    if h < 1 or w < 1 or cell < 1:
+        raise LaminaError(f"checkerboard needs positive sizes, got h={h}, w={w}, cell={cell}")
+    dark = (np.arange(h)[:, None] // cell + np.arange(w)[None, :] // cell) % 2 == 1
+    grey = np.where(dark, CHECKER_GREYS[1], CHECKER_GREYS[0]).astype(np.float32)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _tile(rgba: np.ndarray, tile: int) -> np.ndarray:
+    """Straight RGBA ``[H, W, 4]`` fitted into a ``tile`` square over a checkerboard: ``uint8`` ``[tile, tile, 3]``."""
+    height, width = rgba.shape[:2]
+    scale = tile / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX  # Pillow premultiplies RGBA
+    fitted = np.asarray(Image.fromarray(to_uint8(rgba), "RGBA").resize(size, resample), np.float32) / 255.0
+    alpha = fitted[:, :, 3:]
+    shown = fitted[:, :, :3] * alpha + checkerboard(size[1], size[0]) * (1.0 - alpha)
+    out = np.full((tile, tile, 3), SEPARATOR_GREY, np.uint8)
+    top, left = (tile - size[1]) // 2, (tile - size[0]) // 2
+    out[top:top + size[1], left:left + size[0]] = to_uint8(shown)
+    return out
+
+
+def _fit_label(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str,
+               width: int) -> str:
+    text = text.encode("latin-1", "replace").decode("latin-1")  # the bitmap default font is latin-1 only
+    while len(text) > 1 and draw.textlength(text, font=font) > width:
+        text = text[:-2] + "~"
+    return text
+
+
+def contact_sheet(images: LayeredImage | Sequence[LayeredImage], *, tile: int | None = None) -> np.ndarray:
+    """Contact sheet of one or more layered images: ``uint8`` RGB ``[H, W, 3]``.
+
+    Args:
+        images: one layered image or a sequence of them (one row each).
+        tile: side of the square tile each layer is fitted into; default the largest
+            canvas side clamped to ``[MIN_TILE, MAX_TILE]`` (128..256).
+    """
+    rows = [images] if isinstance(images, LayeredImage) else list(images)
+    if not rows or not all(isinstance(image, LayeredImage) for image in rows):
+        raise LayerError("contact_sheet needs one or more LayeredImage objects")
+    tile = tile if tile is not None else min(MAX_TILE, max(MIN_TILE, *(max(image.size) for image in rows)))
+    if tile < 8:
+        raise LaminaError(f"contact sheet tile must be at least 8 pixels, got {tile}")
+    columns = max(len(image.all_layers) for image in rows) + 1
+    step_x, step_y = tile + GAP, tile + LABEL_HEIGHT + GAP
+    sheet = np.full((GAP + len(rows) * step_y, GAP + columns * step_x, 3), SEPARATOR_GREY, np.uint8)
+    labels = []
+    for r, image in enumerate(rows):
+        tiles = [(layer.name + ("" if layer.visible else " (hidden)"), image.canvas(None if i == 0 else i - 1))
+                 for i, layer in enumerate(image.all_layers)]
+        tiles.append(("composite", image.composite()))
+        for c, (label, rgba) in enumerate(tiles):
+            x, y = GAP + c * step_x, GAP + r * step_y
+            sheet[y:y + tile, x:x + tile] = _tile(rgba, tile)
+            sheet[y + tile:y + tile + LABEL_HEIGHT, x:x + tile] = 255
+            labels.append((x + 2, y + tile + 1, label))
+    pil = Image.fromarray(sheet)
+    draw, font = ImageDraw.Draw(pil), ImageFont.load_default()
+    for x, y, label in labels:
+        draw.text((x, y), _fit_label(draw, font, label, tile - 4), fill=(0, 0, 0), font=font)
+    return np.asarray(pil).copy()
+
+
+def save_contact_sheet(
+    images: LayeredImage | Sequence[LayeredImage],
+    path: str | os.PathLike[str],
+    *,
+    tile: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write :func:`contact_sheet` of ``images`` as a PNG at ``path`` (atomically); returns the path."""
+    check_writable(path, overwrite)
+    return write_png(contact_sheet(images, tile=tile), path, overwrite=overwrite)
