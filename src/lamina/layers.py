@@ -77,7 +77,7 @@ def as_float_image(array: Any, what: str, channels: Sequence[int] = (4,)) -> np.
     if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
         raise LayerError(f"{what}: values must lie in [0, 1], found range [{lo:.4g}, {hi:.4g}]")
     if lo < 0.0 or hi > 1.0:
-        np.clip(out, 0.0, 1.0, out=out)
+        out = np.clip(out, 0.0, 1.0)  # a new array: never edit the caller's pixels
     return out
 
 
