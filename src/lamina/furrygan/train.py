@@ -1,0 +1,289 @@
+"""FurryGAN training loop: one function, read top to bottom.
+
+``training_loop(cfg, dataset, run_dir)`` trains with :class:`FurryGANLoss` per step: the D
+update, lazy R1 every ``loss.r1_interval`` steps, the G update, then the EMA generator. It
+runs single-process on CPU or under ``accelerate launch``/``torchrun`` on several GPUs or
+nodes; gradients are averaged across processes by hand after each phase (as stylegan3 does)
+rather than by wrapping the networks in DDP, because each phase calls parts of G and D
+(mapping, foreground, background, the mask predictor alone).
+
+The run directory holds:
+
+* ``config.json``: the resolved configuration;
+* ``training-state.pt``: everything needed to resume (networks, EMA, optimizers, counters),
+  replaced atomically; **rerunning the same command resumes** from it;
+* ``pretrained/``: the EMA generator as ``config.json`` + ``model.safetensors``
+  (:meth:`FurryGANGenerator.from_pretrained`);
+* ``samples/step-NNNNNNN.png``: grids ``fg | mask | fine | fg*m | bg | composite``;
+* ``log.jsonl``: every ``train.log_every`` steps, one JSON line with that step's loss terms
+  (averaged over processes).
+
+Randomness is re-seeded from ``(seed, rank, step)`` at every step, so a resumed run continues
+exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import LaminaError
+from ..io.atomic import atomic_output
+from ..progress import progress
+from .config import ConfigError, FurryGANConfig
+from .losses import FurryGANLoss
+from .networks import FurryGANDiscriminator, FurryGANGenerator
+
+STATE_NAME = "training-state.pt"
+CONFIG_NAME = "config.json"
+LOG_NAME = "log.jsonl"
+EXPORT_DIR = "pretrained"
+SAMPLES_DIR = "samples"
+
+
+class TrainingDivergedError(LaminaError, RuntimeError):
+    """A loss became NaN/Inf or exceeded ``train.max_loss``; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """Where a call to :func:`training_loop` stopped."""
+
+    step: int
+    nimg: int
+    run_dir: Path
+
+
+def training_loop(
+    cfg: FurryGANConfig,
+    dataset: Dataset,
+    run_dir: str | os.PathLike[str],
+    accelerator=None,
+    num_workers: int = 0,
+    show_progress: bool | None = None,
+) -> TrainResult:
+    """Train FurryGAN for ``cfg.train.total_steps`` steps, resuming from ``run_dir`` if it holds a state.
+
+    Args:
+        cfg: the run configuration. On resume its ``model`` and ``loss`` sections must equal
+            the saved ones; ``train`` may change (e.g. a larger ``total_steps``).
+        dataset: items are images ``[3, H, W]`` (float in [0, 1] or uint8), or tuples whose
+            first element is one, with ``H = W = cfg.model.resolution``.
+        run_dir: output folder (created).
+        accelerator: an ``accelerate.Accelerator``; a default one is made when None.
+        num_workers: DataLoader worker processes.
+        show_progress: progress bar on the main process (None: unless ``LAMINA_PROGRESS=0``).
+    Raises:
+        TrainingDivergedError: a loss became NaN/Inf or too large; nothing is saved for it.
+    """
+    from accelerate import Accelerator
+
+    acc = accelerator or Accelerator()
+    tc, device, rank, world = cfg.train, acc.device, acc.process_index, acc.num_processes
+    run_dir = Path(run_dir)
+    if tc.batch % world:
+        raise ConfigError(f"train.batch ({tc.batch}) must be divisible by the number of processes ({world})")
+    batch_gpu = tc.batch // world
+
+    # Networks, EMA generator, optimizers (same initial weights on every process).
+    torch.manual_seed(tc.seed)
+    G = FurryGANGenerator(cfg.model).train().to(device)
+    D = FurryGANDiscriminator(cfg.model).train().to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = torch.optim.Adam(G.parameters(), **cfg.optimizer_kwargs("G"))
+    opt_D = torch.optim.Adam(D.parameters(), **cfg.optimizer_kwargs("D"))
+    loss = FurryGANLoss(G, D, cfg, backward=acc.backward)
+
+    # Resume from the training state, if any.
+    start_step = nimg = 0
+    state_path = run_dir / STATE_NAME
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = FurryGANConfig.from_dict(state["config"])
+        if (saved.model, saved.loss) != (cfg.model, cfg.loss):
+            raise ConfigError(f"{run_dir} holds a run with a different model/loss config; use another run_dir")
+        for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_G, "opt_G"), (opt_D, "opt_D")):
+            module.load_state_dict(state[key])
+        start_step, nimg = state["step"], state["nimg"]
+        del state
+    if acc.is_main_process:
+        cfg.save_json(run_dir / CONFIG_NAME)
+        _trim_log(run_dir / LOG_NAME, start_step)
+    acc.wait_for_everyone()
+
+    # Data: an endless shuffled stream that restarts where the state left off.
+    sampler = _InfiniteSampler(len(dataset), rank, world, tc.seed, start=nimg)
+    batches = iter(DataLoader(dataset, batch_size=batch_gpu, sampler=sampler, num_workers=num_workers))
+    sample_z = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(tc.seed + 1)).to(device)
+
+    done = last_saved = start_step
+    t_log, steps_since_log = time.perf_counter(), 0
+    hide = (not acc.is_main_process) or (None if show_progress is None else not show_progress)
+    steps = range(start_step, tc.total_steps)
+    for step in progress(steps, desc="furrygan", total=len(steps), disable=hide):
+        torch.manual_seed(_step_seed(tc.seed, rank, step))
+        real = _to_model_range(next(batches), cfg.model.resolution).to(device)
+        if tc.hflip:  # official RandomHorizontalFlip
+            real = torch.where(torch.rand(real.shape[0], 1, 1, 1, device=device) < 0.5, real.flip(3), real)
+
+        # Discriminator: adversarial + mask prediction (Eq. 11), then lazy R1.
+        stats = _update(loss, "D", real, torch.randn(batch_gpu, G.z_dim, device=device), step, D, opt_D, acc)
+        if cfg.loss.r1_due(step):
+            stats |= _update(loss, "Dreg", real, None, step, D, opt_D, acc)
+
+        # Generator (Eq. 12), then its EMA.
+        stats |= _update(loss, "G", real, torch.randn(batch_gpu, G.z_dim, device=device), step, G, opt_G, acc)
+        nimg += tc.batch
+        _ema_update(G_ema, G, tc.ema_beta(tc.batch, nimg))
+        done = step + 1
+
+        # Stop on NaN/Inf or an exploding loss (on any process), before anything is saved from this state.
+        stacked = torch.stack(list(stats.values()))
+        stacked = acc.reduce(stacked, reduction="mean") if world > 1 else stacked
+        values = dict(zip(stats, stacked.cpu().tolist(), strict=True))
+        bad = {k: v for k, v in values.items() if not (abs(v) <= tc.max_loss)}
+        if bad:
+            if acc.is_main_process:
+                _append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "diverged": True, **values})
+            where = (f"the last good checkpoint {state_path} (step {last_saved}) is kept"
+                     if state_path.is_file() else "no checkpoint had been written yet")
+            raise TrainingDivergedError(
+                f"step {done}: loss {', '.join(f'{k}={v:.4g}' for k, v in bad.items())} is not finite or exceeds "
+                f"train.max_loss={tc.max_loss:g}; training stopped and {where}")
+
+        # Loss log.
+        steps_since_log += 1
+        if acc.is_main_process and (done % tc.log_every == 0 or done == tc.total_steps):
+            now = time.perf_counter()
+            _append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "fine_gamma": cfg.loss.fine_gamma(step),
+                                             "sec_per_step": (now - t_log) / steps_since_log, **values})
+            t_log, steps_since_log = now, 0
+
+        # Sample grid.
+        if acc.is_main_process and (done % tc.image_every == 0 or done == tc.total_steps):
+            G_ema.update_w_avg()
+            grid = sample_grid(G_ema, sample_z, truncation_psi=tc.sample_psi, fine_gamma=cfg.loss.fine_gamma(step))
+            (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(run_dir / SAMPLES_DIR / f"step-{done:07d}.png")
+
+        # Training state and inference export.
+        if done % tc.save_every == 0 or done == tc.total_steps:
+            if acc.is_main_process:
+                G_ema.update_w_avg()
+                state = {"step": done, "nimg": nimg, "config": cfg.to_dict(), "G": G.state_dict(),
+                         "D": D.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
+                         "opt_D": opt_D.state_dict()}
+                with atomic_output(state_path, overwrite=True) as tmp:
+                    torch.save(state, tmp)
+                G_ema.save_pretrained(run_dir / EXPORT_DIR, cfg)
+            last_saved = done
+            acc.wait_for_everyone()
+    return TrainResult(step=done, nimg=nimg, run_dir=run_dir)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _update(loss: FurryGANLoss, phase: str, real, z, step: int, module: torch.nn.Module,
+            opt: torch.optim.Optimizer, acc) -> dict[str, torch.Tensor]:
+    """One optimizer step of ``phase``: zero grads, accumulate, average across processes, step."""
+    opt.zero_grad(set_to_none=True)
+    stats = loss.accumulate_gradients(phase, real, z, step)
+    if acc.num_processes > 1:
+        params = [p for p in module.parameters() if p.grad is not None]
+        flat = acc.reduce(torch.cat([p.grad.flatten() for p in params]), reduction="mean")
+        for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            p.grad.copy_(g.view_as(p))
+    opt.step()
+    return stats
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
+    """``ema = beta * ema + (1 - beta) * net`` over parameters (buffers: truncation centres are recomputed)."""
+    for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
+        p_ema.lerp_(p, 1.0 - beta)
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 7919 + step * 104_729) % (2**63)
+
+
+def _to_model_range(item, resolution: int) -> torch.Tensor:
+    """A DataLoader batch (tensor or tuple) in [0, 1] or uint8 -> float ``[N, 3, R, R]`` in [-1, 1]."""
+    images = item[0] if isinstance(item, (tuple, list)) else item
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1:] != (3, resolution, resolution):
+        shape = tuple(images.shape[1:]) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise LaminaError(f"training images must be [3, {resolution}, {resolution}] tensors, got {shape}")
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return images * 2.0 - 1.0
+
+
+class _InfiniteSampler(Sampler[int]):
+    """Endless shuffled indices: epoch ``e`` is ``randperm(size)`` seeded by ``seed + e``.
+
+    Process ``rank`` of ``world`` takes global positions ``start + rank, start + rank + world, ...``,
+    so ``start = images consumed so far`` resumes the exact stream.
+    """
+
+    def __init__(self, size: int, rank: int, world: int, seed: int, start: int = 0) -> None:
+        if size < 1:
+            raise LaminaError("the training dataset is empty")
+        self.size, self.rank, self.world, self.seed, self.start = size, rank, world, seed, start
+
+    def __iter__(self) -> Iterator[int]:
+        pos, epoch, order = self.start + self.rank, -1, None
+        while True:
+            if pos // self.size != epoch:
+                epoch = pos // self.size
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+            yield int(order[pos % self.size])
+            pos += self.world
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written after the checkpoint a resumed run starts from)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if _log_step(line) <= step]
+    if len(kept) != len(lines):
+        with atomic_output(path, overwrite=True) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _log_step(line: str) -> float:
+    """The step of a log line; a torn or blank line (a crash mid-write) counts as past any step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+@torch.no_grad()
+def sample_grid(G: FurryGANGenerator, z: torch.Tensor, truncation_psi: float = 1.0, fine_gamma: float = 1.0
+                ) -> np.ndarray:
+    """Rows ``fg | mask | fine | fg*m | bg | composite`` for each latent, as ``uint8`` ``[N*H, 6*W, 3]``.
+
+    ``fine`` is what the fine mask adds after clipping, ``m - m_coarse``; ``fg*m`` is on black.
+    """
+    out = G(z, truncation_psi=truncation_psi, fine_gamma=fine_gamma, noise_mode="const")
+    unit = lambda x: (x + 1.0) / 2.0  # noqa: E731
+    gray = lambda m: m.expand(-1, 3, -1, -1)  # noqa: E731
+    columns = [unit(out.fg), gray(out.alpha), gray((out.alpha - out.alpha_coarse).clamp(0, 1)),
+               unit(out.fg) * out.alpha, unit(out.bg), unit(out.composite)]
+    grid = torch.cat([torch.cat(list(c), dim=1) for c in columns], dim=2)  # [3, N*H, 6*W]
+    return (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
