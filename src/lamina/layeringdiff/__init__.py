@@ -1,0 +1,72 @@
+"""LayeringDiff (Kang et al. 2025): layered images by generation, then disassembly.
+
+Stages: (1) a composite from any text-to-image model (optional), (2) the foreground's alpha
+(:mod:`.foreground`: box -> GrabCut -> trimap -> matting, or a user mask), (3) disassembly
+into the foreground layer and the completed background, by the classical path
+(:mod:`.classical`: pymatting + OpenCV inpainting) or by FBDD (:mod:`.fbdd`, a conditional
+diffusion model), both behind the :class:`Decomposer` interface (:mod:`.decompose`).
+
+``lamina.layeringdiff.fbdd`` needs diffusers and is imported only when used (its names are
+re-exported lazily: ``from lamina.layeringdiff import FBDDPipeline`` imports it then).
+"""
+
+from typing import Any
+
+from .classical import ClassicalConfig, ClassicalDecomposer
+from .decompose import (
+    Decomposer,
+    Decomposition,
+    decompose_image,
+    finish_decomposition,
+    make_decomposer,
+    peel,
+    project_recomposition,
+)
+from .foreground import (
+    ForegroundConfig,
+    ForegroundEstimate,
+    estimate_alpha,
+    foreground_from_box,
+    foreground_from_mask,
+    grabcut_mask,
+    trimap_from_mask,
+)
+
+#: Names of :mod:`.fbdd`, imported on first access.
+_FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "fbdd_loss", "load_pipeline", "make_scheduler",
+               "make_unet")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FBDD_NAMES:
+        from . import fbdd
+
+        return getattr(fbdd, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ClassicalConfig",
+    "ClassicalDecomposer",
+    "Decomposer",
+    "Decomposition",
+    "FBDDDecomposer",
+    "FBDDPipeline",
+    "FBDDPipelineOutput",
+    "ForegroundConfig",
+    "ForegroundEstimate",
+    "decompose_image",
+    "estimate_alpha",
+    "fbdd_loss",
+    "finish_decomposition",
+    "foreground_from_box",
+    "foreground_from_mask",
+    "grabcut_mask",
+    "load_pipeline",
+    "make_decomposer",
+    "make_scheduler",
+    "make_unet",
+    "peel",
+    "project_recomposition",
+    "trimap_from_mask",
+]

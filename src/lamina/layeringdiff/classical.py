@@ -1,0 +1,193 @@
+"""The classical disassembly: no weights, the counterpart of FBDD in the same interface.
+
+Given the composite ``I`` and the object's alpha:
+
+* **foreground colours** ``F``: pymatting's multi-level foreground estimation
+  (``estimate_foreground_ml``, Germer et al. 2020), which un-mixes the background out of the
+  soft edge;
+* **background** ``B``: OpenCV inpainting (Telea 2004 or Navier-Stokes) of the hole the
+  object and its effects region leave: the pixels with ``alpha > alpha_floor``, grown by
+  ``hole_margin`` pixels so that no colour of the object bleeds into the fill;
+* with an effects region, two passes: the background is first completed under the object
+  and the whole region, the effects found against it (``detect_effects``; by default only
+  those touching the object), and then completed again under the object and those effects
+  only, from nearer pixels;
+* then :func:`~lamina.layeringdiff.decompose.finish_decomposition`: effects into the
+  foreground layer, projection onto ``alpha F + (1 - alpha) B = I``.
+
+What it can do: exact layers where the object is opaque and the background is visible
+(the projection makes the layers recompose the input); clean edges for soft alpha; smooth
+or slowly varying backgrounds completed well under small objects; dark shadows and other
+effects on such backgrounds moved into the foreground layer.
+
+What it cannot do: invent structure or texture under the object (diffusion inpainting is
+the point of FBDD); Telea and Navier-Stokes propagate the hole's border inwards, so large
+holes come out smeared and textured backgrounds blurry. The smeared texture then also
+differs from the image in the effects region, so on busy backgrounds some texture can move
+into the foreground layer as a faint "effect" (raise ``effects_threshold`` or switch effects
+off). Shadows that fall outside the effects region (cast far behind the object, or drop
+shadows on a distant wall) stay in the background. Reflections become the least-opaque
+layer that reproduces them (exact over the completed background, but not the reflection's
+own colour and opacity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import LaminaError
+from ._util import bbox_slices, import_cv2, import_pymatting
+from .decompose import Decomposition, check_alpha, detect_effects, finish_decomposition
+from .foreground import as_rgb
+
+INPAINT_METHODS = ("telea", "ns")
+
+
+@dataclass(frozen=True)
+class ClassicalConfig:
+    """Options of the classical decomposer. Widths in pixels; ``None`` scales with the image.
+
+    Attributes:
+        inpaint: ``"telea"`` (fast marching) or ``"ns"`` (Navier-Stokes).
+        inpaint_radius: neighbourhood of each inpainted pixel. ``None``: ``max(3, min(H, W) // 64)``.
+        inpaint_max_side: inpainting runs on the hole's bounding box downscaled to at most this side.
+        hole_margin: how far the hole is grown beyond ``alpha > alpha_floor``.
+            ``None``: ``max(1, min(H, W) // 100)``.
+        alpha_floor: alpha above this counts as covered by the object.
+        effects_threshold: effect opacity (after a 1 px blur) below this stays in the background.
+        effects_attached: keep only effects that touch the object (contact shadows, reflections);
+            detached blobs are more often inpainting error on a textured background than a shadow.
+        foreground_regularization: smoothness of the estimated foreground colours.
+    """
+
+    inpaint: str = "telea"
+    inpaint_radius: int | None = None
+    inpaint_max_side: int = 384
+    hole_margin: int | None = None
+    alpha_floor: float = 0.01
+    effects_threshold: float = 0.1
+    effects_attached: bool = True
+    foreground_regularization: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.inpaint not in INPAINT_METHODS:
+            raise LaminaError(f"unknown inpainting method {self.inpaint!r}; choose from {', '.join(INPAINT_METHODS)}")
+        if self.inpaint_max_side < 8:
+            raise LaminaError(f"ClassicalConfig.inpaint_max_side must be >= 8, got {self.inpaint_max_side!r}")
+        for name in ("inpaint_radius", "hole_margin"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise LaminaError(f"ClassicalConfig.{name} must be a width in pixels >= 0 or None, got {value!r}")
+        if not 0.0 <= self.alpha_floor < 1.0 or not 0.0 <= self.effects_threshold < 1.0:
+            raise LaminaError("ClassicalConfig.alpha_floor and effects_threshold must lie in [0, 1)")
+
+
+def inpaint_background(image: np.ndarray, hole: np.ndarray, method: str = "telea", radius: int = 5,
+                       max_side: int = 384) -> np.ndarray:
+    """Fill ``hole`` (``bool`` ``[H, W]``) of ``image`` ``[H, W, 3]`` from its surroundings; ``float32``.
+
+    Works on the hole's bounding box plus a margin, downscaled to at most ``max_side`` (the
+    fill is smooth, so little is lost, and Telea's cost grows with the hole's area times
+    ``radius^2``). Each channel is inpainted in ``float32`` (no 8-bit rounding); pixels
+    outside the hole are returned unchanged.
+    """
+    cv2 = import_cv2()
+    out = np.array(image, np.float32, copy=True)
+    if not hole.any():
+        return out
+    if hole.all():
+        raise LaminaError("the region to inpaint covers the whole image: no background pixel is left to fill it from")
+    rows, cols = bbox_slices(hole, margin=2 * radius + 2)
+    crop, crop_hole = out[rows, cols], hole[rows, cols]
+    h, w = crop_hole.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        # A small pixel belongs to the hole if any of the pixels it averages does (no object colour leaks in).
+        crop_hole = cv2.resize(crop_hole.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+        radius = max(1, round(radius * scale))
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    hole8 = np.ascontiguousarray(crop_hole, np.uint8)
+    # OpenCV's float path assumes the 0..255 range (Telea goes wrong on [0, 1] values).
+    filled = np.stack([cv2.inpaint(np.ascontiguousarray(crop[:, :, c] * 255.0), hole8, radius, flag)
+                       for c in range(3)], axis=2) / 255.0
+    if scale < 1.0:
+        filled = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
+    out[rows, cols] = np.where(hole[rows, cols, None], filled, out[rows, cols])
+    return np.clip(out, 0.0, 1.0)
+
+
+def estimate_foreground(image: np.ndarray, alpha: np.ndarray, regularization: float = 1e-5) -> np.ndarray:
+    """Foreground colours ``float32`` ``[H, W, 3]`` where ``alpha > 0`` (pymatting ``estimate_foreground_ml``).
+
+    Runs on the bounding box of the object plus a margin; elsewhere the image is returned.
+    """
+    out = np.array(image, np.float32, copy=True)
+    covered = alpha > 0
+    if not covered.any():
+        return out
+    rows, cols = bbox_slices(covered, margin=16)
+    fg = import_pymatting().estimate_foreground_ml(image[rows, cols].astype(np.float64),
+                                             alpha[rows, cols].astype(np.float64), regularization=regularization)
+    out[rows, cols] = np.clip(fg, 0.0, 1.0)
+    return out
+
+
+class ClassicalDecomposer:
+    """Foreground estimation + inpainting: the weight-free :class:`~lamina.layeringdiff.decompose.Decomposer`."""
+
+    name = "classical"
+
+    def __init__(self, config: ClassicalConfig | None = None) -> None:
+        self.config = config or ClassicalConfig()
+
+    def widths(self, height: int, width: int) -> tuple[int, int]:
+        """``(inpaint_radius, hole_margin)`` in pixels for an image of this size."""
+        c, side = self.config, min(height, width)
+        return (max(3, side // 64) if c.inpaint_radius is None else c.inpaint_radius,
+                max(1, side // 100) if c.hole_margin is None else c.hole_margin)
+
+    def decompose(self, image: Any, alpha: Any, effects_region: np.ndarray | None = None) -> Decomposition:
+        """Split ``image`` ``[H, W, 3]`` with object ``alpha`` ``[H, W]`` into foreground and background."""
+        c = self.config
+        image = as_rgb(image)
+        alpha = check_alpha(alpha, *image.shape[:2])
+        radius, margin = self.widths(*image.shape[:2])
+        hole = _grow(alpha > c.alpha_floor, margin)
+        foreground = estimate_foreground(image, alpha, c.foreground_regularization)
+        if effects_region is not None and effects_region.any():
+            # Two passes: find the effects against a background completed under the whole
+            # region, then complete it again under the object and the effects found only,
+            # from nearer pixels (the rest of the region is left as it is).
+            rough = inpaint_background(image, hole | effects_region, c.inpaint, radius, c.inpaint_max_side)
+            effects, _ = detect_effects(image, alpha, foreground, rough, effects_region, c.effects_threshold)
+            found = effects > 0
+            if c.effects_attached:
+                found = _touching(found, _grow(alpha > c.alpha_floor, margin + 1))
+            effects_region = _grow(found, margin) & effects_region
+            hole |= effects_region
+        background = inpaint_background(image, hole, c.inpaint, radius, c.inpaint_max_side)
+        return finish_decomposition(image, alpha, foreground, background, effects_region, c.effects_threshold)
+
+    def __repr__(self) -> str:
+        return f"ClassicalDecomposer({self.config})"
+
+
+def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    return ndimage.binary_dilation(mask, iterations=pixels) if pixels and mask.any() else mask
+
+
+def _touching(found: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected components (8-neighbourhood) of ``found`` that overlap ``seed``."""
+    labels, count = ndimage.label(found, structure=np.ones((3, 3), bool))
+    if not count:
+        return found
+    keep = np.zeros(count + 1, bool)
+    keep[np.unique(labels[seed & found])] = True
+    keep[0] = False
+    return keep[labels]

@@ -1,0 +1,295 @@
+"""Stage 2 of LayeringDiff: find the foreground, as a soft alpha ``[H, W]``.
+
+LayeringDiff gets its alpha from a matting chain, never from the diffusion model
+(box -> mask -> trimap -> alpha; Grounding DINO, SAM and ViTMatte in the paper). This module
+is the part of that chain that needs no weights:
+
+* **box** -> GrabCut (OpenCV) -> hard mask,
+* **mask** (the user's, or GrabCut's) -> trimap by eroding and dilating the mask,
+* **trimap** -> alpha by closed-form (``"cf"``) or shared (``"sm"``) matting (pymatting).
+
+Every function takes ``float32`` images ``[H, W, 3]`` in ``[0, 1]`` and returns
+``float32`` alpha in ``[0, 1]``; trimaps use pymatting's values 0 (background), 0.5
+(unknown) and 1 (foreground).
+
+**Effects.** The paper lists shadows as a limitation: the matte covers the object only, so
+its shadow stays in the background. lamina goes further (issue 4). Matting cannot recover
+a shadow: its colour-line model explains an unknown pixel as a mix of *nearby* foreground
+and background colours, and a shadow is a darkening of the background, not a mix with the
+object. So the trimap is left about the object alone, and this stage instead marks an
+**effects region** where shadows and reflections of the object may lie: the object grown
+by ``effects_around`` object sizes in every direction, and below that down to
+``effects_below`` object heights (cast shadows and reflections fall on the ground, towards
+the viewer). The disassembly stage (:mod:`lamina.layeringdiff.decompose`) completes the
+background under that region too and moves whatever the region shows on top of the
+completed background into the foreground layer. Effects outside the region (a long shadow
+cast far behind the object) stay in the background. The defaults are a compromise measured
+on procedural scenes at 128 px: a larger region catches more effects but, on textured
+backgrounds, also moves more inpainting error into the foreground layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import LaminaError, LayerError
+from ..layers import as_float_image, check_box, to_uint8
+from ._util import bbox_slices, import_cv2, import_pymatting
+
+MATTING_METHODS = ("cf", "sm")
+
+#: Trimap values (pymatting's convention).
+TRIMAP_BACKGROUND, TRIMAP_UNKNOWN, TRIMAP_FOREGROUND = 0.0, 0.5, 1.0
+
+
+@dataclass(frozen=True)
+class ForegroundConfig:
+    """Options of the foreground stage. Widths are in pixels; ``None`` scales with the image.
+
+    Attributes:
+        erode: how far inside the mask edge the sure foreground starts.
+            ``None``: ``max(1, min(H, W) // 80)``.
+        dilate: how far outside the mask edge the sure background starts (same default).
+        matting: ``"cf"`` (closed-form, Levin et al. 2008) or ``"sm"`` (shared matting).
+        grabcut_iterations: GrabCut iterations for a box.
+        grabcut_max_side: GrabCut runs on a copy downscaled to at most this side.
+        matting_max_side: matting runs on the unknown band's bounding box, downscaled to at
+            most this side (known pixels are then restored at full resolution).
+        effects: mark the effects region around and below the object.
+        effects_below: how far below the object the region reaches, in object heights.
+        effects_around: how far around the object the region reaches, in object sizes.
+        seed: OpenCV's random seed for GrabCut, so a box always gives the same mask.
+    """
+
+    erode: int | None = None
+    dilate: int | None = None
+    matting: str = "cf"
+    grabcut_iterations: int = 5
+    grabcut_max_side: int = 512
+    matting_max_side: int = 1024
+    effects: bool = True
+    effects_below: float = 0.5
+    effects_around: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("erode", "dilate"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise LaminaError(f"ForegroundConfig.{name} must be a width in pixels >= 0 or None, got {value!r}")
+        if self.matting not in MATTING_METHODS:
+            raise LaminaError(f"unknown matting method {self.matting!r}; choose from {', '.join(MATTING_METHODS)}")
+        for name in ("grabcut_iterations", "grabcut_max_side", "matting_max_side"):
+            if getattr(self, name) < 1:
+                raise LaminaError(f"ForegroundConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.effects_below < 0 or self.effects_around < 0:
+            raise LaminaError("ForegroundConfig.effects_below and effects_around must be >= 0")
+
+    def band_widths(self, height: int, width: int) -> tuple[int, int]:
+        """``(erode, dilate)`` in pixels for an image of this size."""
+        auto = max(1, min(height, width) // 80)
+        return (auto if self.erode is None else self.erode, auto if self.dilate is None else self.dilate)
+
+
+@dataclass(frozen=True)
+class ForegroundEstimate:
+    """The output of the foreground stage.
+
+    Attributes:
+        alpha: ``float32`` ``[H, W]`` in ``[0, 1]``, the object's matte (no effects).
+        trimap: ``float32`` ``[H, W]`` with values 0, 0.5, 1.
+        mask: ``bool`` ``[H, W]``, the hard mask the trimap was built from.
+        effects_region: ``bool`` ``[H, W]`` where the object's shadows and reflections are
+            searched for, or ``None`` when effects are off.
+    """
+
+    alpha: np.ndarray
+    trimap: np.ndarray
+    mask: np.ndarray
+    effects_region: np.ndarray | None
+
+
+# ---------------------------------------------------------------------------- inputs
+def as_rgb(image: Any, what: str = "image") -> np.ndarray:
+    """Validate an RGB image and return ``float32`` ``[H, W, 3]`` (uint8/uint16/float accepted)."""
+    return as_float_image(image, what, channels=(3,))
+
+
+def mask_from_image(image: Any, what: str = "mask") -> np.ndarray:
+    """A mask read from a file (``[H, W]``, ``[H, W, 1|3|4]``) as ``float32`` ``[H, W]``.
+
+    Grey and RGB masks use the mean of their colour channels (white marks the object); an
+    RGBA mask uses its alpha when that is not fully opaque (a cut-out), its colour otherwise.
+    """
+    array = as_float_image(image, what, channels=(1, 3, 4))
+    if array.shape[2] == 4 and float(array[:, :, 3].min()) < 1.0:
+        return np.ascontiguousarray(array[:, :, 3])
+    return np.ascontiguousarray(array[:, :, :3].mean(axis=2) if array.shape[2] > 1 else array[:, :, 0])
+
+
+def check_mask(mask: Any, height: int, width: int, what: str = "mask") -> np.ndarray:
+    """Validate a mask for an image of ``width x height``; return it hard (``bool`` ``[H, W]``, > 0.5).
+
+    Raises :class:`LayerError` for a wrong size and :class:`LaminaError` for an empty mask or
+    one that covers the whole image (nothing would be left to show the background).
+    """
+    soft = mask_from_image(mask, what)
+    if soft.shape != (height, width):
+        raise LayerError(f"{what} is {soft.shape[1]}x{soft.shape[0]} but the image is {width}x{height}")
+    hard = soft > 0.5
+    if not hard.any():
+        raise LaminaError(f"{what} is empty: no pixel above 0.5 marks the object")
+    if hard.all():
+        raise LaminaError(f"{what} covers the whole image: no background is left to complete the layers from")
+    return hard
+
+
+# ---------------------------------------------------------------------------- trimap
+def trimap_from_mask(mask: np.ndarray, erode: int, dilate: int) -> np.ndarray:
+    """Trimap of a hard mask: sure foreground ``erode`` px inside its edge, sure background ``dilate`` px outside.
+
+    Distances are Euclidean. When a width would leave no sure pixel of a class (a thin
+    object, a mask reaching the borders), the deepest pixels of that class are kept, so
+    matting always has both.
+    """
+    mask = np.asarray(mask, bool)
+    inside = ndimage.distance_transform_edt(mask)
+    outside = ndimage.distance_transform_edt(~mask)
+    trimap = np.full(mask.shape, TRIMAP_UNKNOWN, np.float32)
+    trimap[inside > min(float(erode), inside.max() - 1e-3)] = TRIMAP_FOREGROUND
+    trimap[outside > min(float(dilate), outside.max() - 1e-3)] = TRIMAP_BACKGROUND
+    return trimap
+
+
+def effects_region(mask: np.ndarray, below: float, around: float) -> np.ndarray:
+    """Where the shadows and reflections of the object in ``mask`` are searched for.
+
+    The object grown by ``around`` times its size (the larger side of its bounding box) in
+    every direction, plus everything under that grown object down to ``below`` object
+    heights beneath it (ground shadows and reflections fall towards the viewer). Object
+    pixels themselves are excluded.
+    """
+    mask = np.asarray(mask, bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return np.zeros_like(mask)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    grown = ndimage.distance_transform_edt(~mask) <= around * max(height, width)
+    # Rows since the last grown pixel at or above each pixel, per column: the grown object smeared down.
+    index = np.arange(mask.shape[0])[:, None]
+    last = np.maximum.accumulate(np.where(grown, index, -(10**9)), axis=0)
+    return (index - last <= round(below * height)) & ~mask
+
+
+# ----------------------------------------------------------------------------- alpha
+def estimate_alpha(image: np.ndarray, trimap: np.ndarray, method: str = "cf", max_side: int = 1024) -> np.ndarray:
+    """Alpha matte ``float32`` ``[H, W]`` of ``image`` ``[H, W, 3]`` for a trimap (0 / 0.5 / 1).
+
+    Matting runs only on the bounding box of the unknown band (plus a margin of known
+    pixels), downscaled to at most ``max_side``; sure pixels keep their trimap value.
+    """
+    if method not in MATTING_METHODS:
+        raise LaminaError(f"unknown matting method {method!r}; choose from {', '.join(MATTING_METHODS)}")
+    fg, bg = trimap >= 0.9, trimap <= 0.1
+    alpha = fg.astype(np.float32)
+    unknown = ~(fg | bg)
+    if not unknown.any():
+        return alpha
+    if not fg.any() or not bg.any():
+        raise LaminaError("the trimap needs both sure foreground and sure background pixels")
+    rows, cols = bbox_slices(unknown, margin=8)
+    img, tri = image[rows, cols].astype(np.float64), trimap[rows, cols].astype(np.float64)
+    if not (tri >= 0.9).any() or not (tri <= 0.1).any():  # the crop must see both classes
+        rows, cols = slice(None), slice(None)
+        img, tri = image.astype(np.float64), trimap.astype(np.float64)
+    h, w = tri.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        cv2 = import_cv2()
+        size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        tri = cv2.resize(tri, size, interpolation=cv2.INTER_NEAREST)
+    solve = getattr(import_pymatting(), f"estimate_alpha_{method}")
+    matte = np.clip(solve(img, tri), 0.0, 1.0).astype(np.float32)
+    if scale < 1.0:
+        matte = import_cv2().resize(matte, (w, h), interpolation=import_cv2().INTER_LINEAR)
+    alpha[rows, cols] = np.where(unknown[rows, cols], matte, alpha[rows, cols])
+    return alpha
+
+
+# --------------------------------------------------------------------------- GrabCut
+def grabcut_mask(image: np.ndarray, box: Any, iterations: int = 5, max_side: int = 512, seed: int = 0) -> np.ndarray:
+    """Hard mask ``bool`` ``[H, W]`` of the object inside ``box`` ``(x0, y0, x1, y1)`` by GrabCut.
+
+    Raises :class:`LaminaError` for a box outside the image, one that leaves no background
+    around it, or when GrabCut finds no object in it.
+    """
+    cv2 = import_cv2()
+    image = as_rgb(image)
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = check_box(box, w, h)
+    if (x0, y0, x1, y1) == (0, 0, w, h):
+        raise LaminaError(f"box {x0},{y0},{x1},{y1} covers the whole {w}x{h} image: GrabCut needs background "
+                          "pixels outside the box (use a tighter box or pass a mask)")
+    scale = min(1.0, max_side / max(h, w))
+    small = to_uint8(image)
+    if scale < 1.0:
+        small = cv2.resize(small, (max(2, round(w * scale)), max(2, round(h * scale))), interpolation=cv2.INTER_AREA)
+    sh, sw = small.shape[:2]
+    sx0, sy0 = min(int(x0 * sw / w), sw - 1), min(int(y0 * sh / h), sh - 1)
+    sx1, sy1 = max(int(np.ceil(x1 * sw / w)), sx0 + 1), max(int(np.ceil(y1 * sh / h)), sy0 + 1)
+    labels = np.zeros((sh, sw), np.uint8)
+    cv2.setRNGSeed(seed)
+    try:
+        cv2.grabCut(small, labels, (sx0, sy0, sx1 - sx0, sy1 - sy0), np.zeros((1, 65)), np.zeros((1, 65)),
+                    iterations, cv2.GC_INIT_WITH_RECT)
+    except cv2.error as exc:
+        raise LaminaError(f"GrabCut failed on box {x0},{y0},{x1},{y1}: {str(exc).strip().splitlines()[-1]}") from None
+    fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)
+    if scale < 1.0:
+        fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = fg[y0:y1, x0:x1] > 0.5
+    if not mask.any():
+        raise LaminaError(f"GrabCut found no object in box {x0},{y0},{x1},{y1}; draw a tighter box or pass a mask")
+    return mask
+
+
+# ------------------------------------------------------------------------ the stage
+def foreground_from_mask(image: Any, mask: Any, config: ForegroundConfig | None = None) -> ForegroundEstimate:
+    """Alpha of the object marked by ``mask`` (``[H, W]``, values > 0.5 mark it): trimap, then matting."""
+    config = config or ForegroundConfig()
+    image = as_rgb(image)
+    h, w = image.shape[:2]
+    hard = check_mask(mask, h, w)
+    return _matte(image, hard, config)
+
+
+def foreground_from_box(image: Any, box: Any, config: ForegroundConfig | None = None) -> ForegroundEstimate:
+    """Alpha of the object inside ``box`` ``(x0, y0, x1, y1)``: GrabCut, trimap, then matting.
+
+    Everything outside the box is sure background in the trimap, so the alpha is zero there
+    (the effects region is not limited to the box: a shadow may fall outside it).
+    """
+    config = config or ForegroundConfig()
+    image = as_rgb(image)
+    hard = grabcut_mask(image, box, config.grabcut_iterations, config.grabcut_max_side, config.seed)
+    x0, y0, x1, y1 = check_box(box, image.shape[1], image.shape[0])
+    outside = np.ones(hard.shape, bool)
+    outside[y0:y1, x0:x1] = False
+    return _matte(image, hard, config, outside)
+
+
+def _matte(image: np.ndarray, hard: np.ndarray, config: ForegroundConfig,
+           outside: np.ndarray | None = None) -> ForegroundEstimate:
+    erode, dilate = config.band_widths(*hard.shape)
+    trimap = trimap_from_mask(hard, erode, dilate)
+    if outside is not None:
+        trimap[outside] = TRIMAP_BACKGROUND
+    alpha = estimate_alpha(image, trimap, config.matting, config.matting_max_side)
+    region = effects_region(hard, config.effects_below, config.effects_around) if config.effects else None
+    return ForegroundEstimate(alpha=alpha, trimap=trimap, mask=hard, effects_region=region)

@@ -1,0 +1,288 @@
+"""LayeringDiff: foreground stage, classical and FBDD disassembly, the common interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lamina import LaminaError, LayeredImage, LayerError
+from lamina.layeringdiff import (
+    ClassicalConfig,
+    ClassicalDecomposer,
+    Decomposer,
+    ForegroundConfig,
+    decompose_image,
+    estimate_alpha,
+    foreground_from_box,
+    foreground_from_mask,
+    project_recomposition,
+    trimap_from_mask,
+)
+from lamina.layeringdiff.decompose import minimum_alpha, psnr, regions_from_args
+from lamina.layeringdiff.foreground import effects_region
+
+torch.set_num_threads(1)
+
+
+def scene(size: int = 32, centre: tuple[float, float] = (0.4, 0.5), radii: tuple[float, float] = (0.22, 0.16),
+          colour: tuple[float, float, float] = (0.9, 0.25, 0.15), shadow: float = 0.0, seed: int = 0) -> dict:
+    """A composite with exact layers: a soft-edged ellipse (and a black shadow under it) over a smooth background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    background = np.stack([0.3 + 0.4 * xx, 0.5 + 0.2 * yy, 0.7 - 0.3 * xx * yy], axis=2)
+    background += 0.01 * rng.standard_normal(background.shape)
+    cy, cx = centre
+    ry, rx = radii
+    distance = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    alpha = np.clip((1.0 - distance) * size * min(radii) / 2.0 + 0.5, 0.0, 1.0)  # a 2 px soft edge
+    fg = np.broadcast_to(np.asarray(colour, np.float32), background.shape) * (0.8 + 0.2 * yy[:, :, None])
+    effects = np.zeros_like(alpha)
+    if shadow:
+        blob = ((yy - (cy + ry + 0.04)) / 0.06) ** 2 + ((xx - cx) / 0.22) ** 2
+        effects = shadow * np.sqrt(np.clip(1.0 - blob, 0.0, 1.0))
+    total = alpha + effects * (1.0 - alpha)
+    rgb = alpha[:, :, None] * fg / np.maximum(total, 1e-6)[:, :, None]
+    image = total[:, :, None] * rgb + (1.0 - total[:, :, None]) * background
+    f32 = {"image": image, "background": background, "fg": fg, "alpha": alpha, "effects": effects, "total": total}
+    return {k: np.clip(v, 0.0, 1.0).astype(np.float32) for k, v in f32.items()}
+
+
+def object_box(alpha: np.ndarray, pad: int = 2) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(alpha > 0.05)
+    h, w = alpha.shape
+    return (max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0),
+            min(int(xs.max()) + pad + 1, w), min(int(ys.max()) + pad + 1, h))
+
+
+# ------------------------------------------------------------ foreground stage
+def test_trimap_from_mask() -> None:
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 4:16] = True
+    trimap = trimap_from_mask(mask, erode=2, dilate=3)
+    assert set(np.unique(trimap)) == {0.0, 0.5, 1.0}
+    assert mask[trimap == 1.0].all() and not mask[trimap == 0.0].any()
+    assert (trimap[8:12, 7:13] == 1.0).all() and trimap[5, 10] == 0.5 and trimap[1, 1] == 0.0
+    # A one-pixel line cannot be eroded by 2 px: its pixels stay sure foreground.
+    line = np.zeros((9, 9), bool)
+    line[4, 1:8] = True
+    assert (trimap_from_mask(line, erode=2, dilate=1) == 1.0).any()
+
+
+def test_alpha_from_mask_and_from_box() -> None:
+    s = scene(32)
+    est = foreground_from_mask(s["image"], s["alpha"] > 0.5, ForegroundConfig(erode=1, dilate=2))
+    assert est.alpha.shape == (32, 32) and est.alpha.dtype == np.float32
+    assert est.trimap.shape == (32, 32) and est.mask.dtype == bool
+    assert np.abs(est.alpha - s["alpha"]).mean() < 0.01
+
+    box = object_box(s["alpha"])
+    est = foreground_from_box(s["image"], box, ForegroundConfig(erode=1, dilate=2))
+    x0, y0, x1, y1 = box
+    outside = np.ones((32, 32), bool)
+    outside[y0:y1, x0:x1] = False
+    assert (est.alpha[outside] == 0).all()
+    gt = s["alpha"] > 0.5
+    iou = (est.mask & gt).sum() / (est.mask | gt).sum()
+    assert iou > 0.75  # GrabCut keeps part of the soft edge: the matting fixes it
+    assert np.abs(est.alpha - s["alpha"]).mean() < 0.03
+
+
+def test_matting_methods_and_downscaled_matting() -> None:
+    s = scene(32)
+    trimap = trimap_from_mask(s["alpha"] > 0.5, 1, 2)
+    for method in ("cf", "sm"):
+        alpha = estimate_alpha(s["image"], trimap, method)
+        assert np.abs(alpha - s["alpha"]).mean() < 0.02, method
+    small = estimate_alpha(s["image"], trimap, "cf", max_side=12)  # matting at a lower resolution
+    assert (small[trimap == 1.0] == 1).all() and (small[trimap == 0.0] == 0).all()
+    assert np.abs(small - s["alpha"]).mean() < 0.05
+
+
+def test_foreground_errors() -> None:
+    s = scene(32)
+    with pytest.raises(LayerError, match="outside the 32x32 image"):
+        foreground_from_box(s["image"], (20, 10, 40, 30))
+    with pytest.raises(LaminaError, match="covers the whole"):
+        foreground_from_box(s["image"], (0, 0, 32, 32))
+    with pytest.raises(LayerError, match="mask is 16x16 but the image is 32x32"):
+        foreground_from_mask(s["image"], np.ones((16, 16), bool))
+    with pytest.raises(LaminaError, match="mask is empty"):
+        foreground_from_mask(s["image"], np.zeros((32, 32), np.float32))
+    with pytest.raises(LaminaError, match="covers the whole image"):
+        foreground_from_mask(s["image"], np.ones((32, 32), np.uint8) * 255)
+    with pytest.raises(LaminaError, match="matting method"):
+        ForegroundConfig(matting="knn")
+    with pytest.raises(LaminaError, match="inpainting method"):
+        ClassicalConfig(inpaint="lama")
+
+
+def test_effects_region_surrounds_the_object_and_reaches_below() -> None:
+    mask = np.zeros((40, 40), bool)
+    mask[5:15, 10:20] = True
+    region = effects_region(mask, below=1.0, around=0.2)  # 2 px around, 10 rows below
+    assert not (region & mask).any()
+    assert region[3, 15] and not region[2, 15]  # 2 px above
+    assert region[10, 8] and not region[10, 7]  # 2 px beside
+    assert region[16 + 10, 15] and not region[16 + 12, 15]  # down to 10 rows under the grown object
+    assert not region[30:, :].any()
+
+
+# ------------------------------------------------------------ disassembly
+def test_projection_meets_the_recomposition_constraint() -> None:
+    rng = torch.Generator().manual_seed(0)
+    image, f0, b0 = (torch.rand(1, 3, 8, 8, generator=rng) for _ in range(3))
+    alpha = torch.rand(1, 1, 8, 8, generator=rng)
+    alpha[..., 0, :] = 1.0
+    alpha[..., 1, :] = 0.0
+    f, b = project_recomposition(image, alpha, f0, b0)
+    torch.testing.assert_close(alpha * f + (1 - alpha) * b, image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(f[..., 0, :], image[..., 0, :])  # opaque: F is the image, B untouched
+    torch.testing.assert_close(b[..., 0, :], b0[..., 0, :])
+    torch.testing.assert_close(b[..., 1, :], image[..., 1, :])  # transparent: B is the image
+    assert f.min() >= 0 and f.max() <= 1 and b.min() >= 0 and b.max() <= 1
+    # Estimates that already recompose the image are kept; gradients flow.
+    f0 = image.clone().requires_grad_(True)
+    f, b = project_recomposition(image, alpha, f0, image)
+    torch.testing.assert_close(f, image)
+    torch.testing.assert_close(b, image)
+    (f.sum() + b.sum()).backward()
+    assert torch.isfinite(f0.grad).all()
+
+
+def test_minimum_alpha_recovers_a_black_shadow() -> None:
+    background = np.full((4, 4, 3), 0.6, np.float32)
+    target = background * (1 - 0.4)  # 40 % black over it
+    alpha, colour = minimum_alpha(target, background)
+    np.testing.assert_allclose(alpha, 0.4, atol=1e-6)
+    np.testing.assert_allclose(colour, 0.0, atol=1e-6)
+
+
+def test_classical_recomposes_the_input_and_completes_the_background() -> None:
+    s = scene(32)
+    decomposer = ClassicalDecomposer()
+    assert isinstance(decomposer, Decomposer)
+    result = decomposer.decompose(s["image"], s["alpha"])
+    assert result.foreground.shape == (32, 32, 4) and result.background.shape == (32, 32, 3)
+    assert psnr(result.composite(), s["image"]) > 30
+    hidden = s["alpha"] > 0.5
+    assert psnr(result.background[hidden], s["background"][hidden]) > 25  # a smooth background, inpainted
+    visible = s["alpha"] > 0.05
+    assert np.abs(result.foreground[visible, :3] - s["fg"][visible]).mean() < 0.03
+    layered = result.to_layered(metadata={"method": "classical"})
+    assert isinstance(layered, LayeredImage) and len(layered.layers) == 1
+    assert psnr(layered.composite()[:, :, :3], s["image"]) > 30
+
+
+def test_inpainting_at_a_lower_resolution() -> None:
+    from lamina.layeringdiff.classical import inpaint_background
+
+    s = scene(32)
+    hole = s["alpha"] > 0.01
+    full = inpaint_background(s["image"], hole, "ns", radius=3)
+    small = inpaint_background(s["image"], hole, "telea", radius=3, max_side=12)
+    np.testing.assert_array_equal(small[~hole], s["image"][~hole])
+    assert psnr(full[hole], s["background"][hole]) > 25 and psnr(small[hole], s["background"][hole]) > 25
+
+
+def test_shadow_goes_to_the_foreground_layer() -> None:
+    s = scene(48, centre=(0.35, 0.5), shadow=0.5)
+    estimate = foreground_from_mask(s["image"], s["alpha"] > 0.5)
+    assert estimate.effects_region is not None
+    with_effects = ClassicalDecomposer().decompose(s["image"], estimate.alpha, estimate.effects_region)
+    without = ClassicalDecomposer().decompose(s["image"], estimate.alpha)
+    shadow = (s["effects"] > 0.1) & (s["alpha"] < 0.01)
+    assert with_effects.effects_alpha[shadow].mean() > 0.3
+    assert psnr(with_effects.background[shadow], s["background"][shadow]) > \
+        psnr(without.background[shadow], s["background"][shadow]) + 6
+    assert psnr(with_effects.composite(), s["image"]) > 30
+
+
+def test_decompose_image_with_a_box() -> None:
+    s = scene(32)
+    box = object_box(s["alpha"])
+    layered = decompose_image(s["image"], box=",".join(map(str, box)))
+    assert [layer.name for layer in layered.all_layers] == ["background", "object_1"]
+    assert layered.metadata["method"] == "classical" and layered.metadata["recomposition_psnr"] > 30
+    assert layered.layers[0].metadata["box"] == list(box)
+    assert psnr(layered.composite()[:, :, :3], s["image"]) > 30
+    # uint8 photos and a mask read from an RGB file work too.
+    mask_file = np.repeat(((s["alpha"] > 0.5) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    layered = decompose_image((s["image"] * 255).astype(np.uint8), mask=mask_file)
+    assert layered.metadata["regions"] == ["mask"] and "box" not in layered.layers[0].metadata
+
+
+def test_two_layers_peeled_front_to_back() -> None:
+    back = scene(32, centre=(0.3, 0.3), radii=(0.15, 0.15), colour=(0.1, 0.2, 0.9))
+    front = scene(32, centre=(0.65, 0.65), radii=(0.17, 0.17), colour=(0.9, 0.8, 0.1))
+    a = front["alpha"][:, :, None]
+    image = a * front["fg"] + (1 - a) * back["image"]
+    boxes = [object_box(front["alpha"]), object_box(back["alpha"])]  # front-most first
+    layered = decompose_image(image, box=boxes, layers=2)
+    assert [layer.name for layer in layered.all_layers] == ["background", "object_2", "object_1"]
+    assert psnr(layered.composite()[:, :, :3], image) > 30
+    background_psnr = psnr(layered.background.rgb, back["background"])
+    assert background_psnr > 25, background_psnr
+    with pytest.raises(LaminaError, match="need 3 boxes"):
+        decompose_image(image, box=boxes, layers=3)
+
+
+def test_region_arguments() -> None:
+    assert regions_from_args(box=(1, 2, 3, 4)) == [("box", (1, 2, 3, 4))]
+    assert regions_from_args(box="1,2,3,4") == [("box", (1, 2, 3, 4))]
+    assert len(regions_from_args(box=[(1, 2, 3, 4), (0, 0, 2, 2)])) == 2
+    assert len(regions_from_args(mask=np.ones((4, 4)))) == 1
+    with pytest.raises(LaminaError, match="exactly one"):
+        regions_from_args()
+    with pytest.raises(LaminaError, match="exactly one"):
+        regions_from_args(box=(1, 2, 3, 4), mask=np.ones((4, 4)))
+    with pytest.raises(LaminaError, match="unknown decomposition method"):
+        decompose_image(np.zeros((8, 8, 3)), box=(1, 1, 4, 4), method="magic")
+    with pytest.raises(LaminaError, match="needs an FBDD model"):
+        decompose_image(np.zeros((8, 8, 3)), box=(1, 1, 4, 4), method="layeringdiff")
+
+
+# ---------------------------------------------------------------------- FBDD
+def tiny_pipeline():
+    from lamina.layeringdiff import FBDDPipeline, make_scheduler, make_unet
+
+    torch.manual_seed(0)
+    pipe = FBDDPipeline(make_unet("tiny", sample_size=16), make_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_fbdd_save_load_round_trip(tmp_path) -> None:
+    from lamina.layeringdiff.fbdd import FBDDPipeline
+
+    s = scene(32)
+    pipe = tiny_pipeline()
+    first = pipe(s["image"], s["alpha"], num_inference_steps=3, generator=torch.Generator().manual_seed(1))
+    assert first.foreground.shape == (1, 32, 32, 3) and first.background.shape == (1, 32, 32, 3)
+    a = s["alpha"][:, :, None]
+    assert psnr(a * first.foreground[0] + (1 - a) * first.background[0], s["image"]) > 40  # the projection
+    pipe.save_pretrained(tmp_path / "fbdd")
+    loaded = FBDDPipeline.from_pretrained(tmp_path / "fbdd")
+    loaded.set_progress_bar_config(disable=True)
+    again = loaded(s["image"], s["alpha"], num_inference_steps=3, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(again.foreground, first.foreground, atol=1e-5)
+    np.testing.assert_allclose(again.background, first.background, atol=1e-5)
+
+    layered = decompose_image(s["image"], mask=s["alpha"] > 0.5, method="layeringdiff", model=tmp_path / "fbdd")
+    assert layered.metadata["method"] == "layeringdiff" and layered.metadata["recomposition_psnr"] > 30
+    with pytest.raises(LaminaError, match="not a folder"):
+        decompose_image(s["image"], box=(1, 1, 9, 9), method="layeringdiff", model=tmp_path / "missing")
+
+
+def test_fbdd_loss_backpropagates() -> None:
+    from lamina.layeringdiff.fbdd import fbdd_loss
+
+    pipe = tiny_pipeline()
+    g = torch.Generator().manual_seed(0)
+    image, fg, bg = (torch.rand(2, 3, 16, 16, generator=g) for _ in range(3))
+    alpha = torch.rand(2, 1, 16, 16, generator=g)
+    losses = fbdd_loss(pipe.unet, pipe.scheduler, image, alpha, fg, bg, generator=g, recomposition_weight=0.1)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and losses["recomposition"] > 0
+    grads = [p.grad for p in pipe.unet.parameters()]
+    assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
