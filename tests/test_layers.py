@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from lamina import Layer, LayeredImage, LayerError, composite_stack, over, premultiply, unpremultiply
+from lamina.layers import parse_box
 
 
 def rgba(h: int, w: int, color: tuple[float, float, float, float]) -> np.ndarray:
@@ -204,3 +205,19 @@ def test_bbox() -> None:
     px[1:3, 2, 3] = 0.5
     assert Layer(px, offset=(10, 20)).bbox() == (12, 21, 13, 23)
     assert Layer(np.zeros((2, 2, 4), np.float32)).bbox() is None
+
+
+def test_crop_and_box_validation() -> None:
+    rng = np.random.default_rng(9)
+    image = LayeredImage(random_rgba(rng, 6, 8, opaque=True), [Layer(random_rgba(rng, 3, 3), name="a", offset=(2, 1))])
+    cropped = image.crop((1, 1, 5, 4))
+    assert cropped.size == (4, 3) and cropped.layers[0].offset == (1, 0)
+    np.testing.assert_array_equal(cropped.composite(), image.composite()[1:4, 1:5])
+    assert cropped.metadata["crop_box"] == [1, 1, 5, 4]
+    with pytest.raises(LayerError, match="outside the 8x6 image"):
+        image.crop((0, 0, 9, 6))
+    with pytest.raises(LayerError, match="empty"):
+        image.crop((3, 0, 3, 6))
+    with pytest.raises(LayerError, match="four integers"):
+        parse_box("1,2,3")
+    assert parse_box(" 1, 2,3,4") == (1, 2, 3, 4)

@@ -3,8 +3,8 @@
 Every command is a thin layer over the Python API: parse, call, report. Errors meant for
 users (:class:`lamina.LaminaError`) are printed as one line and exit with status 1;
 nothing is half-written because every writer in :mod:`lamina.io` is atomic.
-Method subcommand groups (``lamina furrygan ...``) are registered in :data:`METHOD_GROUPS`
-and imported only when used.
+Method commands (``lamina furrygan ...``, ``lamina decompose``) are registered in
+:data:`LAZY_COMMANDS` and imported only when used, so ``lamina --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ import click
 
 from .errors import LaminaError
 
-#: ``name -> (module, attribute, help)`` of method command groups, imported lazily.
-METHOD_GROUPS: dict[str, tuple[str, str, str]] = {
+#: ``name -> (module, attribute, one-line help)`` of method commands, imported lazily.
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "furrygan": ("lamina.furrygan.cli", "furrygan", "FurryGAN: train, generate layers, segment, evaluate."),
+    "layeringdiff": ("lamina.layeringdiff.cli", "layeringdiff", "LayeringDiff: train the FBDD decomposition model."),
+    "decompose": ("lamina.layeringdiff.cli", "decompose", "Split a photo into foreground layer(s) and a background."),
+    "generate": ("lamina.layeringdiff.cli", "generate", "Text -> composite -> layers with a text-to-image model."),
 }
 
 LAYERED_SUFFIXES = (".psd", ".ora")
@@ -33,20 +37,19 @@ class LaminaGroup(click.Group):
     """A click group that turns :class:`LaminaError` into one line and lazily loads method groups."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        available = [name for name, (module, _, _) in METHOD_GROUPS.items() if _module_exists(module)]
-        return sorted([*super().list_commands(ctx), *available])
+        return sorted([*super().list_commands(ctx), *(name for name in LAZY_COMMANDS if _lazy_available(name))])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in METHOD_GROUPS and _module_exists(METHOD_GROUPS[name][0]):
-            module, attr, _ = METHOD_GROUPS[name]
+        if _lazy_available(name):
+            module, attr, _ = LAZY_COMMANDS[name]
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
         for name in self.list_commands(ctx):
-            if name in METHOD_GROUPS:  # one-line help without importing the method
-                rows.append((name, METHOD_GROUPS[name][2]))
+            if name in LAZY_COMMANDS:  # one-line help without importing the method
+                rows.append((name, LAZY_COMMANDS[name][2]))
             else:
                 rows.append((name, self.commands[name].get_short_help_str(limit=80)))
         with formatter.section("Commands"):
@@ -63,9 +66,11 @@ class LaminaGroup(click.Group):
             ctx.exit(130)
 
 
-def _module_exists(name: str) -> bool:
+def _lazy_available(name: str) -> bool:
+    if name not in LAZY_COMMANDS:
+        return False
     try:
-        return importlib.util.find_spec(name) is not None
+        return importlib.util.find_spec(LAZY_COMMANDS[name][0]) is not None
     except ModuleNotFoundError:  # a parent package is missing
         return False
 
@@ -95,7 +100,7 @@ def main() -> None:
 @_seed_option
 @_overwrite_option
 def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> None:
-    """Write layered PSD, ORA and PNG-stack files and a contact sheet of synthetic scenes."""
+    """Write PSD, ORA, PNG-stack files and a contact sheet of demo scenes."""
     from .data import SCENE_PRESETS, generate_scene
     from .io import save, save_contact_sheet
     from .progress import progress
@@ -117,7 +122,7 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
 @click.argument("dst", type=click.Path(path_type=Path))
 @_overwrite_option
 def convert(src: Path, dst: Path, overwrite: bool) -> None:
-    """Convert a layered file between PSD, OpenRaster and PNG stack (by extension)."""
+    """Convert between PSD, OpenRaster and PNG stack (by extension)."""
     from .io import load, save
 
     image = load(src)
@@ -130,7 +135,7 @@ def convert(src: Path, dst: Path, overwrite: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Contact sheet PNG.")
 @_overwrite_option
 def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
-    """Contact sheet: each layer over a checkerboard, then the composite (one row per file)."""
+    """Contact sheet: each layer over a checkerboard, then the composite."""
     from .io import load, save_contact_sheet
 
     images = [load(path) for path in src]
@@ -140,8 +145,23 @@ def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--box", required=True, help="Crop box x0,y0,x1,y1 in pixels (end exclusive).")
+@_overwrite_option
+def crop(src: Path, dst: Path, box: str, overwrite: bool) -> None:
+    """Crop every layer of a layered file to a box."""
+    from .io import load, save
+    from .layers import parse_box
+
+    image = load(src).crop(parse_box(box))
+    save(image, dst, overwrite=overwrite)
+    click.echo(f"{src} -> {dst} ({image.width}x{image.height})")
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
 def info(src: Path) -> None:
-    """List the layers of a layered file: name, size, offset, opacity, visibility."""
+    """List the layers of a layered file (name, size, offset, opacity)."""
     from .io import load
 
     image = load(src)
@@ -180,20 +200,42 @@ def synth(out_dir: Path, count: int, size: int, preset: str, fmt: str, seed: int
               help="Alpha threshold for the mask metrics.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def metrics(pred: Path, gt: Path, threshold: float, as_json: bool) -> None:
-    """Compare predicted layered files with ground truth (files, or folders of them)."""
+    """Compare predicted layered files (or folders) with ground truth."""
     from .io import load
     from .metrics import evaluate_layers
 
     pairs = _pair_layered(pred, gt)
     rows = [evaluate_layers(load(p), load(g), threshold=threshold) for p, g in pairs]
-    mean = {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
+    mean = _mean_metrics(rows)
     if as_json:
-        click.echo(json.dumps({"count": len(rows), "mean": mean,
-                               "per_image": {str(p): r for (p, _), r in zip(pairs, rows)}}, indent=2))
+        report = {"count": len(rows), "mean": mean, "per_image": {str(p): r for (p, _), r in zip(pairs, rows)}}
+        click.echo(json.dumps(_strict_json(report), indent=2))
         return
     click.echo(f"{len(rows)} pair(s)\n\n| metric | value |\n|---|---|")
     for key, value in mean.items():
         click.echo(f"| {key} | {value:.4f} |")
+
+
+def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each whole-image metric over the pairs, skipping NaN (undefined for that pair).
+
+    Per-layer entries (``layer/<name>/...``) differ between images, so they stay per image.
+    """
+    keys = [key for key in rows[0] if not key.startswith("layer/")]
+    mean = {}
+    for key in keys:
+        values = [row[key] for row in rows if key in row and not math.isnan(row[key])]
+        mean[key] = sum(values) / len(values) if values else math.nan
+    return mean
+
+
+def _strict_json(value: Any) -> Any:
+    """Standard JSON has no NaN/Infinity: NaN (undefined) -> null, +-inf (e.g. PSNR of equal images) -> "inf"."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
 
 def _is_layered(path: Path) -> bool:
