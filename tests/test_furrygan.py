@@ -140,7 +140,8 @@ def test_config_errors(data, match):
 
 def test_preset_errors():
     with pytest.raises(ConfigError, match="tiny-32"):
-        get_preset("tiny")
+        get_preset("tiny-64")
+    assert get_preset("tiny").model == get_preset("tiny-32").model  # the built-in model's preset
     with pytest.raises(ConfigError, match="unknown config key"):
         tiny(**{"train.bacth": 4})
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -201,14 +201,14 @@ def test_shadow_goes_to_the_foreground_layer() -> None:
 def test_decompose_image_with_a_box() -> None:
     s = scene(32)
     box = object_box(s["alpha"])
-    layered = decompose_image(s["image"], box=",".join(map(str, box)))
+    layered = decompose_image(s["image"], box=",".join(map(str, box)), method="classical")
     assert [layer.name for layer in layered.all_layers] == ["background", "object_1"]
     assert layered.metadata["method"] == "classical" and layered.metadata["recomposition_psnr"] > 30
     assert layered.layers[0].metadata["box"] == list(box)
     assert psnr(layered.composite()[:, :, :3], s["image"]) > 30
     # uint8 photos and a mask read from an RGB file work too.
     mask_file = np.repeat(((s["alpha"] > 0.5) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
-    layered = decompose_image((s["image"] * 255).astype(np.uint8), mask=mask_file)
+    layered = decompose_image((s["image"] * 255).astype(np.uint8), mask=mask_file, method="classical")
     assert layered.metadata["regions"] == ["mask"] and "box" not in layered.layers[0].metadata
 
 
@@ -218,13 +218,13 @@ def test_two_layers_peeled_front_to_back() -> None:
     a = front["alpha"][:, :, None]
     image = a * front["fg"] + (1 - a) * back["image"]
     boxes = [object_box(front["alpha"]), object_box(back["alpha"])]  # front-most first
-    layered = decompose_image(image, box=boxes, layers=2)
+    layered = decompose_image(image, box=boxes, layers=2, method="classical")
     assert [layer.name for layer in layered.all_layers] == ["background", "object_2", "object_1"]
     assert psnr(layered.composite()[:, :, :3], image) > 30
     background_psnr = psnr(layered.background.rgb, back["background"])
     assert background_psnr > 25, background_psnr
     with pytest.raises(LaminaError, match="need 3 boxes"):
-        decompose_image(image, box=boxes, layers=3)
+        decompose_image(image, box=boxes, layers=3, method="classical")
 
 
 def test_region_arguments() -> None:
@@ -238,8 +238,9 @@ def test_region_arguments() -> None:
         regions_from_args(box=(1, 2, 3, 4), mask=np.ones((4, 4)))
     with pytest.raises(LaminaError, match="unknown decomposition method"):
         decompose_image(np.zeros((8, 8, 3)), box=(1, 1, 4, 4), method="magic")
-    with pytest.raises(LaminaError, match="needs an FBDD model"):
-        decompose_image(np.zeros((8, 8, 3)), box=(1, 1, 4, 4), method="layeringdiff")
+    assert regions_from_args(prompt="the cat") == [("prompt", "the cat")]
+    with pytest.raises(LaminaError, match="need 2 prompts"):
+        regions_from_args(prompt=["a", "b", "c"], layers=2)
 
 
 # ---------------------------------------------------------------------- FBDD

@@ -44,6 +44,8 @@ SQRT2 = math.sqrt(2.0)
 #: File names of an inference export (:meth:`FurryGANGenerator.save_pretrained`).
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The discriminator beside an export (optional; GAN inversion uses its features as a perceptual loss).
+DISCRIMINATOR_NAME = "discriminator.safetensors"
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -593,6 +595,38 @@ class FurryGANDiscriminator(nn.Module):
         h = self.final_conv(h)
         logits = self.out(self.final_linear(h.flatten(1)))
         return DiscriminatorOutput(logits=logits.squeeze(1), mask=mask)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps after ``from_rgb`` and each resolution block (used as a perceptual distance)."""
+        h = self.from_rgb(x)
+        feats = [h]
+        for block in self.blocks:
+            h = block(h)
+            feats.append(h)
+        return feats
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``discriminator.safetensors`` (float32) to ``directory``, beside a generator export."""
+        path = Path(directory) / DISCRIMINATOR_NAME
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        with atomic_output(path, overwrite=True) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "lamina.furrygan.discriminator", "version": "1"})
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+                        ) -> FurryGANDiscriminator:
+        """Load the discriminator of an export folder (``config.json`` + ``discriminator.safetensors``)."""
+        directory = Path(directory)
+        for name in (CONFIG_NAME, DISCRIMINATOR_NAME):
+            if not (directory / name).is_file():
+                raise InputFileError(f"{directory}: no FurryGAN discriminator (missing {name})")
+        D = cls(FurryGANConfig.load_json(directory / CONFIG_NAME).model)
+        try:
+            D.load_state_dict(load_file(str(directory / DISCRIMINATOR_NAME), device=str(map_location)))
+        except RuntimeError as exc:
+            raise InputFileError(f"{directory}: discriminator weights do not match config.json ({exc})") from None
+        return D.to(map_location).eval().requires_grad_(False)
 
     def predict_mask(self, x: torch.Tensor) -> torch.Tensor:
         """Only the auxiliary mask predictor D_aux: ``[N, 3, H, W]`` -> ``[N, 1, 16, 16]`` (stops at 16x16)."""

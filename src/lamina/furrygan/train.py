@@ -13,7 +13,7 @@ The run directory holds:
 * ``training-state.pt``: everything needed to resume (networks, EMA, optimizers, counters),
   replaced atomically; **rerunning the same command resumes** from it;
 * ``pretrained/``: the EMA generator as ``config.json`` + ``model.safetensors``
-  (:meth:`FurryGANGenerator.from_pretrained`);
+  (:meth:`FurryGANGenerator.from_pretrained`), and ``discriminator.safetensors`` (for GAN inversion);
 * ``samples/step-NNNNNNN.png``: grids ``fg | mask | fine | fg*m | bg | composite``;
 * ``log.jsonl``: every ``train.log_every`` steps, one JSON line with that step's loss terms
   (averaged over processes).
@@ -62,6 +62,8 @@ class TrainResult:
     step: int
     nimg: int
     run_dir: Path
+    #: The trained networks of this process, ``{"G", "D", "G_ema"}``.
+    networks: dict[str, torch.nn.Module] | None = None
 
 
 def training_loop(
@@ -186,9 +188,10 @@ def training_loop(
                 with atomic_output(state_path, overwrite=True) as tmp:
                     torch.save(state, tmp)
                 G_ema.save_pretrained(run_dir / EXPORT_DIR, cfg)
+                D.save_pretrained(run_dir / EXPORT_DIR)
             last_saved = done
             acc.wait_for_everyone()
-    return TrainResult(step=done, nimg=nimg, run_dir=run_dir)
+    return TrainResult(step=done, nimg=nimg, run_dir=run_dir, networks={"G": G, "D": D, "G_ema": G_ema})
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -8,6 +8,8 @@ diffusion model), both behind the :class:`Decomposer` interface (:mod:`.decompos
 
 ``lamina.layeringdiff.fbdd`` needs diffusers and is imported only when used (its names are
 re-exported lazily: ``from lamina.layeringdiff import FBDDPipeline`` imports it then).
+Training is in :mod:`.train`, the text stages (Grounding DINO, SAM, ViTMatte, any diffusers
+text-to-image pipeline) in :mod:`.grounding`, the commands in :mod:`.cli`.
 """
 
 from typing import Any
@@ -33,8 +35,8 @@ from .foreground import (
 )
 
 #: Names of :mod:`.fbdd`, imported on first access.
-_FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "fbdd_loss", "load_pipeline", "make_scheduler",
-               "make_unet")
+_FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "fbdd_loss", "load_builtin", "load_pipeline",
+               "make_scheduler", "make_unet", "telea_prefill")
 
 
 def __getattr__(name: str) -> Any:
@@ -62,11 +64,13 @@ __all__ = [
     "foreground_from_box",
     "foreground_from_mask",
     "grabcut_mask",
+    "load_builtin",
     "load_pipeline",
     "make_decomposer",
     "make_scheduler",
     "make_unet",
     "peel",
     "project_recomposition",
+    "telea_prefill",
     "trimap_from_mask",
 ]

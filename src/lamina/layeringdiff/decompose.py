@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -174,6 +175,19 @@ def detect_effects(
     return np.where(keep, strength, 0.0).astype(np.float32), colour
 
 
+def effects_colour(image: np.ndarray, alpha: np.ndarray, foreground: np.ndarray, background: np.ndarray,
+                   effects: np.ndarray) -> np.ndarray:
+    """The colour ``[H, W, 3]`` of effects of opacity ``effects`` that turns ``background`` into the image.
+
+    The image without the object, ``E = (I - alpha F) / (1 - alpha)``, is ``e C + (1 - e) B``;
+    solved for ``C`` where ``e > 0`` and clipped to ``[0, 1]`` (black elsewhere).
+    """
+    a, e = alpha[:, :, None], effects[:, :, None]
+    unoccluded = np.clip((image - a * foreground) / np.maximum(1.0 - a, ALPHA_EPS), 0.0, 1.0)
+    colour = (unoccluded - (1.0 - e) * background) / np.maximum(e, ALPHA_EPS)
+    return np.where(e > 0, np.clip(colour, 0.0, 1.0), 0.0).astype(np.float32)
+
+
 def attach_effects(alpha: np.ndarray, foreground: np.ndarray, effects: np.ndarray,
                    colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The object over its effects, as one layer: ``(rgb [H, W, 3], alpha [H, W])`` ("over", straight colour)."""
@@ -190,6 +204,7 @@ def finish_decomposition(
     background: np.ndarray,
     effects_region: np.ndarray | None = None,
     effects_threshold: float = 0.1,
+    effects: np.ndarray | None = None,
 ) -> Decomposition:
     """The last step of every decomposer: attach effects, then project onto the recomposition constraint.
 
@@ -199,13 +214,29 @@ def finish_decomposition(
         foreground: ``[H, W, 3]`` estimated object colours (only used where ``alpha > 0``).
         background: ``[H, W, 3]`` estimated effect-free background, completed under the object.
         effects_region: ``bool`` ``[H, W]`` where effects may lie; ``None`` for none.
+        effects: ``[H, W]`` the effects' opacity when the decomposer estimated it (FBDD with an
+            effects channel); then ``effects_region`` is not searched, the opacity is raised
+            where needed to the least that explains the image over the completed background
+            (:func:`minimum_alpha`), and the effects' colour is what turns the completed
+            background into the image (:func:`effects_colour`).
     """
-    effects = np.zeros_like(alpha)
     total = alpha
-    if effects_region is not None:
+    if effects is not None:
+        effects = np.where(alpha < 0.5, np.clip(effects, 0.0, 1.0), 0.0).astype(np.float32)
+        # Where the decomposer sees an effect, it is at least as opaque as needed to turn its
+        # background into the image with black or white: the projection then leaves the
+        # background as estimated instead of darkening it with the rest of a shadow.
+        a = alpha[:, :, None]
+        unoccluded = np.clip((image - a * foreground) / np.maximum(1.0 - a, ALPHA_EPS), 0.0, 1.0)
+        needed, _ = minimum_alpha(unoccluded, background)
+        effects = np.where(effects > 0, np.maximum(effects, needed), 0.0).astype(np.float32)
+        colour = effects_colour(image, alpha, foreground, background, effects)
+    elif effects_region is not None:
         effects, colour = detect_effects(image, alpha, foreground, background, effects_region, effects_threshold)
-        if effects.any():
-            foreground, total = attach_effects(alpha, foreground, effects, colour)
+    else:
+        effects = np.zeros_like(alpha)
+    if effects.any():
+        foreground, total = attach_effects(alpha, foreground, effects, colour)
     f, b = project_recomposition(torch.from_numpy(image), torch.from_numpy(total)[:, :, None],
                                  torch.from_numpy(np.ascontiguousarray(foreground, np.float32)),
                                  torch.from_numpy(np.ascontiguousarray(background, np.float32)))
@@ -221,18 +252,25 @@ def psnr(a: np.ndarray, b: np.ndarray, cap: float = 100.0) -> float:
 
 
 # ----------------------------------------------------------------- the pipeline
-Region = tuple[str, Any]  # ("box", (x0, y0, x1, y1)) or ("mask", array)
+Region = tuple[str, Any]  # ("box", (x0, y0, x1, y1)), ("mask", array) or ("prompt", "the cat")
 
 
-def regions_from_args(box: Any = None, mask: Any = None, layers: int | None = None) -> list[Region]:
-    """Normalise ``box=`` / ``mask=`` (one, or a list front to back) into regions, checked against ``layers``.
+def regions_from_args(box: Any = None, mask: Any = None, layers: int | None = None,
+                      prompt: Any = None) -> list[Region]:
+    """Normalise ``box=`` / ``mask=`` / ``prompt=`` (one, or a list front to back) into regions.
 
-    A box is ``(x0, y0, x1, y1)`` or the string ``"x0,y0,x1,y1"``; a mask is an array. Several
-    objects need a list of them, front-most first.
+    A box is ``(x0, y0, x1, y1)`` or the string ``"x0,y0,x1,y1"``; a mask is an array; a
+    prompt is a phrase naming the object. Several objects need a list of them, front-most
+    first; their number is checked against ``layers``.
     """
-    if (box is None) == (mask is None):
-        raise LaminaError("give the object as a box or as a mask (exactly one of them)")
-    if box is not None:
+    if sum(v is not None for v in (box, mask, prompt)) != 1:
+        raise LaminaError("give the object as a box, a mask or a prompt (exactly one of them)")
+    if prompt is not None:
+        phrases = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not all(isinstance(p, str) and p.strip() for p in phrases):
+            raise LaminaError(f"prompt must be a phrase or a list of phrases, got {prompt!r}")
+        regions = [("prompt", p) for p in phrases]
+    elif box is not None:
         try:
             single = isinstance(box, str) or (len(box) == 4 and all(np.isscalar(v) for v in box))
             boxes = [box] if single else list(box)
@@ -245,9 +283,9 @@ def regions_from_args(box: Any = None, mask: Any = None, layers: int | None = No
     if not regions:
         raise LaminaError("the list of boxes or masks is empty")
     if layers is not None and layers != len(regions):
-        kind = regions[0][0]
-        raise LaminaError(f"{layers} layer(s) need {layers} {kind}es front to back, got {len(regions)} "
-                          "(each object to peel needs its own box or mask)")
+        kind = {"box": "boxes", "mask": "masks", "prompt": "prompts"}[regions[0][0]]
+        raise LaminaError(f"{layers} layer(s) need {layers} {kind} front to back, got {len(regions)} "
+                          "(each object to peel needs its own box, mask or prompt)")
     return regions
 
 
@@ -256,14 +294,24 @@ def peel(
     regions: Sequence[Region],
     decomposer: Decomposer,
     config: ForegroundConfig | None = None,
+    grounder: Any = None,
 ) -> list[tuple[ForegroundEstimate, Decomposition]]:
-    """Peel objects front to back: each region is found in the background left by the previous one."""
+    """Peel objects front to back: each region is found in the background left by the previous one.
+
+    ``grounder`` (a :class:`~lamina.layeringdiff.grounding.Grounder`) turns prompt regions into alpha.
+    """
     current = as_rgb(image)
     config = config or ForegroundConfig()
     out = []
     for kind, value in regions:
         if kind == "box":
             estimate = foreground_from_box(current, value, config)
+        elif kind == "prompt":
+            if grounder is None:
+                from .grounding import Grounder
+
+                grounder = Grounder()
+            estimate = grounder.estimate(current, value, config)
         else:
             estimate = foreground_from_mask(current, value, config)
         decomposition = decomposer.decompose(current, estimate.alpha, estimate.effects_region)
@@ -272,16 +320,23 @@ def peel(
     return out
 
 
-def make_decomposer(method: str = "classical", model: Any = None, **options: Any) -> Decomposer:
-    """The decomposer of a method name: ``"classical"`` or ``"layeringdiff"`` (FBDD, needs ``model``)."""
+#: The built-in FBDD model (trained on procedural scenes, see ``lamina layeringdiff train --preset builtin``).
+BUILTIN_MODEL = Path(__file__).parent / "assets" / "builtin"
+
+
+def make_decomposer(method: str = "layeringdiff", model: Any = None, **options: Any) -> Decomposer:
+    """The decomposer of a method name: ``"classical"`` or ``"layeringdiff"`` (FBDD; ``model`` defaults to
+    the built-in one, :data:`BUILTIN_MODEL`). ``options`` go to the decomposer's constructor."""
     if method == "classical":
         from .classical import ClassicalConfig, ClassicalDecomposer
 
         return ClassicalDecomposer(ClassicalConfig(**options))
     if method == "layeringdiff":
         if model is None:
-            raise LaminaError("the layeringdiff method needs an FBDD model (model=PATH); no built-in model is "
-                              "shipped yet, use method='classical'")
+            if not (BUILTIN_MODEL / "model_index.json").exists():
+                raise LaminaError(f"the built-in FBDD model is missing ({BUILTIN_MODEL}); pass model=PATH "
+                                  "(a training run's export/) or use method='classical'")
+            model = BUILTIN_MODEL
         from .fbdd import FBDDDecomposer
 
         return FBDDDecomposer.load(model, **options)
@@ -293,11 +348,14 @@ def decompose_image(
     *,
     box: Any = None,
     mask: Any = None,
+    prompt: Any = None,
     layers: int | None = None,
-    method: str = "classical",
+    method: str = "layeringdiff",
     model: Any = None,
+    options: dict[str, Any] | None = None,
     config: ForegroundConfig | None = None,
     decomposer: Decomposer | None = None,
+    grounder: Any = None,
 ) -> LayeredImage:
     """Decompose a photo into a background and one layer per object (LayeringDiff stages 2 and 3).
 
@@ -306,25 +364,33 @@ def decompose_image(
         box: the object's box ``(x0, y0, x1, y1)`` (exclusive end) or ``"x0,y0,x1,y1"``, or a
             list of them, **front-most object first**.
         mask: the object's mask ``[H, W]`` (> 0.5 marks it), or a list, front-most first.
-        layers: number of objects to peel; must match the number of boxes/masks when given.
-        method: ``"classical"`` (GrabCut/pymatting/inpainting, no weights) or ``"layeringdiff"``
-            (FBDD, needs ``model``: a folder saved by :meth:`FBDDPipeline.save_pretrained`).
+        prompt: a phrase naming the object (``"the cat"``), or a list, front-most first: found
+            by Grounding DINO, SAM and ViTMatte (:class:`~lamina.layeringdiff.grounding.Grounder`).
+        layers: number of objects to peel; must match the number of boxes/masks/prompts when given.
+        method: ``"layeringdiff"`` (FBDD; ``model`` is a folder saved by
+            :meth:`FBDDPipeline.save_pretrained` or a hub id, default the built-in model) or
+            ``"classical"`` (GrabCut/pymatting/inpainting, no weights).
+        options: keyword arguments of the decomposer (``num_inference_steps``, ``seed``, ... for
+            FBDD; :class:`~lamina.layeringdiff.classical.ClassicalConfig` fields for classical).
         config: foreground-stage options (trimap widths, matting method, effects region).
         decomposer: use this instead of ``method``/``model``.
+        grounder: the :class:`~lamina.layeringdiff.grounding.Grounder` for prompts (default models otherwise).
     Returns:
         A :class:`LayeredImage` with the completed background and the objects back to front
         (``object_1`` is the front-most); ``metadata`` records the method, the regions and
         ``recomposition_psnr`` (dB) of the layers against the input.
     """
     rgb = as_rgb(image)
-    regions = regions_from_args(box, mask, layers)
-    decomposer = decomposer or make_decomposer(method, model)
-    peeled = peel(rgb, regions, decomposer, config)
+    regions = regions_from_args(box, mask, layers, prompt)
+    decomposer = decomposer or make_decomposer(method, model, **(options or {}))
+    peeled = peel(rgb, regions, decomposer, config, grounder)
     objects = []
     for k, ((kind, value), (_, part)) in enumerate(zip(regions, peeled, strict=True), start=1):
         meta: dict[str, Any] = {"order": k, "effects": bool(part.effects_alpha.any())}
         if kind == "box":
             meta["box"] = [int(v) for v in value]
+        elif kind == "prompt":
+            meta["prompt"] = value
         objects.append((f"object_{k}", part.foreground, meta))
     result = LayeredImage(peeled[-1][1].background,
                           [Layer(rgba, name=name, metadata=meta) for name, rgba, meta in reversed(objects)])

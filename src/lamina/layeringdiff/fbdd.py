@@ -13,31 +13,61 @@ public): FBDD adapts a large pretrained generative prior to estimate ``F`` and `
 the composite and the foreground estimate; alpha comes from matting, not from the diffusion
 model; HFA modules then restore high-frequency detail. Everything below is **our design**:
 
-* **One joint sample.** ``F`` and ``B`` are denoised together as one 6-channel image
-  ``x = [F, B]`` (each in ``[-1, 1]``), so the network decides the split of every pixel of
-  ``I`` between the two layers in one place, rather than in two separate passes.
-* **Conditioning by concatenation.** The UNet input is ``[x_t (6), I (3), alpha (1)]``, 10
-  channels, ``I`` and ``alpha`` also in ``[-1, 1]``; the same scheme as Stable Diffusion's
+* **One joint sample.** ``F`` and ``B`` are denoised together as one image
+  ``x = [F, B, E]`` (each in ``[-1, 1]``), so the network decides the split of every pixel of
+  ``I`` between the layers in one place, rather than in separate passes. ``E`` (optional,
+  7th channel; :func:`make_unet` ``effects=True``) is the opacity of the object's
+  **effects** (shadows, reflections): beyond the paper, which leaves shadows in the
+  background, the model learns from the procedural scenes' exact ground truth which
+  darkening or mirroring belongs to the object, anywhere in its window.
+* **A classical prior, and residuals** (``prefill="telea"``, the built-in model). With a
+  small network and a CPU-sized training budget there is no large generative prior to
+  adapt (the paper adapts SDXL's); instead the pipeline first computes the classical
+  estimate ``P``: the composite with the object's hole filled by Telea inpainting
+  (:func:`~lamina.layeringdiff.classical.inpaint_background`, at full resolution), and the
+  model samples only the **residuals** ``x = [F - I, B - P, E]`` (``E`` in ``[0, 1]`` here).
+  The UNet's last convolution starts at zero, so before training the one-step sample is
+  exactly the classical result (residuals 0, no effects); training only has to learn what inpainting gets
+  wrong: structure and texture under the object, shadows to take out of the background,
+  colour to take out of the object's soft edge. ``P`` is also an input of the UNet.
+  Without a prefill the sample is ``[F, B, E]`` itself.
+* **Conditioning by concatenation.** The UNet input is ``[x_t (6|7), I (3), alpha (1)(, P (3))]``,
+  ``I``, ``alpha`` and ``P`` also in ``[-1, 1]``; the same scheme as Stable Diffusion's
   inpainting UNet (noisy latent + masked image + mask), so the latent variant for
   pretrained backbones (still to do) can start from an inpainting UNet with ``conv_in``
   widened by zero-initialised channels.
-* **v-prediction** on a cosine schedule rescaled to zero terminal SNR, sampled with DDIM on
+* **v-prediction** (or, for the built-in residual model, **x_0-prediction**: every
+  timestep then trains the same regression of the residuals, which suits a CPU budget of
+  a thousand steps) on a cosine schedule rescaled to zero terminal SNR, sampled with DDIM on
   "trailing" timesteps (Lin et al. 2024): the first step starts from pure noise and a few
   steps suffice. Samples are clipped to ``[-1, 1]``.
 * **Loss.** v-MSE; the ``F`` channels count only where ``alpha > 0`` (grown by 2 px), since
-  a transparent pixel has no foreground colour. Optionally a **recomposition term**: the
+  a transparent pixel has no foreground colour; ``B`` and ``E`` count everywhere, and
+  ``1 + hole_weight`` times where the object or its effects hide the background (the only
+  place where ``B`` is not a copy of ``I``). Optionally a **recomposition term**: the
   ``x_0`` predicted from ``v`` must satisfy ``alpha F + (1 - alpha) B = I``.
-* **Working resolution and recomposition projection.** The UNet runs at its
-  ``sample_size``: inputs of any size are resized to it, ``F`` and ``B`` resized back, then
+* **Working window and resolution.** :class:`FBDDDecomposer` cuts a window around the
+  object (``window`` times its box, square where the image allows), so a small object in a
+  large photo is not lost; the UNet runs on it at its ``sample_size``, the layers are
+  resized back, pasted into the image (outside the window ``B = I`` and no effects), then
   projected onto the recomposition constraint at full resolution
-  (:func:`~lamina.layeringdiff.decompose.project_recomposition`). The projection copies the
-  composite's full-resolution detail into whichever layer shows it: a closed-form stand-in
-  for the paper's learned HFA modules (still to do), which is why FBDD can run at a lower
-  resolution than the output.
+  (:func:`~lamina.layeringdiff.decompose.project_recomposition`).
+* **High-frequency alignment (HFA), closed form.** The paper trains HFA modules to restore
+  the detail the low-resolution FBDD loses; here it takes no parameters, in two places:
+  a residual model adds its *upsampled* residuals to *full-resolution* estimates (``I`` for
+  ``F``, the full-resolution Telea fill ``P`` for ``B``), so every pixel the object does not
+  cover keeps the image's own detail; and the projection copies whatever the layers still
+  miss of the composite into the layer that shows it. Under an opaque object the
+  background has no detail to copy: there it is as sharp as the 64 px model and ``P`` are.
+  A learned HFA network (low-res ``F``/``B`` + full-res ``I`` -> detail) would sharpen that
+  fill further; it is not implemented.
 * **Effects.** Trained on scenes whose ground-truth background has no shadows or
   reflections of the object (they belong to the foreground layer), FBDD learns to remove
-  them from ``B``; :func:`~lamina.layeringdiff.decompose.finish_decomposition` then moves
-  the difference between the image and ``B`` into the foreground layer.
+  them from ``B`` and, with the ``E`` channel, their opacity;
+  :func:`~lamina.layeringdiff.decompose.finish_decomposition` then puts them under the
+  object in the foreground layer, coloured so that the layers recompose the image. Without
+  ``E`` the difference between the image and ``B`` in the foreground stage's effects region
+  is used instead.
 """
 
 from __future__ import annotations
@@ -62,14 +92,21 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without diffusers
     raise LaminaError("the learned LayeringDiff path (FBDD) needs diffusers: pip install 'diffusers>=0.42'") from exc
 
-#: Channels of the sample (F, B), of the conditioning (I, alpha) and of the UNet input.
-SAMPLE_CHANNELS, CONDITION_CHANNELS = 6, 4
+#: Channels of the sample (F, B; plus E with effects) and of the conditioning (I, alpha).
+SAMPLE_CHANNELS, EFFECTS_SAMPLE_CHANNELS, CONDITION_CHANNELS, PREFILL_CHANNELS = 6, 7, 4, 3
 IN_CHANNELS = SAMPLE_CHANNELS + CONDITION_CHANNELS
+#: Classical estimates the residual pipelines start from (see ``prefill``).
+PREFILLS = ("telea",)
 
-#: UNet sizes: ``tiny`` for tests; ``small`` (4.2 M parameters, 17 MB in float32) for the built-in model.
+#: UNet sizes: ``tiny`` for tests; ``builtin`` (about 3 M parameters, attention only at 8 x 8,
+#: about 0.1 s per step at 64 x 64 on one CPU thread) for the built-in model; ``small`` (4.2 M).
 FBDD_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")),
+    "builtin": dict(block_out_channels=(32, 64, 96, 128), layers_per_block=1, norm_num_groups=8,
+                    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                    up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+                    attention_head_dim=32),
     "small": dict(block_out_channels=(32, 64, 96, 96), layers_per_block=2, norm_num_groups=8,
                   down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                   up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
@@ -77,19 +114,59 @@ FBDD_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_unet(preset: str = "small", sample_size: int = 64) -> UNet2DModel:
-    """A randomly initialised FBDD UNet (``[x_t, I, alpha]`` 10 channels in, ``v`` 6 channels out)."""
+def make_unet(preset: str = "small", sample_size: int = 64, effects: bool = False,
+              prefill: bool = False) -> UNet2DModel:
+    """A randomly initialised FBDD UNet: ``[x_t, I, alpha(, P)]`` in, ``v`` of ``[F, B]`` (``[F, B, E]``) out."""
     if preset not in FBDD_PRESETS:
         raise LaminaError(f"unknown FBDD preset {preset!r}; choose from {', '.join(FBDD_PRESETS)}")
-    return UNet2DModel(sample_size=sample_size, in_channels=IN_CHANNELS, out_channels=SAMPLE_CHANNELS,
+    channels = EFFECTS_SAMPLE_CHANNELS if effects else SAMPLE_CHANNELS
+    condition = CONDITION_CHANNELS + (PREFILL_CHANNELS if prefill else 0)
+    unet = UNet2DModel(sample_size=sample_size, in_channels=channels + condition, out_channels=channels,
                        **FBDD_PRESETS[preset])
+    if prefill:  # v = 0 at the start: the first (pure-noise) step predicts residuals 0, the classical result
+        torch.nn.init.zeros_(unet.conv_out.weight)
+        torch.nn.init.zeros_(unet.conv_out.bias)
+    return unet
 
 
-def make_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:
-    """DDIM, v-prediction, cosine schedule rescaled to zero terminal SNR, trailing timesteps."""
+def sample_channels(unet: UNet2DModel, prefill: bool = False) -> int:
+    """6 (``[F, B]``) or 7 (``[F, B, E]``), checked against the UNet's input channels."""
+    channels = int(unet.config.out_channels)
+    condition = CONDITION_CHANNELS + (PREFILL_CHANNELS if prefill else 0)
+    if channels not in (SAMPLE_CHANNELS, EFFECTS_SAMPLE_CHANNELS) or unet.config.in_channels != channels + condition:
+        raise LaminaError(f"not an FBDD UNet{' with a prefill' if prefill else ''}: {unet.config.in_channels} input / "
+                          f"{channels} output channels (expected {6 + condition}/6 or {7 + condition}/7)")
+    return channels
+
+
+def telea_prefill(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The classical background estimate ``P`` ``[N, 3, H, W]``: ``image`` with the object's hole Telea-inpainted.
+
+    The hole is ``alpha > 0.01`` grown by ``max(1, min(H, W) // 100)`` px, the inpainting
+    radius ``max(3, min(H, W) // 64)`` px, as in :class:`~lamina.layeringdiff.classical.ClassicalDecomposer`.
+    """
+    from scipy import ndimage
+
+    from .classical import inpaint_background
+
+    side = min(image.shape[-2:])
+    margin, radius = max(1, side // 100), max(3, side // 64)
+    out = []
+    for rgb, a in zip(image.permute(0, 2, 3, 1).cpu().numpy(), alpha[:, 0].cpu().numpy(), strict=True):
+        hole = ndimage.binary_dilation(a > 0.01, iterations=margin) if (a > 0.01).any() else a > 0.01
+        if hole.all():
+            hole = np.zeros_like(hole)
+        out.append(inpaint_background(rgb, hole, "telea", radius))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(image)
+
+
+def make_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "v_prediction") -> DDIMScheduler:
+    """DDIM, cosine schedule rescaled to zero terminal SNR, trailing timesteps; ``v`` or ``x_0`` (``"sample"``)."""
+    if prediction_type not in ("v_prediction", "sample"):
+        raise LaminaError(f"FBDD prediction_type must be 'v_prediction' or 'sample', got {prediction_type!r}")
     return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
-                         clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=False)
+                         prediction_type=prediction_type, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                         clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True)
 
 
 # ------------------------------------------------------------------ tensors
@@ -139,31 +216,56 @@ def fbdd_loss(
     background: torch.Tensor,
     generator: torch.Generator | None = None,
     recomposition_weight: float = 0.0,
+    effects: torch.Tensor | None = None,
+    hole_weight: float = 0.0,
+    timesteps: torch.Tensor | None = None,
+    prefill: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One training loss of FBDD on a batch.
 
     Args:
-        image: ``[N, 3, H, W]`` composite in ``[0, 1]``; alpha ``[N, 1, H, W]``;
-            foreground ``[N, 3, H, W]`` colours; background ``[N, 3, H, W]`` effect-free.
+        image: ``[N, 3, H, W]`` composite in ``[0, 1]``; alpha ``[N, 1, H, W]`` the object's
+            (conditioning) matte; foreground ``[N, 3, H, W]`` colours; background
+            ``[N, 3, H, W]`` without the object's effects.
         generator: for the timesteps and the noise (reproducible losses in tests).
         recomposition_weight: weight of ``|alpha F0 + (1 - alpha) B0 - I|^2`` on the predicted ``x_0``.
+        effects: ``[N, 1, H, W]`` opacity of the object's shadows/reflections: the target of
+            ``E`` for a UNet with effects (zeros when ``None``); it also marks the hole.
+        hole_weight: ``B``/``E`` count ``1 + hole_weight`` times where object or effects hide the background.
+        timesteps: ``[N]`` training timesteps; uniform when ``None``.
+        prefill: ``[N, 3, H, W]`` the classical estimate ``P`` (:func:`telea_prefill`) for a
+            residual UNet: the targets become ``F - I`` and ``B - P``.
     Returns:
         ``{"loss", "v", "recomposition"}``; ``loss`` is the one to back-propagate.
     """
-    x0 = torch.cat([_signed(foreground), _signed(background)], dim=1)
+    with_effects = sample_channels(unet, prefill is not None) == EFFECTS_SAMPLE_CHANNELS
+    effects = torch.zeros_like(alpha) if effects is None else effects
+    if prefill is None:
+        parts = [_signed(foreground), _signed(background)] + ([_signed(effects)] if with_effects else [])
+        condition = [_signed(image), _signed(alpha)]
+    else:  # residuals, and E itself (0: no effect), so that a zero sample is the classical estimate
+        parts = [foreground - image, background - prefill] + ([effects] if with_effects else [])
+        condition = [_signed(image), _signed(alpha), _signed(prefill)]
+    x0 = torch.cat(parts, dim=1)
     n = x0.shape[0]
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator).to(x0.device)
+    t = timesteps if timesteps is not None else torch.randint(0, scheduler.config.num_train_timesteps, (n,),
+                                                                generator=generator)
+    t = t.to(x0.device)
     xt = scheduler.add_noise(x0, noise, t)
-    target = scheduler.get_velocity(x0, noise, t)
-    v = unet(torch.cat([xt, _signed(image), _signed(alpha)], dim=1), t).sample
+    predicts_x0 = scheduler.config.prediction_type == "sample"
+    target = x0 if predicts_x0 else scheduler.get_velocity(x0, noise, t)
+    v = unet(torch.cat([xt, *condition], dim=1), t).sample
     # F has no colour where alpha = 0: its channels count only on the (grown) object.
-    weight = torch.cat([_grow((alpha > 0).float(), 2).expand(-1, 3, -1, -1), torch.ones_like(image)], dim=1)
+    hole = _grow(((alpha > 0) | (effects > 0)).float(), 2)
+    rest = (1.0 + hole_weight * hole).expand(-1, x0.shape[1] - 3, -1, -1)
+    weight = torch.cat([_grow((alpha > 0).float(), 2).expand(-1, 3, -1, -1), rest], dim=1)
     v_loss = (weight * (v - target).square()).sum() / weight.sum()
     ab = scheduler.alphas_cumprod.to(x0.device)[t].view(n, 1, 1, 1)
-    x0_hat = ab.sqrt() * xt - (1.0 - ab).sqrt() * v
-    recomposed = alpha * x0_hat[:, :3] + (1.0 - alpha) * x0_hat[:, 3:]
-    recomposition = (recomposed - _signed(image)).square().mean()
+    x0_hat = v if predicts_x0 else ab.sqrt() * xt - (1.0 - ab).sqrt() * v
+    f_hat, b_hat = (x0_hat[:, :3], x0_hat[:, 3:6]) if prefill is None else (
+        _signed(x0_hat[:, :3] + image), _signed(x0_hat[:, 3:6] + prefill))
+    recomposition = (alpha * f_hat + (1.0 - alpha) * b_hat - _signed(image)).square().mean()
     return {"loss": v_loss + recomposition_weight * recomposition, "v": v_loss.detach(),
             "recomposition": recomposition.detach()}
 
@@ -171,10 +273,13 @@ def fbdd_loss(
 # ---------------------------------------------------------------- pipeline
 @dataclass
 class FBDDPipelineOutput(BaseOutput):
-    """``foreground`` and ``background``: ``[N, H, W, 3]`` arrays (``"np"``) or ``[N, 3, H, W]`` tensors (``"pt"``)."""
+    """``foreground`` and ``background``: ``[N, H, W, 3]`` arrays (``"np"``) or ``[N, 3, H, W]`` tensors (``"pt"``);
+    ``effects``: the effects' opacity ``E`` ``[N, H, W]`` (``[N, 1, H, W]``; the layer's alpha is
+    ``alpha + E (1 - alpha)``), or ``None`` for a UNet without effects."""
 
     foreground: Any
     background: Any
+    effects: Any = None
 
 
 class FBDDPipeline(DiffusionPipeline):
@@ -182,15 +287,24 @@ class FBDDPipeline(DiffusionPipeline):
 
     Args:
         unet: a :class:`~diffusers.UNet2DModel` with 10 input channels (``[x_t, I, alpha]``)
-            and 6 output channels (``v`` of ``[F, B]``), see :func:`make_unet`.
+            and 6 output channels (``v`` of ``[F, B]``), or 11 and 7 with the effects channel
+            ``E``; see :func:`make_unet`.
         scheduler: a diffusers scheduler configured for v-prediction (:func:`make_scheduler`).
+        prefill: ``"telea"``: the UNet samples residuals over the classical estimate (3 more
+            input channels, see the module docstring); ``None``: the layers themselves.
+        inference_steps: the number of denoising steps the model was trained for (the default
+            of :class:`FBDDDecomposer`).
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin) -> None:
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, prefill: str | None = None,
+                 inference_steps: int = 4) -> None:
         super().__init__()
+        if prefill is not None and prefill not in PREFILLS:
+            raise LaminaError(f"unknown FBDD prefill {prefill!r}; choose from {', '.join(PREFILLS)} or None")
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(prefill=prefill, inference_steps=int(inference_steps))
 
     def working_size(self) -> tuple[int, int]:
         """``(height, width)`` the UNet runs at: its ``sample_size``."""
@@ -206,20 +320,22 @@ class FBDDPipeline(DiffusionPipeline):
         self,
         image: Any,
         alpha: Any,
-        num_inference_steps: int = 20,
+        num_inference_steps: int = 4,
         generator: torch.Generator | list[torch.Generator] | None = None,
         projection: bool = True,
         output_type: str = "np",
         return_dict: bool = True,
-    ) -> FBDDPipelineOutput | tuple[Any, Any]:
+    ) -> FBDDPipelineOutput | tuple[Any, Any, Any]:
         """Decompose ``image`` (``[H, W, 3]``, ``[N, H, W, 3]`` or ``[N, 3, H, W]`` in ``[0, 1]``) given ``alpha``.
 
         Args:
             alpha: ``[H, W]``, ``[N, H, W]`` or ``[N, 1, H, W]`` in ``[0, 1]``.
             num_inference_steps: denoising steps.
             generator: makes the sample reproducible.
-            projection: project ``(F, B)`` onto ``alpha F + (1 - alpha) B = I`` at full resolution.
-            output_type: ``"np"`` (``[N, H, W, 3]`` float32 arrays) or ``"pt"`` (``[N, 3, H, W]`` tensors).
+            projection: project ``(F, B)`` onto ``alpha F + (1 - alpha) B = I`` at full resolution
+                (with effects: onto ``t F + (1 - t) B = I``, ``t`` the object over its effects, after
+                which ``F`` is the colour of that whole layer).
+            output_type: ``"np"`` (``[N, H, W, C]`` float32 arrays) or ``"pt"`` (``[N, C, H, W]`` tensors).
         """
         if output_type not in ("np", "pt"):
             raise LaminaError(f"output_type must be 'np' or 'pt', got {output_type!r}")
@@ -227,13 +343,16 @@ class FBDDPipeline(DiffusionPipeline):
         alpha_t = _to_nchw(alpha, 1, "alpha").to(self.device)
         if image_t.shape[0] != alpha_t.shape[0] or image_t.shape[-2:] != alpha_t.shape[-2:]:
             raise LaminaError(f"image {tuple(image_t.shape)} and alpha {tuple(alpha_t.shape)} do not match")
+        prefill = None if self.config.get("prefill") is None else telea_prefill(image_t, alpha_t)
+        channels = sample_channels(self.unet, prefill is not None)
         size = self.working_size()
-        condition = torch.cat([_signed(_resize(image_t, size)), _signed(_resize(alpha_t, size))], dim=1)
+        condition = torch.cat([_signed(_resize(image_t, size)), _signed(_resize(alpha_t, size))]
+                              + ([] if prefill is None else [_signed(_resize(prefill, size))]), dim=1)
         dtype = self.unet.dtype
         condition = condition.to(dtype)
 
-        # Denoise [F, B] from pure noise.
-        x = randn_tensor((image_t.shape[0], SAMPLE_CHANNELS, *size), generator=generator, device=self.device,
+        # Denoise [F, B(, E)] from pure noise.
+        x = randn_tensor((image_t.shape[0], channels, *size), generator=generator, device=self.device,
                          dtype=dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
@@ -245,17 +364,26 @@ class FBDDPipeline(DiffusionPipeline):
 
         # Back to [0, 1] at the input's resolution, then onto the recomposition constraint.
         full = tuple(image_t.shape[-2:])
-        layers = _resize(((x.float() + 1.0) / 2.0).clamp(0.0, 1.0), full)
-        foreground, background = layers[:, :3], layers[:, 3:]
-        if projection:
-            foreground, background = project_recomposition(image_t, alpha_t, foreground, background)
+        if prefill is None:
+            layers = _resize(((x.float() + 1.0) / 2.0).clamp(0.0, 1.0), full)
+            foreground, background = layers[:, :3], layers[:, 3:6]
+        else:  # full-resolution classical estimate + the upsampled residuals
+            layers = _resize(x.float(), full)
+            foreground = (image_t + layers[:, :3]).clamp(0.0, 1.0)
+            background = (prefill + layers[:, 3:6]).clamp(0.0, 1.0)
+            layers = torch.cat([layers[:, :6], layers[:, 6:].clamp(0.0, 1.0)], dim=1)
+        effects = layers[:, 6:7] if channels == EFFECTS_SAMPLE_CHANNELS else None
+        if projection:  # the layer is the object over its effects: t = alpha + E (1 - alpha)
+            total = alpha_t if effects is None else alpha_t + effects * (1.0 - alpha_t)
+            foreground, background = project_recomposition(image_t, total, foreground, background)
         if output_type == "np":
             foreground = foreground.permute(0, 2, 3, 1).cpu().numpy()
             background = background.permute(0, 2, 3, 1).cpu().numpy()
+            effects = None if effects is None else effects[:, 0].cpu().numpy()
         self.maybe_free_model_hooks()
         if not return_dict:
-            return foreground, background
-        return FBDDPipelineOutput(foreground=foreground, background=background)
+            return foreground, background, effects
+        return FBDDPipelineOutput(foreground=foreground, background=background, effects=effects)
 
 
 def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline:
@@ -277,25 +405,76 @@ def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline:
         raise LaminaError(f"cannot load the FBDD model {str(model)!r}: {first}") from None
 
 
+
+
+def load_builtin(**kwargs: Any) -> FBDDPipeline:
+    """The built-in FBDD model shipped in the package (``lamina/layeringdiff/assets/builtin``).
+
+    A 64 px pixel-space residual model (``prefill="telea"``, effects channel) trained on
+    procedural scenes by ``lamina layeringdiff train --preset builtin``; works offline on CPU.
+    """
+    from .decompose import BUILTIN_MODEL
+
+    if not (BUILTIN_MODEL / "model_index.json").exists():
+        raise LaminaError(f"the built-in FBDD model is missing ({BUILTIN_MODEL}); reinstall lamina, pass a model "
+                          "folder, or use method='classical'")
+    return load_pipeline(BUILTIN_MODEL, **kwargs)
+
+
 # -------------------------------------------------------------- decomposer
+def object_window(alpha: np.ndarray, factor: float, min_side: int = 0) -> tuple[slice, slice]:
+    """A window ``(rows, cols)`` around the object (``alpha > 0``): its box scaled by ``factor``, made square.
+
+    The square is centred on the box and shifted (not cut) to stay inside the image; only an
+    image smaller than the square in one direction gives a non-square window. ``min_side``:
+    the smallest side in pixels (e.g. the UNet's working size, so a tiny object is not upscaled).
+    """
+    h, w = alpha.shape
+    rows, cols = np.nonzero(alpha > 0)
+    if rows.size == 0:
+        return slice(0, h), slice(0, w)
+    y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    side = max(int(np.ceil(max(y1 - y0, x1 - x0) * factor)), min_side)
+
+    def span(lo: int, hi: int, limit: int) -> slice:
+        length = min(side, limit)
+        start = min(max((lo + hi - length) // 2, 0), limit - length)
+        return slice(start, start + length)
+
+    return span(y0, y1, h), span(x0, x1, w)
+
+
 class FBDDDecomposer:
     """FBDD behind the common :class:`~lamina.layeringdiff.decompose.Decomposer` interface.
 
+    The UNet sees a window around the object (:func:`object_window`, ``window`` times the
+    object's box), so photos of any size work and a small object keeps its detail; outside
+    the window the background is the image itself. With an effects-predicting UNet the
+    effects it finds (opacity above ``effects_floor``) become part of the foreground layer;
+    without one, the effects are searched for in the foreground stage's region by
+    comparing the image with the completed background (as in the classical path).
+
     Args:
         pipeline: the sampler.
-        num_inference_steps: denoising steps per image.
+        num_inference_steps: denoising steps per image (``None``: the pipeline's ``inference_steps``).
         seed: seed of the sampling noise (each call starts from the same seed).
         effects_threshold: as in :class:`~lamina.layeringdiff.classical.ClassicalConfig`.
+        window: side of the UNet's window / the object's box side.
+        effects_floor: predicted effect opacity below this is dropped (left in the background).
     """
 
     name = "layeringdiff"
 
-    def __init__(self, pipeline: FBDDPipeline, num_inference_steps: int = 20, seed: int = 0,
-                 effects_threshold: float = 0.1) -> None:
+    def __init__(self, pipeline: FBDDPipeline, num_inference_steps: int | None = None, seed: int = 0,
+                 effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12) -> None:
+        if window < 1.0:
+            raise LaminaError(f"the FBDD window must be at least the object's box (window >= 1), got {window}")
         self.pipeline = pipeline
-        self.num_inference_steps = num_inference_steps
+        self.num_inference_steps = num_inference_steps or int(pipeline.config.get("inference_steps", 4))
         self.seed = seed
         self.effects_threshold = effects_threshold
+        self.window = window
+        self.effects_floor = effects_floor
 
     @classmethod
     def load(cls, model: FBDDPipeline | str | Path, **options: Any) -> FBDDDecomposer:
@@ -308,8 +487,14 @@ class FBDDDecomposer:
         """Split ``image`` ``[H, W, 3]`` with object ``alpha`` ``[H, W]`` into foreground and background."""
         image = as_rgb(image)
         alpha = check_alpha(alpha, *image.shape[:2])
+        rows, cols = object_window(alpha, self.window, min(self.pipeline.working_size()))
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        out = self.pipeline(image, alpha, num_inference_steps=self.num_inference_steps, generator=generator,
-                            projection=False)
-        return finish_decomposition(image, alpha, out.foreground[0], out.background[0], effects_region,
-                                    self.effects_threshold)
+        out = self.pipeline(image[rows, cols], alpha[rows, cols], num_inference_steps=self.num_inference_steps,
+                            generator=generator, projection=False)
+        foreground, background = image.copy(), image.copy()
+        foreground[rows, cols], background[rows, cols] = out.foreground[0], out.background[0]
+        if out.effects is None:
+            return finish_decomposition(image, alpha, foreground, background, effects_region, self.effects_threshold)
+        effects = np.zeros_like(alpha)
+        effects[rows, cols] = np.where(out.effects[0] > self.effects_floor, out.effects[0], 0.0)
+        return finish_decomposition(image, alpha, foreground, background, effects=effects)

@@ -1,0 +1,326 @@
+"""``lamina furrygan ...``: train, generate layered images, segment real images, evaluate.
+
+Thin commands over :mod:`lamina.furrygan`; every failure a user can cause is a
+:class:`lamina.LaminaError`, printed by the ``lamina`` entry point as one line. A
+checkpoint (``--checkpoint``) is a run folder, an export folder, or ``builtin``/``tiny``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InputFileError, LaminaError
+
+LAYERED_SUFFIXES = (".psd", ".ora")
+
+
+def _threads(func: Any) -> Any:
+    return click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
+                        help="CPU threads for PyTorch (0: PyTorch's default).")(func)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _checkpoint_option(func: Any) -> Any:
+    return click.option("--checkpoint", "checkpoint", default="builtin", show_default=True,
+                        help="Run folder, export folder (config.json + model.safetensors), or builtin/tiny.")(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def furrygan() -> None:
+    """FurryGAN (Bae et al., ECCV 2022): a GAN that draws a foreground, a background and a fine alpha mask."""
+
+
+# ----------------------------------------------------------------------------- train
+def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("train.lr=0.001", "model.fine_mask=false")`` -> dotted-key dict; values are JSON, else strings."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise LaminaError(f"--set expects key=value (e.g. train.lr=0.001), got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = text
+    return overrides
+
+
+def build_dataset(data: str, resolution: int):
+    """``"synth"``: procedural composites; otherwise a folder of images (resized and centre-cropped)."""
+    from .datasets import ImageFolderDataset, SynthComposites
+
+    if data == "synth":
+        return SynthComposites(resolution)
+    return ImageFolderDataset(data, resolution)
+
+
+@furrygan.command()
+@click.option("--data", required=True, help="A folder of images, or 'synth' for lamina's procedural scenes.")
+@click.option("--preset", default="tiny-32", show_default=True, help="Starting configuration (see --list-presets).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder; rerunning the same command resumes from it.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Total training steps (train.total_steps).")
+@click.option("--batch", type=click.IntRange(2), default=None, help="Global batch size (train.batch).")
+@click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set loss.min_mask=0.2 --set model.fine_mask=false.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
+@click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False, help="List the presets and exit.",
+              callback=lambda ctx, _, value: _list_presets(ctx) if value else None)
+@_threads
+def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int | None, seed: int | None,
+          overrides: tuple[str, ...], workers: int, dry_run: bool, threads: int) -> None:
+    """Train FurryGAN on a folder of images or on procedural scenes (composites only, never masks)."""
+    from .config import get_preset
+
+    settings = parse_overrides(overrides)
+    for key, value in (("train.total_steps", steps), ("train.batch", batch), ("train.seed", seed)):
+        if value is not None:
+            settings[key] = value
+    cfg = get_preset(preset).with_overrides(settings)
+    if dry_run:
+        click.echo(cfg.to_json(), nl=False)
+        return
+    if data != "synth" and not Path(data).is_dir():
+        raise InputFileError(f"--data {data}: not a folder of images (or 'synth')")
+    _set_threads(threads)
+    from .train import training_loop
+
+    dataset = build_dataset(data, cfg.model.resolution)
+    resumed = (run_dir / "training-state.pt").is_file()
+    click.echo(f"{'resuming' if resumed else 'starting'} {preset} run in {run_dir}: {len(dataset)} training images "
+               f"at {cfg.model.resolution} px, {cfg.train.total_steps} steps of {cfg.train.batch}")
+    result = training_loop(cfg, dataset, run_dir, num_workers=workers)
+    click.echo(f"step {result.step} ({result.nimg} images): export in {run_dir / 'pretrained'}, "
+               f"samples in {run_dir / 'samples'}, losses in {run_dir / 'log.jsonl'}")
+
+
+def _list_presets(ctx: click.Context) -> None:
+    from .config import PRESETS
+
+    for name, cfg in PRESETS.items():
+        m = cfg.model
+        click.echo(f"{name:<10} {m.resolution} px, channels <= {m.channel_max}, {cfg.train.total_steps} steps "
+                   f"of {cfg.train.batch}")
+    ctx.exit()
+
+
+@furrygan.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def export(run_dir: Path, out_dir: Path) -> None:
+    """Export a run's latest state (EMA generator + discriminator) as config.json + safetensors."""
+    from .inference import export_run
+
+    export_run(run_dir, out_dir)
+    click.echo(f"exported {run_dir} to {out_dir}")
+
+
+# ----------------------------------------------------------------------------- generate
+def sample_paths(out: Path, n: int, fmt: str) -> tuple[list[Path], Path]:
+    """Where ``generate`` writes ``n`` layered files and the contact sheet.
+
+    * ``x.psd`` / ``x.ora``: one sample is ``x.psd``; several are ``x_000.psd``, ``x_001.psd``, ...
+      beside it. The sheet is ``x_sheet.png`` beside them.
+    * a path without suffix: one sample is a PNG-stack folder with ``x_sheet.png`` beside it;
+      several go into the folder ``x`` as ``sample_000.<fmt>`` (``fmt``: psd, ora or a PNG
+      stack) with ``x/contact_sheet.png``.
+    """
+    suffix = out.suffix.lower()
+    if suffix in LAYERED_SUFFIXES:
+        files = [out] if n == 1 else [out.with_name(f"{out.stem}_{i:03d}{suffix}") for i in range(n)]
+        return files, out.with_name(f"{out.stem}_sheet.png")
+    if suffix:
+        raise LaminaError(f"--out {out}: use a .psd or .ora file, or a folder path without suffix")
+    if n == 1:
+        return [out], out.with_name(f"{out.name}_sheet.png")
+    ext = "" if fmt == "stack" else f".{fmt}"
+    return [out / f"sample_{i:03d}{ext}" for i in range(n)], out / "contact_sheet.png"
+
+
+@furrygan.command()
+@_checkpoint_option
+@click.option("--n", "count", type=click.IntRange(1, 10_000), default=8, show_default=True, help="Number of samples.")
+@click.option("--truncation", type=click.FloatRange(0, 2), default=0.7, show_default=True,
+              help="Truncation psi (1: none; the paper evaluates 1.0 and 0.7).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="x.psd / x.ora, or a folder path (see the help text above).")
+@click.option("--format", "fmt", type=click.Choice(["psd", "ora", "stack"]), default="psd", show_default=True,
+              help="Format of each sample when --out is a folder and --n > 1.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Latent seed.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@_threads
+def generate(checkpoint: str, count: int, truncation: float, out: Path, fmt: str, seed: int, overwrite: bool,
+             threads: int) -> None:
+    """Generate two-layer images (background + foreground with FurryGAN's alpha) and a contact sheet.
+
+    --out x.psd (or .ora) writes x.psd for one sample, x_000.psd ... for several, and the
+    contact sheet x_sheet.png beside them. --out a folder path without suffix writes one PNG
+    stack (one sample) or a folder of sample_000.psd ... plus contact_sheet.png.
+    """
+    _set_threads(threads)
+    from ..io import save, save_contact_sheet
+    from ..io.atomic import check_writable
+    from .inference import generate as sample
+    from .inference import load_generator
+
+    files, sheet = sample_paths(out, count, fmt)
+    for path in (*files, sheet):
+        check_writable(path, overwrite)
+    images = sample(load_generator(checkpoint), count, truncation_psi=truncation, seed=seed)
+    for image, path in zip(images, files, strict=True):
+        image.metadata["checkpoint"] = str(checkpoint)
+        save(image, path, overwrite=overwrite)
+    save_contact_sheet(images[:64], sheet, overwrite=overwrite)
+    where = files[0] if count == 1 else f"{files[0]} ... {files[-1].name}"
+    click.echo(f"wrote {count} layered image(s): {where}; contact sheet {sheet}")
+
+
+# ----------------------------------------------------------------------------- segment
+@furrygan.command()
+@_checkpoint_option
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for <name>_mask.png and <name>.<format> per image.")
+@click.option("--steps", type=click.IntRange(1), default=300, show_default=True, help="Inversion steps.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True)
+@click.option("--feature-weight", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Weight of the discriminator-feature perceptual term (0: multi-scale pixel L1 only; on the "
+                   "built-in model pixels alone gave better masks).")
+@click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Images inverted together.")
+@click.option("--format", "fmt", type=click.Choice(["psd", "ora", "stack"]), default="psd", show_default=True,
+              help="Layered output per image (real pixels cut out by the mask over the inverted background).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@_threads
+def segment(checkpoint: str, images: tuple[Path, ...], out_dir: Path, steps: int, lr: float, feature_weight: float,
+            batch: int, fmt: str, seed: int, overwrite: bool, threads: int) -> None:
+    """Segment images by GAN inversion: fit w+ and noise to each image, then read the generator's mask.
+
+    Images are resized (short side) and centre-cropped to the model's resolution; the mask
+    and the layered file are at that resolution.
+    """
+    _set_threads(threads)
+    import torch
+
+    from ..io import save, write_png
+    from ..io.atomic import check_writable
+    from .datasets import load_square
+    from .inference import invert, load_discriminator, load_generator
+
+    stems = _unique_stems(images)
+    G = load_generator(checkpoint)
+    D = load_discriminator(checkpoint) if feature_weight else None
+    ext = "" if fmt == "stack" else f".{fmt}"
+    outputs = [(out_dir / f"{stem}_mask.png", out_dir / f"{stem}{ext}") for stem in stems]
+    for pair in outputs:
+        for path in pair:
+            check_writable(path, overwrite)
+    if feature_weight and D is None:
+        click.echo("note: the checkpoint has no discriminator; inverting with the pixel loss only", err=True)
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        target = torch.stack([load_square(path, G.cfg.resolution) for path in chunk])
+        result = invert(G, target, steps=steps, lr=lr, D=D, feature_weight=feature_weight, seed=seed + start)
+        for i, (mask_path, layered_path) in enumerate(outputs[start:start + batch]):
+            write_png(result.alpha[i, 0].numpy(), mask_path, overwrite=overwrite)
+            save(result.to_layered(i), layered_path, overwrite=overwrite)
+            click.echo(f"{chunk[i]}: mask {mask_path}, layers {layered_path} (reconstruction L1 "
+                       f"{(result.output.composite[i].add(1).div(2) - target[i]).abs().mean():.4f})")
+
+
+def _unique_stems(paths: tuple[Path, ...]) -> list[str]:
+    stems, seen = [], {}
+    for path in paths:
+        if not path.is_file():
+            raise InputFileError(f"{path}: no such image file")
+        stem = path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem] - 1}")
+    return stems
+
+
+# ----------------------------------------------------------------------------- evaluate
+@furrygan.command("eval")
+@_checkpoint_option
+@click.option("--n", "count", type=click.IntRange(2), default=1000, show_default=True, help="Generated samples.")
+@click.option("--truncation", type=click.FloatRange(0, 2), default=1.0, show_default=True)
+@click.option("--segmenter", default="builtin", show_default=True,
+              help="Pseudo ground truth: builtin, a train-segmenter folder, or a TorchScript/pickled module file.")
+@click.option("--on", "target", type=click.Choice(["fg", "composite"]), default="fg", show_default=True,
+              help="Segment the generated foreground images (the paper's protocol) or the composites.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--real", default="synth", show_default=True,
+              help="Real images for FID/KID: 'synth' (procedural composites) or a folder; 'none' skips FID/KID.")
+@click.option("--feature", type=click.Choice(["inception", "random"]), default="random", show_default=True,
+              help="FID/KID features: Inception-v3 (needs local weights, see lamina.metrics) or a fixed random CNN.")
+@click.option("--inversion", "inversion_n", type=click.IntRange(0), default=0, show_default=True,
+              help="Also segment this many held-out procedural composites by inversion, against exact masks.")
+@click.option("--inversion-steps", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--inversion-feature-weight", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Discriminator-feature term of the inversion loss (see segment --feature-weight).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_threads
+def evaluate(checkpoint: str, count: int, truncation: float, segmenter: str, target: str, threshold: float,
+             real: str, feature: str, inversion_n: int, inversion_steps: int, inversion_feature_weight: float,
+             seed: int, as_json: bool, threads: int) -> None:
+    """Mask metrics of generated samples against a pseudo-GT segmenter, and FID/KID of the composites."""
+    _set_threads(threads)
+    from .evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(checkpoint, count=count, truncation_psi=truncation, segmenter=segmenter,
+                                 target=target, threshold=threshold, real=None if real == "none" else real,
+                                 feature=feature, seed=seed, inversion_count=inversion_n,
+                                 inversion_steps=inversion_steps, inversion_feature_weight=inversion_feature_weight)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{count} samples of {checkpoint} at psi={truncation}; pseudo-GT: {segmenter} on {target}\n")
+    click.echo("| metric | value |\n|---|---|")
+    for key, value in report["masks"].items():
+        click.echo(f"| {key} | {value:.4f} |")
+    for key, value in report.get("fid_kid", {}).items():
+        click.echo(f"| {key} ({feature} features) | {value:.4g} |")
+    for key, value in report.get("inversion", {}).items():
+        click.echo(f"| inversion {key} (vs exact masks, {inversion_n} scenes) | {value:.4f} |")
+
+
+# ----------------------------------------------------------------------------- pseudo-GT segmenter
+@furrygan.command("train-segmenter")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--resolution", type=click.IntRange(8), default=32, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=1500, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--channels", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-n", type=click.IntRange(0), default=500, show_default=True,
+              help="Held-out procedural scenes to score it on afterwards (0: skip).")
+@_threads
+def train_segmenter_command(out_dir: Path, resolution: int, steps: int, batch: int, channels: int, seed: int,
+                            eval_n: int, threads: int) -> None:
+    """Train the pseudo-GT segmenter on procedural scenes with exact masks (for `eval --segmenter`)."""
+    _set_threads(threads)
+    from .segmenter import evaluate_segmenter, train_segmenter
+
+    model = train_segmenter(out_dir, resolution=resolution, steps=steps, batch=batch, channels=channels, seed=seed)
+    click.echo(f"wrote {out_dir}")
+    if eval_n:
+        scores = evaluate_segmenter(model, resolution, eval_n)
+        click.echo("held-out scenes: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    furrygan(prog_name=os.path.basename(__file__))

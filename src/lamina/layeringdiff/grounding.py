@@ -1,0 +1,215 @@
+"""Text -> foreground, and the text-to-image stage: LayeringDiff stages 1 and 2 with pretrained models.
+
+* :class:`Grounder`: phrase -> box (Grounding DINO) -> mask (SAM) -> trimap -> alpha
+  (ViTMatte; or pymatting when no matting model is given), all through ``transformers``
+  (``AutoProcessor`` + ``GroundingDinoForObjectDetection``, ``SamProcessor`` + ``SamModel``,
+  ``VitMatteImageProcessor`` + ``VitMatteForImageMatting``), each by hub id or local folder.
+* :func:`generate_composite`: any diffusers text-to-image pipeline (``DiffusionPipeline``
+  by hub id or folder) -> the composite ``[H, W, 3]``.
+
+Loading never hangs on a missing network: a folder is read locally; a hub id is first
+looked up in the local cache, and the hub is only asked when it answers on its port within
+a few seconds (and ``HF_HUB_OFFLINE`` is not set); otherwise a one-line
+:class:`~lamina.errors.LaminaError` says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LaminaError
+from ..layers import to_uint8
+from .foreground import (
+    TRIMAP_BACKGROUND,
+    TRIMAP_FOREGROUND,
+    ForegroundConfig,
+    ForegroundEstimate,
+    as_rgb,
+    effects_region,
+    foreground_from_mask,
+    trimap_from_mask,
+)
+
+#: Defaults: the models the paper's chain uses, in their smallest public sizes.
+DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
+DEFAULT_SEGMENTER = "facebook/sam-vit-base"
+DEFAULT_MATTING = "hustvl/vitmatte-small-composition-1k"
+HUB_HOST, HUB_TIMEOUT_S = "huggingface.co", 3.0
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=HUB_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def from_pretrained(cls: Any, ident: str | Path, what: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(ident)`` for a folder or a hub id, with a one-line :class:`LaminaError` on failure."""
+    path = Path(ident).expanduser()
+    if path.is_dir():
+        attempts = [{"local_files_only": True}]
+        ident = str(path)
+    elif path.exists() or path.is_absolute() or str(ident).startswith((".", "~")):
+        raise LaminaError(f"{what} {ident}: not a model folder (saved with save_pretrained)")
+    else:
+        attempts = [{"local_files_only": True}, {}]
+    error: Exception | None = None
+    for extra in attempts:
+        if not extra and not _hub_reachable():
+            raise LaminaError(f"{what} {str(ident)!r} is not in the local Hugging Face cache and the hub cannot be "
+                              "reached (offline, or HF_HUB_OFFLINE=1); download it once with network access or "
+                              "pass a local folder") from None
+        try:
+            return cls.from_pretrained(str(ident), **extra, **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            error = exc
+    first = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else "unknown error"
+    raise LaminaError(f"cannot load the {what} {str(ident)!r}: {first}") from None
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    """Models and thresholds of the text -> alpha chain.
+
+    Attributes:
+        detector: Grounding DINO (hub id or folder).
+        segmenter: SAM (hub id or folder).
+        matting: ViTMatte (hub id or folder); ``None``: pymatting on SAM's mask (no weights).
+        box_threshold: least detection score of a box.
+        text_threshold: least score of a text token to count towards the phrase.
+        device: torch device of the three models.
+    """
+
+    detector: str = DEFAULT_DETECTOR
+    segmenter: str = DEFAULT_SEGMENTER
+    matting: str | None = DEFAULT_MATTING
+    box_threshold: float = 0.3
+    text_threshold: float = 0.25
+    device: str = "cpu"
+
+
+class Grounder:
+    """Find an object named by a phrase and return its soft alpha (models load on first use)."""
+
+    def __init__(self, config: GroundingConfig | None = None) -> None:
+        self.config = config or GroundingConfig()
+        self._models: dict[str, tuple[Any, Any]] = {}
+
+    def _load(self, role: str) -> tuple[Any, Any]:
+        if role not in self._models:
+            import transformers as tf
+
+            c = self.config
+            ident, (processor_cls, model_cls), what = {
+                "detector": (c.detector, (tf.AutoProcessor, tf.GroundingDinoForObjectDetection), "detector"),
+                "segmenter": (c.segmenter, (tf.SamProcessor, tf.SamModel), "segmenter (SAM)"),
+                "matting": (c.matting, (tf.VitMatteImageProcessor, tf.VitMatteForImageMatting), "matting model"),
+            }[role]
+            processor = from_pretrained(processor_cls, ident, f"{what} processor")
+            model = from_pretrained(model_cls, ident, what).to(c.device).eval()
+            self._models[role] = (processor, model)
+        return self._models[role]
+
+    def detect(self, image: Any, phrase: str) -> tuple[int, int, int, int]:
+        """The best box ``(x0, y0, x1, y1)`` (exclusive end) of ``phrase`` in ``image`` ``[H, W, 3]``."""
+        import torch
+
+        rgb = as_rgb(image)
+        h, w = rgb.shape[:2]
+        processor, model = self._load("detector")
+        text = phrase.strip().lower().rstrip(".") + "."  # Grounding DINO's phrase format
+        inputs = processor(images=to_uint8(rgb), text=text, return_tensors="pt").to(self.config.device)
+        with torch.no_grad():
+            outputs = model(**inputs)
+        result = processor.post_process_grounded_object_detection(
+            outputs, inputs["input_ids"], threshold=self.config.box_threshold,
+            text_threshold=self.config.text_threshold, target_sizes=[(h, w)])[0]
+        if len(result["scores"]) == 0:
+            raise LaminaError(f"no {phrase!r} found in the image (box score < {self.config.box_threshold}); "
+                              "rephrase it, lower the threshold, or give a --box")
+        x0, y0, x1, y1 = result["boxes"][int(torch.argmax(result["scores"]))].tolist()
+        x0, y0 = int(np.clip(np.floor(x0), 0, w - 1)), int(np.clip(np.floor(y0), 0, h - 1))
+        return x0, y0, int(np.clip(np.ceil(x1), x0 + 1, w)), int(np.clip(np.ceil(y1), y0 + 1, h))
+
+    def segment(self, image: Any, box: tuple[int, int, int, int]) -> np.ndarray:
+        """SAM's mask ``bool`` ``[H, W]`` of the object in ``box``."""
+        import torch
+
+        rgb = as_rgb(image)
+        processor, model = self._load("segmenter")
+        inputs = processor(images=to_uint8(rgb), input_boxes=[[[float(v) for v in box]]], return_tensors="pt")
+        inputs = inputs.to(self.config.device)
+        with torch.no_grad():
+            outputs = model(**inputs, multimask_output=False)
+        masks = processor.post_process_masks(outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(),
+                                             inputs["reshaped_input_sizes"].cpu())[0]
+        mask = np.asarray(masks[0, 0], bool)
+        if not mask.any():  # an untrained or confused SAM: fall back to the box itself
+            mask = np.zeros(rgb.shape[:2], bool)
+            x0, y0, x1, y1 = box
+            mask[y0:y1, x0:x1] = True
+        return mask
+
+    def matte(self, image: Any, trimap: np.ndarray) -> np.ndarray:
+        """ViTMatte's alpha ``float32`` ``[H, W]`` for a trimap (0 / 0.5 / 1); sure pixels keep their value."""
+        import torch
+
+        rgb = as_rgb(image)
+        processor, model = self._load("matting")
+        inputs = processor(images=to_uint8(rgb), trimaps=to_uint8(trimap), return_tensors="pt").to(self.config.device)
+        with torch.no_grad():
+            alphas = model(**inputs).alphas
+        h, w = trimap.shape
+        alpha = np.clip(alphas[0, 0, :h, :w].float().cpu().numpy(), 0.0, 1.0).astype(np.float32)
+        alpha[trimap >= TRIMAP_FOREGROUND] = 1.0
+        alpha[trimap <= TRIMAP_BACKGROUND] = 0.0
+        return alpha
+
+    def estimate(self, image: Any, phrase: str, config: ForegroundConfig | None = None) -> ForegroundEstimate:
+        """The foreground stage from text: box, mask, trimap, alpha and the effects region."""
+        config = config or ForegroundConfig()
+        rgb = as_rgb(image)
+        mask = self.segment(rgb, self.detect(rgb, phrase))
+        if self.config.matting is None:
+            return foreground_from_mask(rgb, mask, config)
+        trimap = trimap_from_mask(mask, *config.band_widths(*mask.shape))
+        alpha = self.matte(rgb, trimap)
+        region = effects_region(mask, config.effects_below, config.effects_around) if config.effects else None
+        return ForegroundEstimate(alpha=alpha, trimap=trimap, mask=mask, effects_region=region)
+
+
+def generate_composite(
+    model: str | Path,
+    prompt: str,
+    *,
+    size: int | None = None,
+    num_inference_steps: int = 30,
+    guidance_scale: float = 7.0,
+    seed: int = 0,
+    device: str = "cpu",
+) -> np.ndarray:
+    """LayeringDiff stage 1: a composite ``float32`` ``[H, W, 3]`` from any diffusers text-to-image pipeline."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    pipeline = from_pretrained(DiffusionPipeline, model, "text-to-image pipeline").to(device)
+    pipeline.set_progress_bar_config(disable=os.environ.get("LAMINA_PROGRESS", "1") == "0")
+    kwargs: dict[str, Any] = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                              "generator": torch.Generator(device="cpu").manual_seed(seed), "output_type": "np"}
+    if size is not None:
+        kwargs.update(height=size, width=size)
+    try:
+        images = pipeline(prompt, **kwargs).images
+    except TypeError as exc:
+        raise LaminaError(f"{model}: not a text-to-image pipeline ({exc})") from None
+    return np.clip(np.asarray(images[0], np.float32), 0.0, 1.0)

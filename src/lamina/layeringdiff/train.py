@@ -1,0 +1,520 @@
+"""Training FBDD: config presets, layered training data composited on the fly, and the training loop.
+
+Everything here is **our design** (the paper's training details are not public):
+
+* **Data.** Every sample is a foreground layer (the object over its shadows and
+  reflections) composited over a background at training time, so the exact targets are
+  known: ``F`` the object's colour, ``B`` the background without the object's effects, ``E``
+  the effects' opacity, and ``alpha`` the object's matte. Sources: procedural scenes
+  (:func:`lamina.data.generate_scene`; a share of them get another scene's composite as
+  background, so backgrounds also hold objects and shadows of their own), or a user folder
+  of RGBA foregrounds and background photos (:class:`FolderSource`).
+* **Augmentation against the procedural look** (the model is meant for photos): one random
+  colour transform (gains, offset, contrast, saturation, gamma) applied to ``F`` and ``B``
+  alike before compositing, so the targets stay exact; then only the composite the network
+  sees is degraded by sensor noise, blur and JPEG compression (the targets stay clean; at
+  inference the recomposition projection puts the image's own noise back); and the
+  conditioning alpha is perturbed (blurred, hardened, grown or shrunk by a pixel), because
+  at inference it comes from GrabCut/SAM and matting, not from the ground truth.
+* **Residuals over a classical estimate** (``prefill="telea"``, see :mod:`.fbdd`): the
+  model learns what Telea inpainting and the composite get wrong, so even a short CPU run
+  starts from the classical result instead of from nothing.
+* **Timesteps.** Half of the training timesteps are the ones the few-step DDIM sampler
+  visits (``inference_steps``, "trailing" spacing), the rest uniform: with a small compute
+  budget the network is trained where it is used.
+* **Loop** (:func:`training_loop`): AdamW with warm-up, ``accelerate`` (one process on CPU
+  works; ``accelerate launch`` for more), EMA of the weights with a half-life in images
+  (ramped up early in training), a loss log (``log.jsonl``), preview contact sheets of
+  held-out scenes (``previews/``), a resumable training state written atomically
+  (``training-state.pt``: running the same command again resumes) and the inference export
+  of the EMA weights (``export/``, :meth:`FBDDPipeline.save_pretrained`).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from PIL import Image
+
+from ..errors import LaminaError
+from ..io import atomic_output, read_image, save_contact_sheet
+from ..layers import LayeredImage
+from .fbdd import FBDDPipeline, fbdd_loss, make_scheduler, make_unet, telea_prefill
+
+STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR = (
+    "training-state.pt", "training-config.json", "log.jsonl", "export", "previews")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+#: Seeds of the preview scenes: far from the training seeds (``seed * 1_000_003 + step * batch + i``).
+PREVIEW_SEED = 2_000_000_000
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Every option of :func:`training_loop`. Ranges ``(lo, hi)`` are sampled uniformly per sample."""
+
+    # Data.
+    data: str = "synth"  # "synth" (procedural scenes) or a folder with foregrounds/ and backgrounds/
+    resolution: int = 64  # px, the UNet's working size
+    scene_preset: str = "default"  # lamina.data.SCENE_PRESETS
+    object_scale: tuple[float, float] = (0.12, 0.42)  # synth: object radius / canvas side
+    p_swap_background: float = 0.25  # synth: background = another scene's composite
+    # Augmentation.
+    p_color: float = 0.8  # colour transform of F and B alike
+    p_noise: float = 0.35  # Gaussian noise on the composite
+    noise_std: tuple[float, float] = (0.004, 0.04)
+    p_blur: float = 0.2
+    blur_sigma: tuple[float, float] = (0.3, 1.0)  # px
+    p_jpeg: float = 0.35
+    jpeg_quality: tuple[int, int] = (30, 90)
+    p_alpha_jitter: float = 0.6  # perturb the conditioning alpha
+    # Model.
+    unet: str = "builtin"  # FBDD_PRESETS
+    effects: bool = True  # predict the effects' opacity E as a 7th channel
+    prefill: str | None = "telea"  # sample residuals over this classical estimate (None: the layers themselves)
+    prediction: str = "sample"  # the UNet predicts x_0 ("sample") or v ("v_prediction")
+    # Optimisation.
+    batch_size: int = 8
+    total_steps: int = 2000
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    hole_weight: float = 4.0  # extra loss weight of B/E where the object or its effects hide the background
+    recomposition_weight: float = 0.0
+    ema_halflife_nimg: int = 2000  # EMA half-life in images
+    ema_rampup: float = 0.2  # early on, half-life <= this * images seen
+    inference_steps: int = 2  # DDIM steps the export is meant for
+    p_inference_timesteps: float = 0.5  # share of training timesteps taken from those steps
+    # Bookkeeping.
+    seed: int = 0
+    log_every: int = 10  # steps
+    checkpoint_every: int = 100  # steps: training state + export
+    preview_every: int = 250  # steps
+    preview_count: int = 4
+
+    def __post_init__(self) -> None:
+        from .fbdd import FBDD_PRESETS
+
+        if self.unet not in FBDD_PRESETS:
+            raise LaminaError(f"unknown FBDD UNet preset {self.unet!r}; choose from {', '.join(FBDD_PRESETS)}")
+        if self.resolution < 8 or self.batch_size < 1 or self.total_steps < 1:
+            raise LaminaError("resolution >= 8, batch_size >= 1 and total_steps >= 1 are required")
+        for f in fields(self):
+            if f.name.startswith("p_") and not 0.0 <= getattr(self, f.name) <= 1.0:
+                raise LaminaError(f"{f.name} must be a probability in [0, 1], got {getattr(self, f.name)}")
+        if self.data != "synth" and not Path(self.data).expanduser().is_dir():
+            raise LaminaError(f"training data {self.data!r}: give 'synth' or a folder with foregrounds/ and "
+                              "backgrounds/")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise LaminaError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+#: ``tiny``: tests (16 px, a few steps); ``builtin``: the model shipped in the package
+#: (64 px, about 40 min on one CPU thread); ``small``: a bigger UNet for longer runs.
+TRAINING_PRESETS: dict[str, TrainingConfig] = {
+    "tiny": TrainingConfig(resolution=16, unet="tiny", batch_size=2, total_steps=4, warmup_steps=1,
+                           log_every=1, checkpoint_every=2, preview_every=2, preview_count=2,
+                           ema_halflife_nimg=8),
+    "builtin": TrainingConfig(),
+    "small": TrainingConfig(unet="small", batch_size=16, total_steps=20_000, lr=3e-4, preview_every=1000,
+                            checkpoint_every=500, ema_halflife_nimg=20_000),
+}
+
+#: Options that may change when a run is resumed (length and bookkeeping only).
+RESUMABLE_CHANGES = ("total_steps", "log_every", "checkpoint_every", "preview_every", "preview_count")
+
+
+def resolve_config(preset: str = "builtin", **overrides: Any) -> TrainingConfig:
+    """A preset with ``overrides`` (``None`` values are ignored) applied."""
+    if preset not in TRAINING_PRESETS:
+        raise LaminaError(f"unknown training preset {preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
+    return replace(TRAINING_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+
+
+# ------------------------------------------------------------------------------- data
+# A sample: float32 arrays at the training resolution, channel-last, values in [0, 1]:
+# "rgb" [H, W, 3] layer colour, "alpha" [H, W] object matte, "effects" [H, W] effects opacity
+# (layer alpha t = alpha + effects (1 - alpha)), "background" [H, W, 3] without effects.
+Sample = dict[str, np.ndarray]
+
+
+def _resize(array: np.ndarray, size: int) -> np.ndarray:
+    """``[H, W(, C)]`` float32 -> ``[size, size(, C)]`` (area-averaged down, bilinear up)."""
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array, np.float32))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    t = nnf.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return t[0, 0].numpy() if array.ndim == 2 else t[0].permute(1, 2, 0).numpy()
+
+
+def synth_sample(seed: int, config: TrainingConfig) -> Sample:
+    """One procedural sample (exact ground truth), with a swapped background for a share of them."""
+    from ..data import SCENE_PRESETS, generate_scene
+
+    if config.scene_preset not in SCENE_PRESETS:
+        raise LaminaError(f"unknown scene preset {config.scene_preset!r}; choose from {', '.join(SCENE_PRESETS)}")
+    scene_config = replace(SCENE_PRESETS[config.scene_preset], size=config.resolution, scale=config.object_scale)
+    scene = generate_scene(seed, scene_config)
+    t = scene.foreground[:, :, 3]
+    a = scene.object_alpha
+    effects = np.where(a < 1.0, (t - a) / np.maximum(1.0 - a, 1e-6), 0.0)
+    background = scene.background
+    rng = np.random.default_rng(seed)
+    if rng.random() < config.p_swap_background:
+        background = generate_scene(seed + 7_919, scene_config).composite
+    return {"rgb": np.ascontiguousarray(scene.foreground[:, :, :3]), "alpha": np.ascontiguousarray(a),
+            "effects": np.clip(effects, 0.0, 1.0).astype(np.float32), "background": np.ascontiguousarray(background)}
+
+
+class FolderSource:
+    """RGBA foregrounds and background photos from a folder, composited on the fly.
+
+    Layout: ``DIR/foregrounds/*.png`` (RGBA cut-outs; their alpha is the object's matte and
+    any shadow painted into them counts as object) and ``DIR/backgrounds/*`` (any photo).
+    Each sample: a random square crop of a background, and a foreground scaled to
+    ``object_scale`` of the canvas at a random position, flipped at random.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        root = Path(root).expanduser()
+        self.foregrounds = sorted(p for p in (root / "foregrounds").glob("*") if p.suffix.lower() == ".png")
+        self.backgrounds = sorted(p for p in (root / "backgrounds").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.foregrounds or not self.backgrounds:
+            raise LaminaError(f"{root}: need RGBA PNGs in foregrounds/ and images in backgrounds/ "
+                              f"(found {len(self.foregrounds)} and {len(self.backgrounds)})")
+
+    def sample(self, seed: int, config: TrainingConfig) -> Sample:
+        rng = np.random.default_rng(seed)
+        size = config.resolution
+        bg = read_image(self.backgrounds[rng.integers(len(self.backgrounds))])[:, :, :3]
+        side = int(min(bg.shape[:2]) * rng.uniform(0.5, 1.0))
+        y, x = rng.integers(bg.shape[0] - side + 1), rng.integers(bg.shape[1] - side + 1)
+        background = _resize(bg[y:y + side, x:x + side], size)
+        fg = read_image(self.foregrounds[rng.integers(len(self.foregrounds))])
+        if fg.shape[2] != 4:
+            raise LaminaError(f"{self.foregrounds[0].parent}: foregrounds must be RGBA PNGs")
+        if rng.random() < 0.5:
+            fg = fg[:, ::-1]
+        rows, cols = np.nonzero(fg[:, :, 3] > 0)
+        if rows.size == 0:
+            raise LaminaError("a foreground PNG is fully transparent")
+        fg = fg[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        target = max(2, int(2 * rng.uniform(*config.object_scale) * size))
+        scale = target / max(fg.shape[:2])
+        h, w = max(1, round(fg.shape[0] * scale)), max(1, round(fg.shape[1] * scale))
+        premultiplied = torch.from_numpy(np.concatenate([fg[:, :, :3] * fg[:, :, 3:], fg[:, :, 3:]], 2).copy())
+        small = nnf.interpolate(premultiplied.permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
+                                antialias=True)[0].permute(1, 2, 0).numpy()
+        h, w = min(h, size), min(w, size)
+        canvas = np.zeros((size, size, 4), np.float32)
+        top, left = rng.integers(size - h + 1), rng.integers(size - w + 1)
+        canvas[top:top + h, left:left + w] = small[:h, :w]
+        alpha = canvas[:, :, 3]
+        rgb = np.where(alpha[:, :, None] > 0, canvas[:, :, :3] / np.maximum(alpha, 1e-6)[:, :, None], 0.0)
+        return {"rgb": np.clip(rgb, 0, 1).astype(np.float32), "alpha": alpha, "effects": np.zeros_like(alpha),
+                "background": background.astype(np.float32)}
+
+
+def make_source(config: TrainingConfig) -> Callable[[int], Sample]:
+    """``seed -> Sample`` for ``config.data``."""
+    if config.data == "synth":
+        return lambda seed: synth_sample(seed, config)
+    folder = FolderSource(config.data)
+    return lambda seed: folder.sample(seed, config)
+
+
+# ------------------------------------------------------------------------ augmentation
+def colour_transform(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """A random global colour change ``[..., 3] -> [..., 3]``: gains, contrast, saturation, gamma, offset."""
+    gains = rng.uniform(0.8, 1.2, 3)
+    contrast, saturation = rng.uniform(0.7, 1.3), rng.uniform(0.5, 1.4)
+    gamma, offset = math.exp(rng.uniform(-0.35, 0.35)), rng.uniform(-0.08, 0.08)
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        x = np.clip(x * gains, 0.0, 1.0) ** gamma
+        grey = x.mean(axis=-1, keepdims=True)
+        x = grey + saturation * (x - grey)
+        x = 0.5 + contrast * (x - 0.5) + offset
+        return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+    return apply
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator, config: TrainingConfig) -> np.ndarray:
+    """What a camera and a file format do to the composite: blur, noise, JPEG (each with its probability)."""
+    out = image
+    if rng.random() < config.p_blur:
+        from scipy import ndimage
+
+        out = ndimage.gaussian_filter(out, sigma=(rng.uniform(*config.blur_sigma),) * 2 + (0,))
+    if rng.random() < config.p_noise:
+        std = rng.uniform(*config.noise_std)
+        luma = rng.standard_normal(out.shape[:2] + (1,)) * std * rng.uniform(0, 1)
+        out = out + luma + rng.standard_normal(out.shape) * std
+    out = np.clip(out, 0.0, 1.0)
+    if rng.random() < config.p_jpeg:
+        buffer = io.BytesIO()
+        Image.fromarray((out * 255 + 0.5).astype(np.uint8)).save(
+            buffer, "JPEG", quality=int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1)))
+        out = np.asarray(Image.open(buffer).convert("RGB"), np.float32) / 255.0
+    return out.astype(np.float32)
+
+
+def jitter_alpha(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The matte as a matting stage might deliver it: blurred, hardened, grown or shrunk by a pixel."""
+    t = torch.from_numpy(alpha)[None, None]
+    kind = rng.integers(4)
+    if kind == 0:
+        sigma = rng.uniform(0.4, 1.0)
+        k = torch.exp(-torch.arange(-2, 3, dtype=torch.float32).square() / (2 * sigma**2))
+        k = k / k.sum()
+        t = nnf.conv2d(nnf.pad(t, (2, 2, 0, 0), mode="replicate"), k.view(1, 1, 1, 5))
+        t = nnf.conv2d(nnf.pad(t, (0, 0, 2, 2), mode="replicate"), k.view(1, 1, 5, 1))
+    elif kind == 1:
+        t = (t > rng.uniform(0.3, 0.7)).float()
+    elif kind == 2:
+        t = nnf.max_pool2d(t, 3, stride=1, padding=1)
+    else:
+        t = -nnf.max_pool2d(-t, 3, stride=1, padding=1)
+    return t[0, 0].numpy()
+
+
+def make_batch(source: Callable[[int], Sample], seeds: list[int], config: TrainingConfig) -> dict[str, torch.Tensor]:
+    """Training tensors ``[N, C, H, W]``: image (degraded), alpha (jittered), foreground, background, effects,
+    and with ``config.prefill`` the classical estimate ``prefill`` computed from image and alpha."""
+    keys = ("image", "alpha", "foreground", "background", "effects")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for seed in seeds:
+        s = source(seed)
+        rng = np.random.default_rng([seed, 1])
+        rgb, background = s["rgb"], s["background"]
+        if rng.random() < config.p_color:
+            change = colour_transform(rng)
+            rgb, background = change(rgb), change(background)
+        alpha, effects = s["alpha"], s["effects"]
+        total = (alpha + effects * (1.0 - alpha))[:, :, None]
+        clean = total * rgb + (1.0 - total) * background
+        condition = jitter_alpha(alpha, rng) if rng.random() < config.p_alpha_jitter else alpha
+        # F where the object is, the composite elsewhere (what a too-wide matte should leave unchanged).
+        foreground = np.where(alpha[:, :, None] > 0, rgb, clean)
+        for key, value in zip(keys, (degrade(clean, rng, config), condition, foreground, background, effects),
+                              strict=True):
+            out[key].append(value if value.ndim == 3 else value[:, :, None])
+    batch = {k: torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).contiguous().float() for k, v in out.items()}
+    if config.prefill is not None:
+        batch["prefill"] = telea_prefill(batch["image"], batch["alpha"])
+    return batch
+
+
+# -------------------------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of a model's weights, half-life measured in images (buffers copied)."""
+
+    def __init__(self, model: torch.nn.Module, halflife_nimg: float, rampup: float | None = 0.2) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.halflife_nimg, self.rampup = halflife_nimg, rampup
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, cur_nimg: int, batch_size: int) -> None:
+        halflife = self.halflife_nimg
+        if self.rampup is not None:
+            halflife = min(halflife, cur_nimg * self.rampup)
+        beta = 0.5 ** (batch_size / max(halflife, 1e-8))
+        for p_ema, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1.0 - beta)
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+# ------------------------------------------------------------------------ run folder
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    with atomic_output(path, overwrite=True) as staged:
+        torch.save(obj, staged)
+
+
+def export_pipeline(unet: torch.nn.Module, path: Path, prefill: str | None = None, inference_steps: int = 4,
+                    prediction: str = "v_prediction") -> Path:
+    """Write the inference pipeline (``unet`` + the DDIM scheduler) with ``save_pretrained``, atomically."""
+    pipeline = FBDDPipeline(unet=unet, scheduler=make_scheduler(prediction_type=prediction), prefill=prefill,
+                            inference_steps=inference_steps)
+    with atomic_output(path, overwrite=True) as staged:
+        pipeline.save_pretrained(staged)
+    return path
+
+
+def _check_resumable(run_dir: Path, config: TrainingConfig) -> None:
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    current = config.to_dict()
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k) and k not in
+                     RESUMABLE_CHANGES)
+    if changed:
+        raise LaminaError(f"{run_dir} holds a run with different options ({', '.join(changed)}); "
+                          "resume it with the same options or choose another --out")
+
+
+def _write_preview(unet: torch.nn.Module, config: TrainingConfig, path: Path) -> None:
+    """Contact sheet of held-out scenes: ground truth, then the EMA model's layers, one row each."""
+    from .decompose import finish_decomposition
+
+    pipeline = FBDDPipeline(unet=unet, scheduler=make_scheduler(prediction_type=config.prediction),
+                            prefill=config.prefill)
+    pipeline.set_progress_bar_config(disable=True)
+    source = make_source(config)
+    rows = []
+    for i in range(config.preview_count):
+        s = source(PREVIEW_SEED + i)
+        total = s["alpha"] + s["effects"] * (1.0 - s["alpha"])
+        image = total[:, :, None] * s["rgb"] + (1.0 - total[:, :, None]) * s["background"]
+        out = pipeline(image, s["alpha"], num_inference_steps=config.inference_steps,
+                       generator=torch.Generator().manual_seed(i), projection=False)
+        part = finish_decomposition(image, s["alpha"], out.foreground[0], out.background[0],
+                                    effects=None if out.effects is None else out.effects[0])
+        rows.append(LayeredImage.from_foreground(s["background"], s["rgb"], total, name="ground truth"))
+        rows.append(part.to_layered(name="FBDD"))
+    save_contact_sheet(rows, path, overwrite=True)
+
+
+# ------------------------------------------------------------------------------ loop
+def training_loop(
+    config: TrainingConfig,
+    run_dir: str | Path,
+    *,
+    echo: Callable[[str], None] = print,
+    stop_after_s: float | None = None,
+) -> Path:
+    """Train FBDD into ``run_dir``; running it again on the same folder resumes. Returns the export folder.
+
+    Args:
+        config: all options (:func:`resolve_config`).
+        run_dir: the run folder: ``training-config.json``, ``training-state.pt``, ``log.jsonl``,
+            ``previews/``, ``export/`` (the EMA pipeline, :meth:`FBDDPipeline.from_pretrained`).
+        echo: where progress lines go.
+        stop_after_s: stop (after saving) once this many seconds have passed in this call.
+    """
+    from accelerate import Accelerator
+
+    run_dir = Path(run_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_resumable(run_dir, config)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+
+    # Networks, optimiser, EMA.
+    torch.manual_seed(config.seed)
+    unet = make_unet(config.unet, sample_size=config.resolution, effects=config.effects,
+                     prefill=config.prefill is not None)
+    scheduler = make_scheduler(prediction_type=config.prediction)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(unet, config.ema_halflife_nimg, config.ema_rampup)
+    step = 0
+
+    # Resume.
+    state_path = run_dir / STATE_FILE
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        unet.load_state_dict(state["unet"])
+        ema.model.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        echo(f"resuming {run_dir} at step {step}")
+        _trim_log(run_dir / LOG_FILE, step)
+    if main:
+        with atomic_output(run_dir / CONFIG_FILE, overwrite=True) as staged:
+            staged.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema.model.to(accelerator.device)
+    source = make_source(config)
+    scheduler.set_timesteps(config.inference_steps)
+    focus = scheduler.timesteps.clone()
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    def save() -> None:
+        if not main:
+            return
+        _atomic_torch_save({"step": step, "unet": accelerator.unwrap_model(unet).state_dict(),
+                            "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "config": config.to_dict()}, state_path)
+        export_pipeline(ema.model, run_dir / EXPORT_DIR, config.prefill, config.inference_steps, config.prediction)
+
+    start, last = time.time(), time.time()
+    unet.train()
+    while step < config.total_steps:
+        # Batch: seeds depend only on (seed, step, rank), so a resumed run sees the same data.
+        base = (config.seed * 1_000_003 + step * world + rank) * config.batch_size
+        batch = {k: v.to(accelerator.device) for k, v in
+                 make_batch(source, list(range(base, base + config.batch_size)), config).items()}
+        generator = torch.Generator().manual_seed(base)
+        n = config.batch_size
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
+        use_focus = torch.rand(n, generator=generator) < config.p_inference_timesteps
+        timesteps = torch.where(use_focus, focus[torch.randint(0, len(focus), (n,), generator=generator)], timesteps)
+
+        # Optimisation step (linear warm-up).
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+        losses = fbdd_loss(unet, scheduler, batch["image"], batch["alpha"], batch["foreground"],
+                           batch["background"], generator=generator, effects=batch["effects"],
+                           recomposition_weight=config.recomposition_weight, hole_weight=config.hole_weight,
+                           timesteps=timesteps, prefill=batch.get("prefill"))
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(losses["loss"])
+        if config.grad_clip > 0:
+            accelerator.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        ema.update(accelerator.unwrap_model(unet), step * n * world, n * world)
+
+        # Log, checkpoint, preview.
+        if main and step % config.log_every == 0:
+            now = time.time()
+            record = {"step": step, "nimg": step * n * world, "loss": round(float(losses["loss"].detach()), 6),
+                      "v": round(float(losses["v"]), 6), "sec_per_step": round((now - last) / config.log_every, 4)}
+            last = now
+            with open(run_dir / LOG_FILE, "a") as log:
+                log.write(json.dumps(record) + "\n")
+            echo(f"step {step}/{config.total_steps} loss {record['loss']:.4f} ({record['sec_per_step']:.2f} s/step)")
+        timed_out = stop_after_s is not None and time.time() - start > stop_after_s
+        if step % config.checkpoint_every == 0 or step == config.total_steps or timed_out:
+            save()
+        if main and (step % config.preview_every == 0 or step == config.total_steps):
+            _write_preview(ema.model, config, run_dir / PREVIEW_DIR / f"step-{step:07d}.png")
+        if timed_out:
+            echo(f"stopping after {time.time() - start:.0f} s at step {step}; run again to resume")
+            break
+    if not state_path.exists():  # total_steps already reached before this call
+        save()
+    return run_dir / EXPORT_DIR
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log records written after the saved state (they will be written again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    with atomic_output(path, overwrite=True) as staged:
+        staged.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,287 @@
+"""LayeringDiff with pretrained-model stages, offline: tiny random Grounding DINO, SAM, ViTMatte and
+Stable Diffusion, saved to a temporary folder and loaded back through the code users run; FBDD training."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub at import: before anything imports it
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from lamina import LaminaError  # noqa: E402
+from lamina.io import load  # noqa: E402
+
+torch.set_num_threads(1)
+pytest.importorskip("transformers")
+pytest.importorskip("diffusers")
+
+
+# ----------------------------------------------------------------- tiny models
+def bert_tokenizer():
+    """A BERT WordPiece tokenizer built in memory; Grounding DINO hard-codes BERT's ids of [CLS], [SEP], '.', '?'."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    special = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+    vocab = {f"[unused{i}]": i for i in range(1030) if i not in special.values()} | special
+    vocab |= {word: 1030 + i for i, word in enumerate(["a", "the", "cat", "dog", "red", "ball", "on", "grass"])}
+    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                      special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
+    tk.decoder = decoders.WordPiece()
+    return BertTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                             cls_token="[CLS]", mask_token="[MASK]", model_max_length=32), len(vocab)
+
+
+def save_tiny_grounding(root) -> dict[str, str]:
+    """Tiny random Grounding DINO, SAM and ViTMatte with their processors, saved under ``root``."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tokenizer, vocab_size = bert_tokenizer()
+    detector = tf.GroundingDinoForObjectDetection(tf.GroundingDinoConfig(
+        backbone_config=tf.SwinConfig(window_size=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                      image_size=32, out_features=["stage2", "stage3", "stage4"],
+                                      out_indices=[2, 3, 4]),
+        text_config=tf.BertConfig(vocab_size=vocab_size, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=16, max_position_embeddings=32),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=4, num_feature_levels=3, encoder_n_points=1,
+        decoder_n_points=1, max_text_len=32, use_timm_backbone=False, backbone=None, use_pretrained_backbone=False))
+    processor = tf.GroundingDinoProcessor(
+        image_processor=tf.GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}),
+        tokenizer=tokenizer)
+    sam = tf.SamModel(tf.SamConfig(
+        vision_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                           output_channels=8, image_size=64, patch_size=16, global_attn_indexes=[0], window_size=2,
+                           num_pos_feats=4, mlp_dim=16),
+        prompt_encoder_config=dict(hidden_size=8, image_size=64, patch_size=16, mask_input_channels=4,
+                                   num_point_embeddings=4),
+        mask_decoder_config=dict(hidden_size=8, mlp_dim=16, num_hidden_layers=1, num_attention_heads=2,
+                                 iou_head_hidden_dim=8, iou_head_depth=1, num_multimask_outputs=3)))
+    sam_processor = tf.SamProcessor(image_processor=tf.SamImageProcessor(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}))
+    matting = tf.VitMatteForImageMatting(tf.VitMatteConfig(
+        backbone_config=tf.VitDetConfig(image_size=32, patch_size=16, num_channels=4, hidden_size=8,
+                                        num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
+                                        out_features=["stage1"]),
+        hidden_size=8, convstream_hidden_sizes=[4, 4, 4], fusion_hidden_sizes=[4, 4, 4, 4]))
+    paths = {}
+    for role, parts in {"detector": (detector, processor), "segmenter": (sam, sam_processor),
+                        "matting": (matting, tf.VitMatteImageProcessor())}.items():
+        paths[role] = str(root / role)
+        for part in parts:
+            part.save_pretrained(paths[role])
+    return paths
+
+
+def save_tiny_sd(path) -> str:
+    """A tiny random Stable Diffusion pipeline (CLIP tokenizer written locally), saved at ``path``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=2)
+    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, norm_num_groups=2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                                num_hidden_layers=2, vocab_size=1000, bos_token_id=0, eos_token_id=2,
+                                                pad_token_id=1))
+    words = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "lo", "l</w>", "w</w>", "r</w>", "t</w>",
+             "low</w>", "er</w>", "lowest</w>", "newer</w>", "wider", "<unk>", "<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(vocab={w: i for i, w in enumerate(words)},
+                              merges=[("l", "o"), ("lo", "w</w>"), ("e", "r</w>")], unk_token="<unk>",
+                              model_max_length=77)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                              clip_sample=False, set_alpha_to_one=False)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return str(path)
+
+
+def save_tiny_fbdd(path) -> str:
+    from lamina.layeringdiff.fbdd import FBDDPipeline, make_scheduler, make_unet
+
+    torch.manual_seed(0)
+    FBDDPipeline(make_unet("tiny", sample_size=16, effects=True), make_scheduler()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    return {**save_tiny_grounding(root), "t2i": save_tiny_sd(root / "sd"), "fbdd": save_tiny_fbdd(root / "fbdd")}
+
+
+def photo(size: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    image = np.full((size, size + 8, 3), 0.3, np.float32) + 0.05 * rng.random((size, size + 8, 3), np.float32)
+    image[10:28, 12:30] = (0.9, 0.2, 0.1)
+    return image
+
+
+def failure(result) -> str:
+    """What a command run directly (without lamina's main group, which prints LaminaError) failed with."""
+    return result.output + str(result.exception)
+
+
+# ----------------------------------------------------------------------- tests
+def test_grounding_chain_from_saved_folders(models) -> None:
+    from lamina.layeringdiff.grounding import Grounder, GroundingConfig
+
+    grounder = Grounder(GroundingConfig(detector=models["detector"], segmenter=models["segmenter"],
+                                        matting=models["matting"], box_threshold=0.0, text_threshold=0.0))
+    image = photo()
+    x0, y0, x1, y1 = grounder.detect(image, "the cat")
+    assert 0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 40
+    mask = grounder.segment(image, (x0, y0, x1, y1))
+    assert mask.shape == (40, 48) and mask.dtype == bool and mask.any()
+    estimate = grounder.estimate(image, "the cat")
+    assert estimate.alpha.shape == (40, 48) and estimate.alpha.dtype == np.float32
+    assert 0.0 <= estimate.alpha.min() and estimate.alpha.max() <= 1.0
+    assert (estimate.alpha[estimate.trimap == 1.0] == 1.0).all()
+    assert (estimate.alpha[estimate.trimap == 0.0] == 0.0).all()
+    # Without a matting model: pymatting on SAM's mask.
+    plain = Grounder(GroundingConfig(detector=models["detector"], segmenter=models["segmenter"], matting=None,
+                                     box_threshold=0.0, text_threshold=0.0))
+    assert plain.estimate(image, "the cat").alpha.shape == (40, 48)
+    with pytest.raises(LaminaError, match="no 'the cat' found"):
+        Grounder(GroundingConfig(detector=models["detector"], box_threshold=1.01)).detect(image, "the cat")
+
+
+def test_hub_ids_without_network_fail_clearly(tmp_path) -> None:
+    import time
+
+    from transformers import SamModel
+
+    from lamina.layeringdiff.fbdd import load_pipeline
+    from lamina.layeringdiff.grounding import from_pretrained, generate_composite
+
+    start = time.time()
+    with pytest.raises(LaminaError, match="not in the local Hugging Face cache"):
+        from_pretrained(SamModel, "lamina-test/no-such-model", "segmenter")
+    with pytest.raises(LaminaError, match="text-to-image pipeline"):
+        generate_composite("lamina-test/no-such-pipeline", "a cat")
+    with pytest.raises(LaminaError, match="cannot load the FBDD model"):
+        load_pipeline("lamina-test/no-such-fbdd")
+    with pytest.raises(LaminaError, match="not a model folder"):
+        from_pretrained(SamModel, tmp_path / "missing", "segmenter")
+    assert time.time() - start < 10
+
+
+def test_text_to_layered_file_end_to_end(models, tmp_path) -> None:
+    from lamina.layeringdiff.cli import generate
+
+    out = tmp_path / "layers.psd"
+    args = ["a cat on grass", "--foreground", "the cat", "--t2i", models["t2i"], "--size", "32", "--t2i-steps", "2",
+            "--model", models["fbdd"], "--steps", "2", "--out", str(out),
+            *sum((["--grounding-model", f"{role}={models[role]}"] for role in ("detector", "segmenter", "matting")),
+                 [])]
+    result = CliRunner().invoke(generate, args)
+    assert result.exit_code == 0, result.output
+    layered = load(out)
+    assert layered.size == (32, 32) and len(layered.layers) == 1
+    assert (tmp_path / "layers.sheet.png").exists()
+    meta = load(out).metadata
+    assert meta.get("prompt", "a cat on grass") == "a cat on grass"
+    again = CliRunner().invoke(generate, args)
+    assert again.exit_code != 0 and "already exists" in failure(again)
+
+
+def test_photo_to_layered_file_with_a_prompt_and_a_box(models, tmp_path) -> None:
+    from lamina.io import write_png
+    from lamina.layeringdiff.cli import decompose
+
+    image = tmp_path / "photo.png"
+    write_png(photo(), image)
+    grounding = sum((["--grounding-model", f"{role}={models[role]}"] for role in ("detector", "segmenter",
+                                                                                  "matting")), [])
+    runner = CliRunner()
+    result = runner.invoke(decompose, [str(image), "--prompt", "the cat", "--model", models["fbdd"], "--steps", "2",
+                                       "--out", str(tmp_path / "a.ora"), *grounding])
+    # The tiny random detector has a threshold of 0.3: it may find nothing, which must be a clean error.
+    assert result.exit_code == 0 or "found in the image" in failure(result), failure(result)
+    result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--model", models["fbdd"], "--steps", "2",
+                                       "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert load(tmp_path / "b").size == (48, 40) and (tmp_path / "b.sheet.png").exists()
+    result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--method", "classical",
+                                       "--out", str(tmp_path / "c.psd")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(decompose, [str(image), "--out", str(tmp_path / "d.psd")])
+    assert result.exit_code != 0 and "exactly one of --box" in failure(result)
+
+
+def test_training_runs_resumes_and_exports(tmp_path) -> None:
+    from lamina.layeringdiff.cli import train
+    from lamina.layeringdiff.fbdd import load_pipeline
+
+    run = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--steps", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    state = torch.load(run / "training-state.pt", weights_only=True)
+    assert state["step"] == 2
+    config = json.loads((run / "training-config.json").read_text())
+    assert config["resolution"] == 16 and config["total_steps"] == 2
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--steps", "4"])
+    assert result.exit_code == 0 and "resuming" in result.output, result.output
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["step-0000002.png", "step-0000004.png"]
+    pipe = load_pipeline(run / "export")
+    out = pipe(np.random.rand(20, 24, 3).astype(np.float32), np.zeros((20, 24), np.float32), num_inference_steps=2)
+    assert out.foreground.shape == (1, 20, 24, 3) and out.effects.shape == (1, 20, 24)
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--lr", "0.1"])
+    assert result.exit_code != 0 and "different options" in failure(result)
+    assert runner.invoke(train, ["--preset", "tiny", "--out", str(run), "-n"]).output.startswith("{")
+
+
+def test_training_on_a_folder_of_layers(tmp_path) -> None:
+    from lamina.io import write_png
+    from lamina.layeringdiff.train import make_batch, make_source, resolve_config
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "foregrounds").mkdir()
+    (tmp_path / "backgrounds").mkdir()
+    cutout = np.zeros((30, 20, 4), np.float32)
+    cutout[5:25, 4:16] = (0.8, 0.3, 0.2, 1.0)
+    write_png(cutout, tmp_path / "foregrounds" / "a.png")
+    write_png(rng.random((50, 70, 3), np.float32), tmp_path / "backgrounds" / "b.png")
+    config = resolve_config("tiny", data=str(tmp_path))
+    batch = make_batch(make_source(config), [0, 1, 2], config)
+    assert batch["image"].shape == (3, 3, 16, 16) and batch["alpha"].shape == (3, 1, 16, 16)
+    assert batch["alpha"].amax() > 0.5 and batch["effects"].abs().sum() == 0
+    with pytest.raises(LaminaError, match="foregrounds"):
+        resolve_config("tiny", data=str(tmp_path / "backgrounds"))
+        make_source(resolve_config("tiny", data=str(tmp_path / "backgrounds")))
+
+
+def test_builtin_model_is_the_default_and_small() -> None:
+    from lamina.data import SCENE_PRESETS, generate_scene
+    from lamina.layeringdiff import decompose_image
+    from lamina.layeringdiff.decompose import BUILTIN_MODEL
+    from lamina.layeringdiff.fbdd import load_builtin
+
+    size_mb = sum(p.stat().st_size for p in BUILTIN_MODEL.rglob("*") if p.is_file()) / 2**20
+    assert size_mb <= 20, size_mb
+    pipe = load_builtin()
+    assert pipe.config.prefill == "telea" and pipe.unet.config.out_channels == 7
+    scene = generate_scene(123_456_789, SCENE_PRESETS["default"].with_size(96))
+    layered = decompose_image(scene.composite, box=scene.box)  # the default method and model
+    assert layered.metadata["method"] == "layeringdiff" and layered.metadata["recomposition_psnr"] > 35
+    assert layered.size == (96, 96) and len(layered.layers) == 1
