@@ -46,6 +46,10 @@ def test_demo_writes_every_format(demo_dir: Path) -> None:
         assert (demo_dir / f"{stem}.psd").is_file() and (demo_dir / f"{stem}.ora").is_file()
         assert (demo_dir / stem / "layers.json").is_file()
     assert (demo_dir / "contact_sheet.png").is_file()
+    decomposed = load(demo_dir / "decomposed_00.psd")  # the built-in LayeringDiff model
+    assert decomposed.size == (64, 64) and decomposed.metadata["method"] != "classical"
+    sample = load(demo_dir / "furrygan_01.psd")  # the built-in FurryGAN
+    assert [layer.name for layer in sample.all_layers] == ["background", "foreground"]
     psd, ora, stack = (load(demo_dir / name) for name in ("scene_00.psd", "scene_00.ora", "scene_00"))
     assert [layer.name for layer in psd.all_layers] == [layer.name for layer in ora.all_layers]
     np.testing.assert_allclose(psd.composite(), stack.composite(), atol=1.5 / 255)

@@ -95,26 +95,52 @@ def main() -> None:
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to write the layered files and the contact sheet into.")
-@click.option("--n", "count", type=click.IntRange(1, 64), default=4, show_default=True, help="Number of scenes.")
+@click.option("--n", "count", type=click.IntRange(1, 64), default=3, show_default=True,
+              help="Number of scenes (and of FurryGAN samples).")
 @click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True, help="Canvas size in pixels.")
 @_seed_option
 @_overwrite_option
 def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> None:
-    """Write PSD, ORA, PNG-stack files and a contact sheet of demo scenes."""
+    """Layered PSD/ORA/PNG-stack files and a contact sheet from the built-in models.
+
+    Three kinds of output, all offline: procedural scenes with exact ground truth
+    (``scene_*``), those scenes' flattened composites taken apart again by the built-in
+    LayeringDiff model given the object's box (``decomposed_*.psd``), and samples of the
+    built-in FurryGAN (``furrygan_*.psd``). ``contact_sheet.png`` shows every one of them.
+    """
     from .data import SCENE_PRESETS, generate_scene
+    from .furrygan.inference import generate as furrygan_generate
+    from .furrygan.inference import load_builtin as load_furrygan
     from .io import save, save_contact_sheet
+    from .io.atomic import check_writable
+    from .layeringdiff import decompose_image, make_decomposer
     from .progress import progress
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = [f"scene_{i:02d}" for i in range(count)]
+    outputs = [out_dir / f"{stem}{suffix}" for stem in stems for suffix in (".psd", ".ora", "")]
+    outputs += [out_dir / f"decomposed_{i:02d}.psd" for i in range(count)]
+    outputs += [out_dir / f"furrygan_{i:02d}.psd" for i in range(count)] + [out_dir / "contact_sheet.png"]
+    for path in outputs:  # refuse before any work, so a refused run writes nothing
+        check_writable(path, overwrite)
+
     config = dataclasses.replace(SCENE_PRESETS["default"], size=size)
-    images = [generate_scene(seed + i, config).to_layered() for i in progress(range(count), desc="demo scenes")]
-    written = []
-    for i, image in enumerate(images):
-        stem = out_dir / f"scene_{i:02d}"
-        for path in (stem.with_suffix(".psd"), stem.with_suffix(".ora"), stem):
-            written.append(save(image, path, overwrite=overwrite))
-    written.append(save_contact_sheet(images, out_dir / "contact_sheet.png", overwrite=overwrite))
-    click.echo(f"wrote {len(written)} outputs to {out_dir}: PSD, ORA and PNG-stack files, contact_sheet.png")
+    scenes = [generate_scene(seed + i, config) for i in progress(range(count), desc="procedural scenes")]
+    truth = [scene.to_layered() for scene in scenes]
+    decomposer = make_decomposer("layeringdiff", seed=seed)  # the built-in FBDD, loaded once
+    decomposed = [decompose_image(scene.composite, box=scene.box, decomposer=decomposer)
+                  for scene in progress(scenes, desc="LayeringDiff decomposition")]
+    samples = furrygan_generate(load_furrygan(), count, truncation_psi=0.7, seed=seed)
+
+    rows = []
+    for i in range(count):
+        for path in outputs[3 * i:3 * i + 3]:
+            save(truth[i], path, overwrite=overwrite)
+        save(decomposed[i], out_dir / f"decomposed_{i:02d}.psd", overwrite=overwrite)
+        save(samples[i], out_dir / f"furrygan_{i:02d}.psd", overwrite=overwrite)
+        rows += [truth[i], decomposed[i]]
+    save_contact_sheet(rows + samples, out_dir / "contact_sheet.png", overwrite=overwrite)
+    click.echo(f"wrote {len(outputs)} outputs to {out_dir}: scene_* (PSD, ORA, PNG stack; exact ground truth), "
+               f"decomposed_*.psd (LayeringDiff), furrygan_*.psd (FurryGAN), contact_sheet.png")
 
 
 @main.command()
@@ -208,7 +234,8 @@ def metrics(pred: Path, gt: Path, threshold: float, as_json: bool) -> None:
     rows = [evaluate_layers(load(p), load(g), threshold=threshold) for p, g in pairs]
     mean = _mean_metrics(rows)
     if as_json:
-        report = {"count": len(rows), "mean": mean, "per_image": {str(p): r for (p, _), r in zip(pairs, rows)}}
+        per_image = {str(p): row for (p, _), row in zip(pairs, rows, strict=True)}
+        report = {"count": len(rows), "mean": mean, "per_image": per_image}
         click.echo(json.dumps(_strict_json(report), indent=2))
         return
     click.echo(f"{len(rows)} pair(s)\n\n| metric | value |\n|---|---|")

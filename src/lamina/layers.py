@@ -474,13 +474,15 @@ class LayeredImage:
         return cls._from_list(list(stack), names, metadata)
 
     @classmethod
-    def _from_list(cls, arrays: list[Any], names: Sequence[str] | None, metadata: dict[str, Any] | None) -> LayeredImage:
+    def _from_list(
+        cls, arrays: list[Any], names: Sequence[str] | None, metadata: dict[str, Any] | None
+    ) -> LayeredImage:
         if not arrays:
             raise LayerError("a layered image needs at least a background")
         names = list(names) if names is not None else ["background"] + [f"layer_{i}" for i in range(1, len(arrays))]
         if len(names) != len(arrays):
             raise LayerError(f"got {len(names)} names for {len(arrays)} layers")
-        layers = [Layer(a, name=n) for a, n in zip(arrays, names)]
+        layers = [Layer(a, name=n) for a, n in zip(arrays, names, strict=True)]
         return cls(layers[0], layers[1:], metadata)
 
     @classmethod
