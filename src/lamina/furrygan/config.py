@@ -258,10 +258,9 @@ class TrainConfig:
 
     def ema_beta(self, batch: int, cur_nimg: int = 0) -> float:
         """Per-step EMA decay for ``batch`` images: ``0.5 ** (batch / half_life)``."""
-        half_life = float(self.ema_nimg)
-        if self.ema_rampup is not None:
-            half_life = min(half_life, cur_nimg * self.ema_rampup)
-        return 0.5 ** (batch / max(half_life, 1e-8))
+        from ..training import ema_beta
+
+        return ema_beta(batch, self.ema_nimg, cur_nimg, self.ema_rampup)
 
 
 @dataclass(frozen=True)

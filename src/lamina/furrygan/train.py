@@ -25,7 +25,6 @@ exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -38,8 +37,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import LaminaError
-from ..io.atomic import atomic_output
 from ..progress import progress
+from ..training import append_log, ema_update_, save_state, trim_log
 from .config import ConfigError, FurryGANConfig
 from .losses import FurryGANLoss
 from .networks import FurryGANDiscriminator, FurryGANGenerator
@@ -120,7 +119,7 @@ def training_loop(
         del state
     if acc.is_main_process:
         cfg.save_json(run_dir / CONFIG_NAME)
-        _trim_log(run_dir / LOG_NAME, start_step)
+        trim_log(run_dir / LOG_NAME, start_step)
     acc.wait_for_everyone()
 
     # Data: an endless shuffled stream that restarts where the state left off.
@@ -146,7 +145,7 @@ def training_loop(
         # Generator (Eq. 12), then its EMA.
         stats |= _update(loss, "G", real, torch.randn(batch_gpu, G.z_dim, device=device), step, G, opt_G, acc)
         nimg += tc.batch
-        _ema_update(G_ema, G, tc.ema_beta(tc.batch, nimg))
+        ema_update_(G_ema, G, tc.ema_beta(tc.batch, nimg), copy_buffers=False)  # w_avg is recomputed
         done = step + 1
 
         # Stop on NaN/Inf or an exploding loss (on any process), before anything is saved from this state.
@@ -156,7 +155,7 @@ def training_loop(
         bad = {k: v for k, v in values.items() if not (abs(v) <= tc.max_loss)}
         if bad:
             if acc.is_main_process:
-                _append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "diverged": True, **values})
+                append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "diverged": True, **values})
             where = (f"the last good checkpoint {state_path} (step {last_saved}) is kept"
                      if state_path.is_file() else "no checkpoint had been written yet")
             raise TrainingDivergedError(
@@ -167,7 +166,7 @@ def training_loop(
         steps_since_log += 1
         if acc.is_main_process and (done % tc.log_every == 0 or done == tc.total_steps):
             now = time.perf_counter()
-            _append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "fine_gamma": cfg.loss.fine_gamma(step),
+            append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "fine_gamma": cfg.loss.fine_gamma(step),
                                              "sec_per_step": (now - t_log) / steps_since_log, **values})
             t_log, steps_since_log = now, 0
 
@@ -185,8 +184,7 @@ def training_loop(
                 state = {"step": done, "nimg": nimg, "config": cfg.to_dict(), "G": G.state_dict(),
                          "D": D.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
                          "opt_D": opt_D.state_dict()}
-                with atomic_output(state_path, overwrite=True) as tmp:
-                    torch.save(state, tmp)
+                save_state(state, state_path)
                 G_ema.save_pretrained(run_dir / EXPORT_DIR, cfg)
                 D.save_pretrained(run_dir / EXPORT_DIR)
             last_saved = done
@@ -210,12 +208,6 @@ def _update(loss: FurryGANLoss, phase: str, real, z, step: int, module: torch.nn
 
 
 @torch.no_grad()
-def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
-    """``ema = beta * ema + (1 - beta) * net`` over parameters (buffers: truncation centres are recomputed)."""
-    for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
-        p_ema.lerp_(p, 1.0 - beta)
-
-
 def _step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7919 + step * 104_729) % (2**63)
 
@@ -250,30 +242,6 @@ class _InfiniteSampler(Sampler[int]):
                 order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
             yield int(order[pos % self.size])
             pos += self.world
-
-
-def _append_log(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the checkpoint a resumed run starts from)."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if _log_step(line) <= step]
-    if len(kept) != len(lines):
-        with atomic_output(path, overwrite=True) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def _log_step(line: str) -> float:
-    """The step of a log line; a torn or blank line (a crash mid-write) counts as past any step."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
 
 
 @torch.no_grad()

@@ -50,6 +50,7 @@ from PIL import Image
 from ..errors import LaminaError
 from ..io import atomic_output, read_image, save_contact_sheet
 from ..layers import LayeredImage
+from ..training import append_log, ema_beta, ema_update_, save_state, trim_log
 from .fbdd import FBDDPipeline, fbdd_loss, make_scheduler, make_unet, telea_prefill
 
 STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR = (
@@ -336,24 +337,11 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.halflife_nimg, self.rampup = halflife_nimg, rampup
 
-    @torch.no_grad()
     def update(self, model: torch.nn.Module, cur_nimg: int, batch_size: int) -> None:
-        halflife = self.halflife_nimg
-        if self.rampup is not None:
-            halflife = min(halflife, cur_nimg * self.rampup)
-        beta = 0.5 ** (batch_size / max(halflife, 1e-8))
-        for p_ema, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            p_ema.lerp_(p.detach(), 1.0 - beta)
-        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            b_ema.copy_(b)
+        ema_update_(self.model, model, ema_beta(batch_size, self.halflife_nimg, cur_nimg, self.rampup))
 
 
 # ------------------------------------------------------------------------ run folder
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_output(path, overwrite=True) as staged:
-        torch.save(obj, staged)
-
-
 def export_pipeline(unet: torch.nn.Module, path: Path, prefill: str | None = None, inference_steps: int = 4,
                     prediction: str = "v_prediction") -> Path:
     """Write the inference pipeline (``unet`` + the DDIM scheduler) with ``save_pretrained``, atomically."""
@@ -442,7 +430,7 @@ def training_loop(
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
         echo(f"resuming {run_dir} at step {step}")
-        _trim_log(run_dir / LOG_FILE, step)
+        trim_log(run_dir / LOG_FILE, step)
     if main:
         with atomic_output(run_dir / CONFIG_FILE, overwrite=True) as staged:
             staged.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -456,7 +444,7 @@ def training_loop(
     def save() -> None:
         if not main:
             return
-        _atomic_torch_save({"step": step, "unet": accelerator.unwrap_model(unet).state_dict(),
+        save_state({"step": step, "unet": accelerator.unwrap_model(unet).state_dict(),
                             "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
                             "config": config.to_dict()}, state_path)
         export_pipeline(ema.model, run_dir / EXPORT_DIR, config.prefill, config.inference_steps, config.prediction)
@@ -495,8 +483,7 @@ def training_loop(
             record = {"step": step, "nimg": step * n * world, "loss": round(float(losses["loss"].detach()), 6),
                       "v": round(float(losses["v"]), 6), "sec_per_step": round((now - last) / config.log_every, 4)}
             last = now
-            with open(run_dir / LOG_FILE, "a") as log:
-                log.write(json.dumps(record) + "\n")
+            append_log(run_dir / LOG_FILE, record)
             echo(f"step {step}/{config.total_steps} loss {record['loss']:.4f} ({record['sec_per_step']:.2f} s/step)")
         timed_out = stop_after_s is not None and time.time() - start > stop_after_s
         if step % config.checkpoint_every == 0 or step == config.total_steps or timed_out:
@@ -509,12 +496,3 @@ def training_loop(
     if not state_path.exists():  # total_steps already reached before this call
         save()
     return run_dir / EXPORT_DIR
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log records written after the saved state (they will be written again)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    with atomic_output(path, overwrite=True) as staged:
-        staged.write_text("".join(line + "\n" for line in kept))
