@@ -26,7 +26,7 @@ from lamina.furrygan import (
     load_segmenter,
     train_segmenter,
 )
-from lamina.furrygan.cli import parse_overrides, sample_paths
+from lamina.furrygan.cli import sample_paths
 from lamina.furrygan.evaluate import generate_batches, generated_mask_metrics
 from lamina.furrygan.inference import (
     BUILTIN_DIR,
@@ -34,9 +34,12 @@ from lamina.furrygan.inference import (
     noise_regularization,
     pyramid_l1,
     resolve_checkpoint,
+    square_window,
+    uncrop,
 )
 from lamina.furrygan.train import STATE_NAME
 from lamina.io import load
+from lamina.overrides import parse_overrides
 
 torch.set_num_threads(1)
 
@@ -173,6 +176,17 @@ def test_inversion_shapes_and_losses():
         invert(G, torch.rand(1, 3, 16, 16), steps=1)
 
 
+def test_uncrop_maps_the_centre_square_back():
+    square = torch.zeros(1, 8, 8)
+    square[:, :, 0] = 1.0  # left column of the crop
+    out = uncrop(square, 20, 30)  # crop = columns 5..25 of a 30-wide image, 20 rows
+    assert out.shape == (1, 20, 30)
+    assert square_window(20, 30) == (slice(0, 20), slice(5, 25))
+    assert torch.all(out[:, :, :5] == out[:, :, 5:6])  # the strip left of the crop continues its edge
+    assert out[0, :, 24].abs().max() < 1e-6 and torch.all(out[:, :, 25:] == out[:, :, 24:25])
+    assert uncrop(torch.rand(1, 8, 8), 8, 8).shape == (1, 8, 8)
+
+
 def test_perceptual_terms():
     a = torch.rand(2, 3, 32, 32)
     assert torch.equal(pyramid_l1(a, a), torch.zeros(2))
@@ -189,8 +203,15 @@ def test_segment_command(run, tmp_path):
     result = invoke("furrygan", "segment", "--checkpoint", str(run), str(path), "--out", str(tmp_path / "seg"),
                     "--steps", "2")
     assert result.exit_code == 0, result.output
-    assert Image.open(tmp_path / "seg" / "photo_mask.png").size == (32, 32)
-    assert load(tmp_path / "seg" / "photo.psd").layers[0].name == "foreground"
+    assert Image.open(tmp_path / "seg" / "photo_mask.png").size == (50, 40)  # the image's own size
+    layered = load(tmp_path / "seg" / "photo.psd")
+    assert layered.layers[0].name == "foreground" and (layered.width, layered.height) == (50, 40)
+    original = np.asarray(Image.open(path), np.float32) / 255
+    assert np.abs(layered.layers[0].rgb - original).max() <= 1 / 255  # the real pixels, uncropped
+    result = invoke("furrygan", "segment", "--checkpoint", str(run), str(path), "--out", str(tmp_path / "seg32"),
+                    "--steps", "2", "--size", "model")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "seg32" / "photo_mask.png").size == (32, 32)
     result = invoke("furrygan", "segment", str(tmp_path / "nope.png"), "--out", str(tmp_path / "seg"))
     assert result.exit_code == 1 and "no such image file" in result.output
 

@@ -83,13 +83,20 @@ def save_tiny_grounding(root) -> dict[str, str]:
     return paths
 
 
-def save_tiny_sd(path) -> str:
-    """A tiny random Stable Diffusion pipeline (CLIP tokenizer written locally), saved at ``path``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def save_tiny_sd(path, inpainting: bool = False) -> str:
+    """A tiny random Stable Diffusion (inpainting) pipeline (CLIP tokenizer written locally), saved at ``path``."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4,
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16,
+                                in_channels=9 if inpainting else 4,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
                                 norm_num_groups=2)
@@ -106,7 +113,8 @@ def save_tiny_sd(path) -> str:
                               model_max_length=77)
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
                               clip_sample=False, set_alpha_to_one=False)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    pipe = pipeline_class(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    image_encoder=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
@@ -124,7 +132,8 @@ def save_tiny_fbdd(path) -> str:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("models")
-    return {**save_tiny_grounding(root), "t2i": save_tiny_sd(root / "sd"), "fbdd": save_tiny_fbdd(root / "fbdd")}
+    return {**save_tiny_grounding(root), "t2i": save_tiny_sd(root / "sd"), "fbdd": save_tiny_fbdd(root / "fbdd"),
+            "inpainting": save_tiny_sd(root / "sd-inpainting", inpainting=True)}
 
 
 def photo(size: int = 40) -> np.ndarray:
@@ -285,3 +294,90 @@ def test_builtin_model_is_the_default_and_small() -> None:
     layered = decompose_image(scene.composite, box=scene.box)  # the default method and model
     assert layered.metadata["method"] == "layeringdiff" and layered.metadata["recomposition_psnr"] > 35
     assert layered.size == (96, 96) and len(layered.layers) == 1
+
+
+# ------------------------------------------------------------------ latent FBDD
+def test_latent_fbdd_starts_as_the_inpainting_model(models) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from lamina.layeringdiff.latent import LatentFBDDPipeline, widen_unet
+
+    base = UNet2DConditionModel.from_pretrained(models["inpainting"], subfolder="unet")
+    unet = widen_unet(base, 4)
+    assert (unet.config.in_channels, unet.config.out_channels) == (17, 8)
+    # Inputs [z_B, z_F, m, masked, E(I)]: with z_F and E(I) ignored at first, the B half is the inpainting UNet.
+    z, m, masked = torch.randn(2, 4, 8, 8), torch.rand(2, 1, 8, 8), torch.randn(2, 4, 8, 8)
+    text, t = torch.randn(2, 3, 32), torch.tensor([10, 500])
+    with torch.no_grad():
+        wide = unet(torch.cat([z, torch.randn(2, 4, 8, 8), m, masked, torch.randn(2, 4, 8, 8)], 1), t,
+                    encoder_hidden_states=text).sample
+        inpaint = base(torch.cat([z, m, masked], 1), t, encoder_hidden_states=text).sample
+    assert torch.allclose(wide[:, :4], inpaint, atol=1e-5) and torch.allclose(wide[:, 4:], inpaint, atol=1e-5)
+    plain = UNet2DConditionModel.from_pretrained(models["t2i"], subfolder="unet")
+    assert widen_unet(plain, 4).config.in_channels == 17  # a text-to-image UNet also works
+    with pytest.raises(LaminaError, match="input / 4 output channels"):
+        widen_unet(plain, 3)
+    with pytest.raises(LaminaError, match="cannot load the FBDD backbone"):
+        LatentFBDDPipeline.from_backbone("lamina-test/no-such-inpainting-model")
+
+
+def test_latent_fbdd_pipeline_round_trip_and_loss(models, tmp_path) -> None:
+    from lamina.layeringdiff.fbdd import FBDDDecomposer, load_pipeline
+    from lamina.layeringdiff.latent import LatentFBDDPipeline, latent_fbdd_loss
+
+    pipe = LatentFBDDPipeline.from_backbone(models["inpainting"], inference_steps=2)
+    assert pipe.working_size() == (32, 32) and pipe.vae_scale_factor == 2
+    pipe.save_pretrained(tmp_path / "latent")
+    loaded = load_pipeline(tmp_path / "latent")  # the class comes from model_index.json
+    assert type(loaded) is LatentFBDDPipeline and loaded.config.inference_steps == 2
+    for name, value in pipe.unet.state_dict().items():
+        assert torch.equal(value, loaded.unet.state_dict()[name]), name
+    image, alpha = np.random.default_rng(0).random((20, 28, 3), np.float32), np.zeros((20, 28), np.float32)
+    alpha[5:15, 8:20] = 1.0
+    out = loaded(image, alpha, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.foreground.shape == (1, 20, 28, 3) and out.background.shape == (1, 20, 28, 3) and out.effects is None
+    recomposed = alpha[..., None] * out.foreground[0] + (1 - alpha[..., None]) * out.background[0]
+    assert np.abs(recomposed - image).max() < 1e-4  # projected onto the composite
+    # Outside the hole the background keeps the image's own high frequencies (HFA): it is close to the image.
+    outside = np.abs(out.background[0] - image)[alpha == 0].mean()
+    assert 0.0 <= outside < 0.5
+    # The loss: finite, differentiable in the UNet only.
+    x = torch.rand(2, 3, 32, 32)
+    a = torch.zeros(2, 1, 32, 32)
+    a[:, :, 8:24, 8:24] = 1.0
+    losses = latent_fbdd_loss(pipe, pipe.unet, x, a, x, torch.rand(2, 3, 32, 32), torch.tensor([1, 900]),
+                              generator=torch.Generator().manual_seed(0))
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and pipe.unet.conv_in.weight.grad is not None
+    assert pipe.vae.encoder.conv_in.weight.grad is None
+    layered = FBDDDecomposer.load(loaded).decompose(image, alpha)
+    assert layered.foreground.shape == (20, 28, 4)
+
+
+def test_latent_training_from_a_backbone_resumes_and_exports(models, tmp_path) -> None:
+    from lamina.layeringdiff.cli import train
+    from lamina.layeringdiff.fbdd import load_pipeline
+
+    run = tmp_path / "run"
+    small = ["resolution=16", "log_every=1", "checkpoint_every=1", "preview_every=2", "preview_count=1",
+             "inference_steps=2", "warmup_steps=1"]
+    args = ["--preset", "latent-sd", "--backbone", models["inpainting"], "--out", str(run), "--threads", "1",
+            "--batch", "2", "--steps", "2", *sum((["--set", item] for item in small), [])]
+    runner = CliRunner()
+    result = runner.invoke(train, args)
+    assert result.exit_code == 0, failure(result)
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["step-0000002.png"]
+    result = runner.invoke(train, [*args, "--steps", "3"])
+    assert result.exit_code == 0 and "resuming" in result.output, failure(result)
+    result = runner.invoke(train, [*args, "--set", "resolution=30", "--out", str(tmp_path / "bad")])
+    assert result.exit_code != 0 and "multiple of 4" in failure(result)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    pipe = load_pipeline(run / "export")
+    assert type(pipe).__name__ == "LatentFBDDPipeline" and pipe.working_size() == (16, 16)
+    from lamina.layeringdiff.train import resolve_config
+
+    with pytest.raises(LaminaError, match="no effects channel"):
+        resolve_config("builtin", backbone=models["inpainting"])
+    with pytest.raises(LaminaError, match="unknown training option"):
+        resolve_config("builtin", no_such_option=1)

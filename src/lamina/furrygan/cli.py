@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ..errors import InputFileError, LaminaError
+from ..overrides import parse_overrides
 
 LAYERED_SUFFIXES = (".psd", ".ora")
 
@@ -42,20 +43,6 @@ def furrygan() -> None:
 
 
 # ----------------------------------------------------------------------------- train
-def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
-    """``("train.lr=0.001", "model.fine_mask=false")`` -> dotted-key dict; values are JSON, else strings."""
-    overrides = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise LaminaError(f"--set expects key=value (e.g. train.lr=0.001), got {item!r}")
-        try:
-            overrides[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = text
-    return overrides
-
-
 def build_dataset(data: str, resolution: int):
     """``"synth"``: procedural composites; otherwise a folder of images (resized and centre-cropped)."""
     from .datasets import ImageFolderDataset, SynthComposites
@@ -202,22 +189,26 @@ def generate(checkpoint: str, count: int, truncation: float, out: Path, fmt: str
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Images inverted together.")
 @click.option("--format", "fmt", type=click.Choice(["psd", "ora", "stack"]), default="psd", show_default=True,
               help="Layered output per image (real pixels cut out by the mask over the inverted background).")
+@click.option("--size", "out_size", type=click.Choice(["original", "model"]), default="original", show_default=True,
+              help="Mask and layers at each image's own size, or at the model's resolution (its centre crop).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @_threads
 def segment(checkpoint: str, images: tuple[Path, ...], out_dir: Path, steps: int, lr: float, feature_weight: float,
-            batch: int, fmt: str, seed: int, overwrite: bool, threads: int) -> None:
+            batch: int, fmt: str, out_size: str, seed: int, overwrite: bool, threads: int) -> None:
     """Segment images by GAN inversion: fit w+ and noise to each image, then read the generator's mask.
 
-    Images are resized (short side) and centre-cropped to the model's resolution; the mask
-    and the layered file are at that resolution.
+    The model sees each image resized (short side) and centre-cropped to its resolution. With
+    ``--size original`` (the default) the mask is mapped back onto the whole image (the
+    strips outside the crop continue the mask's edges) and the layered file holds the
+    original pixels; ``--size model`` keeps the crop at the model's resolution.
     """
     _set_threads(threads)
     import torch
 
-    from ..io import save, write_png
+    from ..data.datasets import resize_crop
+    from ..io import read_rgb, save, write_png
     from ..io.atomic import check_writable
-    from .datasets import load_square
     from .inference import invert, load_discriminator, load_generator
 
     stems = _unique_stems(images)
@@ -232,11 +223,16 @@ def segment(checkpoint: str, images: tuple[Path, ...], out_dir: Path, steps: int
         click.echo("note: the checkpoint has no discriminator; inverting with the pixel loss only", err=True)
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
-        target = torch.stack([load_square(path, G.cfg.resolution) for path in chunk])
+        originals = [torch.from_numpy(read_rgb(path).transpose(2, 0, 1).copy()) for path in chunk]
+        target = torch.stack([resize_crop(rgb, G.cfg.resolution, G.cfg.resolution) for rgb in originals])
         result = invert(G, target, steps=steps, lr=lr, D=D, feature_weight=feature_weight, seed=seed + start)
         for i, (mask_path, layered_path) in enumerate(outputs[start:start + batch]):
-            write_png(result.alpha[i, 0].numpy(), mask_path, overwrite=overwrite)
-            save(result.to_layered(i), layered_path, overwrite=overwrite)
+            if out_size == "original":
+                alpha, layered = result.alpha_at(i, *originals[i].shape[1:]), result.to_layered_at(i, originals[i])
+            else:
+                alpha, layered = result.alpha[i], result.to_layered(i)
+            write_png(alpha[0].numpy(), mask_path, overwrite=overwrite)
+            save(layered, layered_path, overwrite=overwrite)
             click.echo(f"{chunk[i]}: mask {mask_path}, layers {layered_path} (reconstruction L1 "
                        f"{(result.output.composite[i].add(1).div(2) - target[i]).abs().mean():.4f})")
 

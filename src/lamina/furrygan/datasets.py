@@ -19,8 +19,6 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import SCENE_PRESETS, ImageFolder, ProceduralScenes, SceneConfig
-from ..data.datasets import resize_crop
-from ..io import read_rgb
 
 #: Object-centric procedural scenes (see the module docstring).
 SYNTH_SCENES: SceneConfig = dataclasses.replace(SCENE_PRESETS["single"], scale=(0.32, 0.45))
@@ -62,12 +60,6 @@ def synth_masks(resolution: int, count: int, seed: int = SYNTH_EVAL_SEED, start:
     images = torch.stack([torch.from_numpy(s.composite.transpose(2, 0, 1).copy()) for s in items])
     masks = torch.stack([torch.from_numpy(s.object_alpha[None].copy()) for s in items])
     return images.float(), masks.float()
-
-
-def load_square(path: str | os.PathLike[str], resolution: int) -> torch.Tensor:
-    """One image file, resized (short side) and centre-cropped to ``[3, R, R]`` float in [0, 1]."""
-    rgb = torch.from_numpy(read_rgb(path).transpose(2, 0, 1).copy())
-    return resize_crop(rgb, resolution, resolution)
 
 
 class ImageFolderDataset(Dataset):

@@ -153,6 +153,45 @@ class InversionResult:
                                             self.alpha[i].float().cpu().clamp(0, 1),
                                             metadata={"method": "furrygan-inversion"})
 
+    def alpha_at(self, i: int, height: int, width: int) -> torch.Tensor:
+        """Mask ``i`` on the ``height x width`` image it was centre-cropped from: ``[1, H, W]`` in [0, 1].
+
+        The model saw the centred ``min(H, W)`` square (:func:`square_window`); the mask is
+        upsampled to it, and the strips the crop left out continue its edge rows/columns.
+        """
+        return uncrop(self.alpha[i].float().cpu(), height, width).clamp(0, 1)
+
+    def to_layered_at(self, i: int, image: torch.Tensor, grow: int = 2) -> LayeredImage:
+        """Image ``i`` as layers at its own size: ``image`` ``[3, H, W]`` in [0, 1] (the original, uncropped).
+
+        The foreground layer holds the original pixels with the mask of :meth:`alpha_at`; the
+        background layer is the original image except under the object (the mask grown by
+        ``grow`` pixels), where the generator's inverted background shows through, upsampled.
+        """
+        _, height, width = image.shape
+        alpha = self.alpha_at(i, height, width)
+        bg = uncrop(((self.output.bg[i].float().cpu() + 1) / 2).clamp(0, 1), height, width)
+        cover = F.max_pool2d(alpha[None], 2 * grow + 1, stride=1, padding=grow)[0] if grow else alpha
+        background = torch.lerp(image, bg, cover)
+        return LayeredImage.from_foreground(background, image, alpha, metadata={"method": "furrygan-inversion"})
+
+
+def square_window(height: int, width: int) -> tuple[slice, slice]:
+    """The centred square of an ``H x W`` image that :func:`~lamina.data.datasets.resize_crop` keeps (to a pixel)."""
+    side = min(height, width)
+    y0, x0 = (height - side) // 2, (width - side) // 2
+    return slice(y0, y0 + side), slice(x0, x0 + side)
+
+
+def uncrop(square: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A ``[C, R, R]`` map of the centred square back on an ``H x W`` canvas: resized, edges continued."""
+    rows, cols = square_window(height, width)
+    side = rows.stop - rows.start
+    resized = F.interpolate(square[None], size=(side, side), mode="bilinear", align_corners=False,
+                            antialias=side < square.shape[-1])
+    pad = (cols.start, width - cols.stop, rows.start, height - rows.stop)
+    return F.pad(resized, pad, mode="replicate")[0] if any(pad) else resized[0]
+
 
 def pyramid_l1(a: torch.Tensor, b: torch.Tensor, min_size: int = 8) -> torch.Tensor:
     """Per-sample mean absolute difference ``[N]``, summed over scales (full, 1/2, ... down to ``min_size``)."""

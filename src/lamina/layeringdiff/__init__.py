@@ -39,11 +39,19 @@ _FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "fbdd_los
                "make_scheduler", "make_unet", "telea_prefill")
 
 
+#: Names of :mod:`.latent`, imported on first access.
+_LATENT_NAMES = ("LatentFBDDPipeline", "latent_fbdd_loss", "widen_unet")
+
+
 def __getattr__(name: str) -> Any:
     if name in _FBDD_NAMES:
         from . import fbdd
 
         return getattr(fbdd, name)
+    if name in _LATENT_NAMES:
+        from . import latent
+
+        return getattr(latent, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -56,6 +64,7 @@ __all__ = [
     "FBDDPipeline",
     "FBDDPipelineOutput",
     "ForegroundConfig",
+    "LatentFBDDPipeline",
     "ForegroundEstimate",
     "decompose_image",
     "estimate_alpha",
@@ -63,6 +72,7 @@ __all__ = [
     "finish_decomposition",
     "foreground_from_box",
     "foreground_from_mask",
+    "latent_fbdd_loss",
     "grabcut_mask",
     "load_builtin",
     "load_pipeline",
@@ -73,4 +83,5 @@ __all__ = [
     "project_recomposition",
     "telea_prefill",
     "trimap_from_mask",
+    "widen_unet",
 ]

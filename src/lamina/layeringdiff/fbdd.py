@@ -33,9 +33,8 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   Without a prefill the sample is ``[F, B, E]`` itself.
 * **Conditioning by concatenation.** The UNet input is ``[x_t (6|7), I (3), alpha (1)(, P (3))]``,
   ``I``, ``alpha`` and ``P`` also in ``[-1, 1]``; the same scheme as Stable Diffusion's
-  inpainting UNet (noisy latent + masked image + mask), so the latent variant for
-  pretrained backbones (still to do) can start from an inpainting UNet with ``conv_in``
-  widened by zero-initialised channels.
+  inpainting UNet (noisy latent + masked image + mask); the latent variant for pretrained
+  backbones (:mod:`.latent`) starts from an inpainting UNet with ``conv_in`` widened that way.
 * **v-prediction** (or, for the built-in residual model, **x_0-prediction**: every
   timestep then trains the same regression of the residuals, which suits a CPU budget of
   a thousand steps) on a cosine schedule rescaled to zero terminal SNR, sampled with DDIM on
@@ -386,11 +385,12 @@ class FBDDPipeline(DiffusionPipeline):
         return FBDDPipelineOutput(foreground=foreground, background=background, effects=effects)
 
 
-def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline:
-    """:meth:`FBDDPipeline.from_pretrained` of a local folder or hub id, with a one-line error on failure.
+def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline | Any:
+    """``from_pretrained`` of a saved FBDD (local folder or hub id), with a one-line error on failure.
 
-    A folder never touches the network; a hub id is looked up in the local cache and, unless
-    ``HF_HUB_OFFLINE=1``, on the hub.
+    The class comes from the folder's ``model_index.json``: :class:`FBDDPipeline` (pixel space)
+    or :class:`~lamina.layeringdiff.latent.LatentFBDDPipeline`. A folder never touches the
+    network; a hub id is looked up in the local cache and, unless ``HF_HUB_OFFLINE=1``, on the hub.
     """
     path = Path(model).expanduser()
     if path.is_dir():
@@ -399,12 +399,33 @@ def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline:
     elif path.exists() or path.is_absolute() or str(model).startswith((".", "~")):
         raise LaminaError(f"FBDD model {model}: not a folder saved by FBDDPipeline.save_pretrained")
     try:
-        return FBDDPipeline.from_pretrained(str(model), **kwargs)
+        return _pipeline_class(model, kwargs).from_pretrained(str(model), **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LaminaError(f"cannot load the FBDD model {str(model)!r}: {first}") from None
 
 
+
+
+def _pipeline_class(model: str | Path, kwargs: dict[str, Any]) -> type[DiffusionPipeline]:
+    """The FBDD pipeline class named by ``model_index.json`` of a folder or hub id."""
+    import json
+
+    if isinstance(model, Path):
+        index_path = model / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        index_path = Path(hf_hub_download(str(model), "model_index.json", revision=kwargs.get("revision"),
+                                          local_files_only=kwargs.get("local_files_only", False)))
+    name = json.loads(index_path.read_text()).get("_class_name") if index_path.is_file() else None
+    if name == "LatentFBDDPipeline":
+        from .latent import LatentFBDDPipeline
+
+        return LatentFBDDPipeline
+    if name not in (None, "FBDDPipeline"):
+        raise ValueError(f"{index_path} is a {name}, not an FBDD pipeline")
+    return FBDDPipeline
 
 
 def load_builtin(**kwargs: Any) -> FBDDPipeline:
@@ -455,7 +476,7 @@ class FBDDDecomposer:
     comparing the image with the completed background (as in the classical path).
 
     Args:
-        pipeline: the sampler.
+        pipeline: the sampler: :class:`FBDDPipeline` or :class:`~lamina.layeringdiff.latent.LatentFBDDPipeline`.
         num_inference_steps: denoising steps per image (``None``: the pipeline's ``inference_steps``).
         seed: seed of the sampling noise (each call starts from the same seed).
         effects_threshold: as in :class:`~lamina.layeringdiff.classical.ClassicalConfig`.
@@ -465,7 +486,7 @@ class FBDDDecomposer:
 
     name = "layeringdiff"
 
-    def __init__(self, pipeline: FBDDPipeline, num_inference_steps: int | None = None, seed: int = 0,
+    def __init__(self, pipeline: DiffusionPipeline, num_inference_steps: int | None = None, seed: int = 0,
                  effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12) -> None:
         if window < 1.0:
             raise LaminaError(f"the FBDD window must be at least the object's box (window >= 1), got {window}")
@@ -477,9 +498,9 @@ class FBDDDecomposer:
         self.effects_floor = effects_floor
 
     @classmethod
-    def load(cls, model: FBDDPipeline | str | Path, **options: Any) -> FBDDDecomposer:
-        """From a pipeline object, or a folder / hub id saved by :meth:`FBDDPipeline.save_pretrained`."""
-        pipeline = model if isinstance(model, FBDDPipeline) else load_pipeline(model)
+    def load(cls, model: DiffusionPipeline | str | Path, **options: Any) -> FBDDDecomposer:
+        """From a pipeline object (pixel or latent FBDD), or a folder / hub id saved by ``save_pretrained``."""
+        pipeline = model if isinstance(model, DiffusionPipeline) else load_pipeline(model)
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, **options)
 

@@ -16,6 +16,10 @@ Everything here is **our design** (the paper's training details are not public):
   inference the recomposition projection puts the image's own noise back); and the
   conditioning alpha is perturbed (blurred, hardened, grown or shrunk by a pixel), because
   at inference it comes from GrabCut/SAM and matting, not from the ground truth.
+* **Two backbones.** By default the small pixel-space UNet of :mod:`.fbdd`, trained from
+  scratch; with ``backbone`` (``--backbone MODEL``, preset ``latent-sd``) the latent model of
+  :mod:`.latent`, fine-tuned from a pretrained inpainting UNet with its VAE and text encoder
+  frozen.
 * **Residuals over a classical estimate** (``prefill="telea"``, see :mod:`.fbdd`): the
   model learns what Telea inpainting and the composite get wrong, so even a short CPU run
   starts from the classical result instead of from nothing.
@@ -52,6 +56,7 @@ from ..io import atomic_output, read_image, save_contact_sheet
 from ..layers import LayeredImage
 from ..training import append_log, ema_beta, ema_update_, save_state, trim_log
 from .fbdd import FBDDPipeline, fbdd_loss, make_scheduler, make_unet, telea_prefill
+from .latent import latent_fbdd_loss
 
 STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR = (
     "training-state.pt", "training-config.json", "log.jsonl", "export", "previews")
@@ -81,10 +86,11 @@ class TrainingConfig:
     jpeg_quality: tuple[int, int] = (30, 90)
     p_alpha_jitter: float = 0.6  # perturb the conditioning alpha
     # Model.
-    unet: str = "builtin"  # FBDD_PRESETS
+    backbone: str | None = None  # inpainting model (hub id or folder): latent FBDD on it; None: pixel-space UNet
+    unet: str = "builtin"  # FBDD_PRESETS (pixel-space model)
     effects: bool = True  # predict the effects' opacity E as a 7th channel
     prefill: str | None = "telea"  # sample residuals over this classical estimate (None: the layers themselves)
-    prediction: str = "sample"  # the UNet predicts x_0 ("sample") or v ("v_prediction")
+    prediction: str = "sample"  # pixel model: x_0 ("sample") or v ("v_prediction"); a backbone keeps its own
     # Optimisation.
     batch_size: int = 8
     total_steps: int = 2000
@@ -115,6 +121,9 @@ class TrainingConfig:
         for f in fields(self):
             if f.name.startswith("p_") and not 0.0 <= getattr(self, f.name) <= 1.0:
                 raise LaminaError(f"{f.name} must be a probability in [0, 1], got {getattr(self, f.name)}")
+        if self.backbone is not None and (self.effects or self.prefill is not None):
+            raise LaminaError("a latent FBDD (backbone) has no effects channel and no prefill: set effects=False and "
+                              "prefill=None, e.g. with --preset latent-sd")
         if self.data != "synth" and not Path(self.data).expanduser().is_dir():
             raise LaminaError(f"training data {self.data!r}: give 'synth' or a folder with foregrounds/ and "
                               "backgrounds/")
@@ -132,7 +141,8 @@ class TrainingConfig:
 
 
 #: ``tiny``: tests (16 px, a few steps); ``builtin``: the model shipped in the package
-#: (64 px, about 40 min on one CPU thread); ``small``: a bigger UNet for longer runs.
+#: (64 px, about 40 min on one CPU thread); ``small``: a bigger UNet for longer runs;
+#: ``latent-sd``: fine-tune Stable Diffusion's inpainting model at 512 px (GPU; ``--backbone`` picks another).
 TRAINING_PRESETS: dict[str, TrainingConfig] = {
     "tiny": TrainingConfig(resolution=16, unet="tiny", batch_size=2, total_steps=4, warmup_steps=1,
                            log_every=1, checkpoint_every=2, preview_every=2, preview_count=2,
@@ -140,6 +150,10 @@ TRAINING_PRESETS: dict[str, TrainingConfig] = {
     "builtin": TrainingConfig(),
     "small": TrainingConfig(unet="small", batch_size=16, total_steps=20_000, lr=3e-4, preview_every=1000,
                             checkpoint_every=500, ema_halflife_nimg=20_000),
+    "latent-sd": TrainingConfig(backbone="stable-diffusion-v1-5/stable-diffusion-inpainting", effects=False,
+                                prefill=None, resolution=512, batch_size=4, total_steps=20_000, lr=1e-5,
+                                warmup_steps=500, inference_steps=20, p_inference_timesteps=0.0,
+                                ema_halflife_nimg=20_000, checkpoint_every=1000, preview_every=1000),
 }
 
 #: Options that may change when a run is resumed (length and bookkeeping only).
@@ -150,7 +164,8 @@ def resolve_config(preset: str = "builtin", **overrides: Any) -> TrainingConfig:
     """A preset with ``overrides`` (``None`` values are ignored) applied."""
     if preset not in TRAINING_PRESETS:
         raise LaminaError(f"unknown training preset {preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
-    return replace(TRAINING_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    values = TRAINING_PRESETS[preset].to_dict() | {k: v for k, v in overrides.items() if v is not None}
+    return TrainingConfig.from_dict(values)
 
 
 # ------------------------------------------------------------------------------- data
@@ -342,11 +357,19 @@ class EMA:
 
 
 # ------------------------------------------------------------------------ run folder
-def export_pipeline(unet: torch.nn.Module, path: Path, prefill: str | None = None, inference_steps: int = 4,
-                    prediction: str = "v_prediction") -> Path:
-    """Write the inference pipeline (``unet`` + the DDIM scheduler) with ``save_pretrained``, atomically."""
-    pipeline = FBDDPipeline(unet=unet, scheduler=make_scheduler(prediction_type=prediction), prefill=prefill,
-                            inference_steps=inference_steps)
+def make_pipeline(config: TrainingConfig, unet: torch.nn.Module, backbone: Any = None) -> Any:
+    """The inference pipeline around ``unet``: :class:`FBDDPipeline`, or with ``backbone`` (the
+    :class:`~lamina.layeringdiff.latent.LatentFBDDPipeline` being trained) a latent one sharing its frozen parts."""
+    if backbone is None:
+        return FBDDPipeline(unet=unet, scheduler=make_scheduler(prediction_type=config.prediction),
+                            prefill=config.prefill, inference_steps=config.inference_steps)
+    return type(backbone)(vae=backbone.vae, unet=unet, scheduler=backbone.scheduler,
+                          text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
+                          inference_steps=config.inference_steps)
+
+
+def export_pipeline(pipeline: Any, path: Path) -> Path:
+    """Write an inference pipeline with ``save_pretrained``, atomically."""
     with atomic_output(path, overwrite=True) as staged:
         pipeline.save_pretrained(staged)
     return path
@@ -365,12 +388,10 @@ def _check_resumable(run_dir: Path, config: TrainingConfig) -> None:
                           "resume it with the same options or choose another --out")
 
 
-def _write_preview(unet: torch.nn.Module, config: TrainingConfig, path: Path) -> None:
+def _write_preview(pipeline: Any, config: TrainingConfig, path: Path) -> None:
     """Contact sheet of held-out scenes: ground truth, then the EMA model's layers, one row each."""
     from .decompose import finish_decomposition
 
-    pipeline = FBDDPipeline(unet=unet, scheduler=make_scheduler(prediction_type=config.prediction),
-                            prefill=config.prefill)
     pipeline.set_progress_bar_config(disable=True)
     source = make_source(config)
     rows = []
@@ -385,6 +406,22 @@ def _write_preview(unet: torch.nn.Module, config: TrainingConfig, path: Path) ->
         rows.append(LayeredImage.from_foreground(s["background"], s["rgb"], total, name="ground truth"))
         rows.append(part.to_layered(name="FBDD"))
     save_contact_sheet(rows, path, overwrite=True)
+
+
+def _load_backbone(config: TrainingConfig) -> Any:
+    """The latent pipeline to fine-tune: its UNet widened from ``config.backbone``, sized to ``config.resolution``."""
+    from .latent import LatentFBDDPipeline
+
+    backbone = LatentFBDDPipeline.from_backbone(config.backbone, inference_steps=config.inference_steps)
+    multiple = backbone.vae_scale_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+    if config.resolution % multiple:
+        raise LaminaError(f"resolution {config.resolution} must be a multiple of {multiple} for the backbone "
+                          f"{config.backbone!r}")
+    backbone.unet.register_to_config(sample_size=config.resolution // backbone.vae_scale_factor)
+    for frozen in (backbone.vae, backbone.text_encoder):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval()
+    return backbone
 
 
 # ------------------------------------------------------------------------------ loop
@@ -414,9 +451,14 @@ def training_loop(
 
     # Networks, optimiser, EMA.
     torch.manual_seed(config.seed)
-    unet = make_unet(config.unet, sample_size=config.resolution, effects=config.effects,
-                     prefill=config.prefill is not None)
-    scheduler = make_scheduler(prediction_type=config.prediction)
+    backbone = None if config.backbone is None else _load_backbone(config)
+    if backbone is None:
+        unet = make_unet(config.unet, sample_size=config.resolution, effects=config.effects,
+                         prefill=config.prefill is not None)
+        scheduler = make_scheduler(prediction_type=config.prediction)
+    else:
+        unet, scheduler = backbone.unet, backbone.scheduler
+        backbone.to(accelerator.device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(unet, config.ema_halflife_nimg, config.ema_rampup)
     step = 0
@@ -447,7 +489,7 @@ def training_loop(
         save_state({"step": step, "unet": accelerator.unwrap_model(unet).state_dict(),
                             "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
                             "config": config.to_dict()}, state_path)
-        export_pipeline(ema.model, run_dir / EXPORT_DIR, config.prefill, config.inference_steps, config.prediction)
+        export_pipeline(make_pipeline(config, ema.model, backbone), run_dir / EXPORT_DIR)
 
     start, last = time.time(), time.time()
     unet.train()
@@ -465,10 +507,14 @@ def training_loop(
         # Optimisation step (linear warm-up).
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
-        losses = fbdd_loss(unet, scheduler, batch["image"], batch["alpha"], batch["foreground"],
-                           batch["background"], generator=generator, effects=batch["effects"],
-                           recomposition_weight=config.recomposition_weight, hole_weight=config.hole_weight,
-                           timesteps=timesteps, prefill=batch.get("prefill"))
+        if backbone is None:
+            losses = fbdd_loss(unet, scheduler, batch["image"], batch["alpha"], batch["foreground"],
+                               batch["background"], generator=generator, effects=batch["effects"],
+                               recomposition_weight=config.recomposition_weight, hole_weight=config.hole_weight,
+                               timesteps=timesteps, prefill=batch.get("prefill"))
+        else:
+            losses = latent_fbdd_loss(backbone, unet, batch["image"], batch["alpha"], batch["foreground"],
+                                      batch["background"], timesteps, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         if config.grad_clip > 0:
@@ -489,7 +535,8 @@ def training_loop(
         if step % config.checkpoint_every == 0 or step == config.total_steps or timed_out:
             save()
         if main and (step % config.preview_every == 0 or step == config.total_steps):
-            _write_preview(ema.model, config, run_dir / PREVIEW_DIR / f"step-{step:07d}.png")
+            _write_preview(make_pipeline(config, ema.model, backbone), config,
+                           run_dir / PREVIEW_DIR / f"step-{step:07d}.png")
         if timed_out:
             echo(f"stopping after {time.time() - start:.0f} s at step {step}; run again to resume")
             break
