@@ -8,7 +8,7 @@ Everything here is **our design** (the paper's training details are not public):
   the effects' opacity, and ``alpha`` the object's matte. Sources: procedural scenes
   (:func:`lamina.data.generate_scene`; a share of them get another scene's composite as
   background, so backgrounds also hold objects and shadows of their own), or a user folder
-  of RGBA foregrounds and background photos (:class:`FolderSource`).
+  of RGBA foregrounds and background photos (:class:`lamina.data.LayeredFolder`).
 * **Augmentation against the procedural look** (the model is meant for photos): one random
   colour transform (gains, offset, contrast, saturation, gamma) applied to ``F`` and ``B``
   alike before compositing, so the targets stay exact; then only the composite the network
@@ -52,7 +52,7 @@ import torch.nn.functional as nnf
 from PIL import Image
 
 from ..errors import LaminaError
-from ..io import atomic_output, read_image, save_contact_sheet
+from ..io import atomic_output, save_contact_sheet
 from ..layers import LayeredImage
 from ..training import append_log, ema_beta, ema_update_, save_state, trim_log
 from .fbdd import FBDDPipeline, fbdd_loss, make_scheduler, make_unet, telea_prefill
@@ -60,7 +60,6 @@ from .latent import latent_fbdd_loss
 
 STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR = (
     "training-state.pt", "training-config.json", "log.jsonl", "export", "previews")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 #: Seeds of the preview scenes: far from the training seeds (``seed * 1_000_003 + step * batch + i``).
 PREVIEW_SEED = 2_000_000_000
 
@@ -204,61 +203,24 @@ def synth_sample(seed: int, config: TrainingConfig) -> Sample:
             "effects": np.clip(effects, 0.0, 1.0).astype(np.float32), "background": np.ascontiguousarray(background)}
 
 
-class FolderSource:
-    """RGBA foregrounds and background photos from a folder, composited on the fly.
-
-    Layout: ``DIR/foregrounds/*.png`` (RGBA cut-outs; their alpha is the object's matte and
-    any shadow painted into them counts as object) and ``DIR/backgrounds/*`` (any photo).
-    Each sample: a random square crop of a background, and a foreground scaled to
-    ``object_scale`` of the canvas at a random position, flipped at random.
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        root = Path(root).expanduser()
-        self.foregrounds = sorted(p for p in (root / "foregrounds").glob("*") if p.suffix.lower() == ".png")
-        self.backgrounds = sorted(p for p in (root / "backgrounds").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.foregrounds or not self.backgrounds:
-            raise LaminaError(f"{root}: need RGBA PNGs in foregrounds/ and images in backgrounds/ "
-                              f"(found {len(self.foregrounds)} and {len(self.backgrounds)})")
-
-    def sample(self, seed: int, config: TrainingConfig) -> Sample:
-        rng = np.random.default_rng(seed)
-        size = config.resolution
-        bg = read_image(self.backgrounds[rng.integers(len(self.backgrounds))])[:, :, :3]
-        side = int(min(bg.shape[:2]) * rng.uniform(0.5, 1.0))
-        y, x = rng.integers(bg.shape[0] - side + 1), rng.integers(bg.shape[1] - side + 1)
-        background = _resize(bg[y:y + side, x:x + side], size)
-        fg = read_image(self.foregrounds[rng.integers(len(self.foregrounds))])
-        if fg.shape[2] != 4:
-            raise LaminaError(f"{self.foregrounds[0].parent}: foregrounds must be RGBA PNGs")
-        if rng.random() < 0.5:
-            fg = fg[:, ::-1]
-        rows, cols = np.nonzero(fg[:, :, 3] > 0)
-        if rows.size == 0:
-            raise LaminaError("a foreground PNG is fully transparent")
-        fg = fg[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-        target = max(2, int(2 * rng.uniform(*config.object_scale) * size))
-        scale = target / max(fg.shape[:2])
-        h, w = max(1, round(fg.shape[0] * scale)), max(1, round(fg.shape[1] * scale))
-        premultiplied = torch.from_numpy(np.concatenate([fg[:, :, :3] * fg[:, :, 3:], fg[:, :, 3:]], 2).copy())
-        small = nnf.interpolate(premultiplied.permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
-                                antialias=True)[0].permute(1, 2, 0).numpy()
-        h, w = min(h, size), min(w, size)
-        canvas = np.zeros((size, size, 4), np.float32)
-        top, left = rng.integers(size - h + 1), rng.integers(size - w + 1)
-        canvas[top:top + h, left:left + w] = small[:h, :w]
-        alpha = canvas[:, :, 3]
-        rgb = np.where(alpha[:, :, None] > 0, canvas[:, :, :3] / np.maximum(alpha, 1e-6)[:, :, None], 0.0)
-        return {"rgb": np.clip(rgb, 0, 1).astype(np.float32), "alpha": alpha, "effects": np.zeros_like(alpha),
-                "background": background.astype(np.float32)}
+def folder_sample(item: dict[str, Any]) -> Sample:
+    """A :class:`lamina.data.LayeredFolder` item (a user's RGBA foreground over a background photo) as a sample."""
+    foreground = item["foreground"].permute(1, 2, 0).numpy()
+    return {"rgb": np.ascontiguousarray(foreground[:, :, :3]), "alpha": np.ascontiguousarray(foreground[:, :, 3]),
+            "effects": item["effects_alpha"][0].numpy(),
+            "background": np.ascontiguousarray(item["background"].permute(1, 2, 0).numpy())}
 
 
 def make_source(config: TrainingConfig) -> Callable[[int], Sample]:
     """``seed -> Sample`` for ``config.data``."""
     if config.data == "synth":
         return lambda seed: synth_sample(seed, config)
-    folder = FolderSource(config.data)
-    return lambda seed: folder.sample(seed, config)
+    from ..data import LayeredFolder
+
+    # object_scale is a radius over the canvas side; LayeredFolder scales the foreground's longer side.
+    folder = LayeredFolder(config.data, config.resolution, seed=config.seed, length=2**62,
+                           scale=(2.0 * config.object_scale[0], 2.0 * config.object_scale[1]))
+    return lambda seed: folder_sample(folder[seed])
 
 
 # ------------------------------------------------------------------------ augmentation
