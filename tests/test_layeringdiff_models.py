@@ -257,6 +257,15 @@ def test_training_runs_resumes_and_exports(tmp_path) -> None:
     assert out.foreground.shape == (1, 20, 24, 3) and out.effects.shape == (1, 20, 24)
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--lr", "0.1"])
     assert result.exit_code != 0 and "different options" in failure(result)
+    # Fine-tuning: a new run starts from the exported weights (and refuses a different architecture).
+    tuned = tmp_path / "tuned"
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(tuned), "--steps", "1", "--init",
+                                   str(run / "export"), "--set", "lr=0"])
+    assert result.exit_code == 0 and "starting from the weights" in result.output, failure(result)
+    before, after = load_pipeline(run / "export").unet.state_dict(), load_pipeline(tuned / "export").unet.state_dict()
+    assert all(torch.allclose(before[k], after[k]) for k in before)  # lr 0: the EMA export is the init
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(tmp_path / "bad"), "--init", "builtin"])
+    assert result.exit_code != 0 and "does not match" in failure(result)
     assert runner.invoke(train, ["--preset", "tiny", "--out", str(run), "-n"]).output.startswith("{")
 
 

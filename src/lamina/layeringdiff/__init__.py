@@ -6,8 +6,10 @@ into the foreground layer and the completed background, by the classical path
 (:mod:`.classical`: pymatting + OpenCV inpainting) or by FBDD (:mod:`.fbdd`, a conditional
 diffusion model), both behind the :class:`Decomposer` interface (:mod:`.decompose`).
 
-``lamina.layeringdiff.fbdd`` needs diffusers and is imported only when used (its names are
-re-exported lazily: ``from lamina.layeringdiff import FBDDPipeline`` imports it then).
+FBDD comes in two forms: :mod:`.fbdd`, a small pixel-space model trained from scratch (the
+built-in one), and :mod:`.latent`, the latent model on a pretrained VAE and inpainting UNet.
+Both need diffusers and are imported only when used (their names are re-exported lazily:
+``from lamina.layeringdiff import FBDDPipeline`` imports it then).
 Training is in :mod:`.train`, the text stages (Grounding DINO, SAM, ViTMatte, any diffusers
 text-to-image pipeline) in :mod:`.grounding`, the commands in :mod:`.cli`.
 """

@@ -164,6 +164,8 @@ def layeringdiff() -> None:
               help="run folder; running the same command again resumes")
 @click.option("--backbone", default=None,
               help="inpainting model (hub id or folder) to fine-tune as a latent FBDD (with --preset latent-sd)")
+@click.option("--init", default=None,
+              help="fine-tune: start from a saved FBDD's weights ('builtin', RUN/export or hub id)")
 @click.option("--steps", "total_steps", type=click.IntRange(1), default=None, help="total optimisation steps")
 @click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help="batch size")
 @click.option("--lr", type=float, default=None, help="learning rate")
@@ -173,14 +175,15 @@ def layeringdiff() -> None:
 @click.option("--max-minutes", type=float, default=None, help="stop (after saving) after this long; rerun to resume")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads")
 @click.option("-n", "--dry-run", is_flag=True, help="print the resolved config and exit")
-def train(data: str, preset: str, run_dir: Path, backbone: str | None, total_steps: int | None,
+def train(data: str, preset: str, run_dir: Path, backbone: str | None, init: str | None, total_steps: int | None,
           batch_size: int | None, lr: float | None, seed: int | None, overrides: tuple[str, ...],
           max_minutes: float | None, threads: int | None, dry_run: bool) -> None:
     """Train FBDD (the learned disassembly) on procedural scenes or your own layers; exports RUN/export."""
     from ..overrides import parse_overrides
     from .train import resolve_config, training_loop
 
-    flags = dict(data=data, backbone=backbone, total_steps=total_steps, batch_size=batch_size, lr=lr, seed=seed)
+    flags = dict(data=data, backbone=backbone, init=init, total_steps=total_steps, batch_size=batch_size, lr=lr,
+                 seed=seed)
     config = resolve_config(preset, **(parse_overrides(overrides) | {k: v for k, v in flags.items() if v is not None}))
     if dry_run:
         click.echo(json.dumps(config.to_dict(), indent=2))

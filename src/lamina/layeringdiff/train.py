@@ -86,6 +86,7 @@ class TrainingConfig:
     p_alpha_jitter: float = 0.6  # perturb the conditioning alpha
     # Model.
     backbone: str | None = None  # inpainting model (hub id or folder): latent FBDD on it; None: pixel-space UNet
+    init: str | None = None  # fine-tune: start from this saved FBDD's UNet (folder, hub id, or "builtin")
     unet: str = "builtin"  # FBDD_PRESETS (pixel-space model)
     effects: bool = True  # predict the effects' opacity E as a 7th channel
     prefill: str | None = "telea"  # sample residuals over this classical estimate (None: the layers themselves)
@@ -386,6 +387,19 @@ def _load_backbone(config: TrainingConfig) -> Any:
     return backbone
 
 
+def _load_init(unet: torch.nn.Module, init: str) -> None:
+    """Copy the UNet weights of a saved FBDD (``"builtin"``, a folder or a hub id) into ``unet``; same architecture."""
+    from .decompose import BUILTIN_MODEL
+    from .fbdd import load_pipeline
+
+    source = load_pipeline(BUILTIN_MODEL if init == "builtin" else init).unet
+    try:
+        unet.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise LaminaError(f"init {init!r}: its UNet does not match this run's (choose the same preset, effects and "
+                          f"prefill): {str(exc).splitlines()[0]}") from None
+
+
 # ------------------------------------------------------------------------------ loop
 def training_loop(
     config: TrainingConfig,
@@ -421,12 +435,15 @@ def training_loop(
     else:
         unet, scheduler = backbone.unet, backbone.scheduler
         backbone.to(accelerator.device)
+    state_path = run_dir / STATE_FILE
+    if config.init is not None and not state_path.exists():
+        _load_init(unet, config.init)
+        echo(f"starting from the weights of {config.init}")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(unet, config.ema_halflife_nimg, config.ema_rampup)
     step = 0
 
     # Resume.
-    state_path = run_dir / STATE_FILE
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         unet.load_state_dict(state["unet"])
