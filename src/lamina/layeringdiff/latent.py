@@ -262,7 +262,7 @@ class LatentFBDDPipeline(DiffusionPipeline):
         layers = self.decode(torch.cat([z[:, :c], z[:, c:]], dim=0))
         background_w, foreground_w = layers[:n], layers[n:]
         detail = image_t - _resize(image_w, full)
-        hole = _resize(hole_mask(alpha_w, 1)[0], full).clamp(0.0, 1.0)
+        hole = hole_mask(alpha_t, 1)[0]
         foreground = (_resize(foreground_w, full) + detail).clamp(0.0, 1.0)
         background = (_resize(background_w, full) + (1.0 - hole) * detail).clamp(0.0, 1.0)
         if projection:
