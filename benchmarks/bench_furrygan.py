@@ -10,6 +10,9 @@ the FLOP/s are a lower bound), and measures the fp32 matmul peak
 (``time.process_time``), so other processes on a shared machine distort the ratio less;
 with ``--threads 1`` this is one core's time. Prints a markdown table.
 
+Each formulation runs with NCHW and with channels-last (NHWC) weights and activations
+(``train.channels_last``, the training loop's default).
+
     python benchmarks/bench_furrygan.py [--threads 1] [--presets tiny-32,small-64] [--steps 3]
 """
 
@@ -46,18 +49,20 @@ def matmul_peak(seconds: float = 2.0, n: int = 2048) -> float:
 class Trainer:
     """The networks, optimizers and loss of one configuration; :meth:`step` is one training iteration."""
 
-    def __init__(self, preset: str, modconv: str, batch: int | None) -> None:
-        over = {"model.modconv": modconv}
+    def __init__(self, preset: str, modconv: str, batch: int | None, layout: str = "nchw") -> None:
+        over = {"model.modconv": modconv, "train.channels_last": layout == "nhwc"}
         if batch:
             over["train.batch"] = batch
         self.cfg = cfg = get_preset(preset).with_overrides(over)
         torch.manual_seed(0)
-        self.G, self.D = FurryGANGenerator(cfg.model).train(), FurryGANDiscriminator(cfg.model).train()
+        memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.G = FurryGANGenerator(cfg.model).train().to(memory_format=memory_format)
+        self.D = FurryGANDiscriminator(cfg.model).train().to(memory_format=memory_format)
         self.opt_G = torch.optim.Adam(self.G.parameters(), **cfg.optimizer_kwargs("G"))
         self.opt_D = torch.optim.Adam(self.D.parameters(), **cfg.optimizer_kwargs("D"))
         self.loss = FurryGANLoss(self.G, self.D, cfg)
         res = cfg.model.resolution
-        self.real = torch.rand(cfg.train.batch, 3, res, res) * 2 - 1
+        self.real = (torch.rand(cfg.train.batch, 3, res, res) * 2 - 1).contiguous(memory_format=memory_format)
 
     def phase(self, name: str, step: int) -> None:
         opt = self.opt_G if name == "G" else self.opt_D
@@ -73,9 +78,9 @@ class Trainer:
         self.phase("G", step)
 
 
-def measure(preset: str, modconv: str, steps: int, batch: int | None) -> dict[str, float]:
+def measure(preset: str, modconv: str, steps: int, batch: int | None, layout: str = "nchw") -> dict[str, float]:
     """Seconds (CPU) and FLOPs per training iteration, R1 amortised over ``r1_interval``."""
-    t = Trainer(preset, modconv, batch)
+    t = Trainer(preset, modconv, batch, layout)
     interval = t.cfg.loss.r1_interval
     t.step(1)  # warm-up (allocations, first-call overheads)
     start = time.process_time()
@@ -106,6 +111,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--presets", default="tiny-32,small-64")
     parser.add_argument("--modconv", default="grouped,activations")
+    parser.add_argument("--layouts", default="nchw,nhwc",
+                        help="memory layouts of weights and activations (nhwc: train.channels_last, the default)")
     parser.add_argument("--steps", type=int, default=3, help="timed training iterations per row")
     parser.add_argument("--batch", type=int, default=None, help="override the presets' batch (16)")
     args = parser.parse_args()
@@ -114,17 +121,19 @@ def main() -> None:
     peak = matmul_peak()
     print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
           f"fp32 matmul peak (2048^3 torch.mm) {peak / 1e9:.1f} GFLOP/s; times are process CPU time\n")
-    print("| preset | modconv | batch | s/step | images/s | GFLOP/step | GFLOP/s | % of matmul peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| preset | modconv | layout | batch | s/step | images/s | GFLOP/step | GFLOP/s | % of matmul peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for preset in args.presets.split(","):
-        rows = {modconv: measure(preset, modconv, args.steps, args.batch) for modconv in args.modconv.split(",")}
-        # Both formulations do the same arithmetic; FlopCounterMode overcounts the backward of grouped
+        rows = {(modconv, layout): measure(preset, modconv, args.steps, args.batch, layout)
+                for modconv in args.modconv.split(",") for layout in args.layouts.split(",")}
+        # Every row does the same arithmetic; FlopCounterMode overcounts the backward of grouped
         # convolutions, so the activations formulation's count is the reference when it was measured.
-        flops = rows.get("activations", next(iter(rows.values())))["flops_step"]
-        for modconv, r in rows.items():
+        flops = next((r for (m, _), r in rows.items() if m == "activations"), next(iter(rows.values())))["flops_step"]
+        for (modconv, layout), r in rows.items():
             rate = flops / r["sec_step"]
-            print(f"| {preset} | {modconv} | {r['batch']} | {r['sec_step']:.3f} | {r['batch'] / r['sec_step']:.1f} | "
-                  f"{flops / 1e9:.1f} | {rate / 1e9:.1f} | {100 * rate / peak:.0f}% |", flush=True)
+            print(f"| {preset} | {modconv} | {layout} | {r['batch']} | {r['sec_step']:.3f} | "
+                  f"{r['batch'] / r['sec_step']:.1f} | {flops / 1e9:.1f} | {rate / 1e9:.1f} | "
+                  f"{100 * rate / peak:.0f}% |", flush=True)
 
 
 if __name__ == "__main__":

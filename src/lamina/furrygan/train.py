@@ -101,6 +101,8 @@ def training_loop(
     G = FurryGANGenerator(cfg.model).train().to(device)
     D = FurryGANDiscriminator(cfg.model).train().to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    layout = torch.channels_last if tc.channels_last else torch.contiguous_format
+    G, D = G.to(memory_format=layout), D.to(memory_format=layout)
     opt_G = torch.optim.Adam(G.parameters(), **cfg.optimizer_kwargs("G"))
     opt_D = torch.optim.Adam(D.parameters(), **cfg.optimizer_kwargs("D"))
     loss = FurryGANLoss(G, D, cfg, backward=acc.backward)
@@ -133,7 +135,7 @@ def training_loop(
     steps = range(start_step, tc.total_steps)
     for step in progress(steps, desc="furrygan", total=len(steps), disable=hide):
         torch.manual_seed(_step_seed(tc.seed, rank, step))
-        real = _to_model_range(next(batches), cfg.model.resolution).to(device)
+        real = _to_model_range(next(batches), cfg.model.resolution).to(device).contiguous(memory_format=layout)
         if tc.hflip:  # official RandomHorizontalFlip
             real = torch.where(torch.rand(real.shape[0], 1, 1, 1, device=device) < 0.5, real.flip(3), real)
 
