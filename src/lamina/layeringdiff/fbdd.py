@@ -405,8 +405,6 @@ def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline | Any:
         raise LaminaError(f"cannot load the FBDD model {str(model)!r}: {first}") from None
 
 
-
-
 def _pipeline_class(model: str | Path, kwargs: dict[str, Any]) -> type[DiffusionPipeline]:
     """The FBDD pipeline class named by ``model_index.json`` of a folder or hub id."""
     import json
