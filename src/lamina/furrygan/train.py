@@ -16,7 +16,7 @@ The run directory holds:
   (:meth:`FurryGANGenerator.from_pretrained`), and ``discriminator.safetensors`` (for GAN inversion);
 * ``samples/step-NNNNNNN.png``: grids ``fg | mask | fine | fg*m | bg | composite``;
 * ``log.jsonl``: every ``train.log_every`` steps, one JSON line with that step's loss terms
-  (averaged over processes).
+  (averaged over processes), and ``losses.png``, its curves, redrawn with every sample grid.
 
 Randomness is re-seeded from ``(seed, rank, step)`` at every step, so a resumed run continues
 exactly as an uninterrupted one would.
@@ -37,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import LaminaError
+from ..io import plot_log
 from ..progress import progress
 from ..training import append_log, ema_update_, save_state, trim_log
 from .config import ConfigError, FurryGANConfig
@@ -48,6 +49,7 @@ CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
 EXPORT_DIR = "pretrained"
 SAMPLES_DIR = "samples"
+PLOT_NAME = "losses.png"
 
 
 class TrainingDivergedError(LaminaError, RuntimeError):
@@ -178,6 +180,8 @@ def training_loop(
             grid = sample_grid(G_ema, sample_z, truncation_psi=tc.sample_psi, fine_gamma=cfg.loss.fine_gamma(step))
             (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
             Image.fromarray(grid).save(run_dir / SAMPLES_DIR / f"step-{done:07d}.png")
+            if (run_dir / LOG_NAME).is_file():
+                plot_log(run_dir / LOG_NAME, run_dir / PLOT_NAME)
 
         # Training state and inference export.
         if done % tc.save_every == 0 or done == tc.total_steps:

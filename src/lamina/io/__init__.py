@@ -24,6 +24,7 @@ from ..layers import LayeredImage
 from .atomic import atomic_output, check_writable
 from .images import MAX_IMAGE_PIXELS, read_image, read_rgb, read_rgba, write_png
 from .ora import load_ora, save_ora
+from .plot import plot_log, read_log
 from .pngstack import load_png_stack, save_png_stack
 from .preview import checkerboard, contact_sheet, save_contact_sheet
 from .psd import load_psd, save_psd
@@ -79,8 +80,10 @@ __all__ = [
     "contact_sheet",
     "layered_format",
     "load",
+    "plot_log",
     "read_image",
     "read_rgb",
+    "read_log",
     "read_rgba",
     "save",
     "save_contact_sheet",

@@ -28,10 +28,10 @@ Everything here is **our design** (the paper's training details are not public):
   budget the network is trained where it is used.
 * **Loop** (:func:`training_loop`): AdamW with warm-up, ``accelerate`` (one process on CPU
   works; ``accelerate launch`` for more), EMA of the weights with a half-life in images
-  (ramped up early in training), a loss log (``log.jsonl``), preview contact sheets of
-  held-out scenes (``previews/``), a resumable training state written atomically
-  (``training-state.pt``: running the same command again resumes) and the inference export
-  of the EMA weights (``export/``, :meth:`FBDDPipeline.save_pretrained`).
+  (ramped up early in training), a loss log (``log.jsonl``) and its curves (``losses.png``),
+  preview contact sheets of held-out scenes (``previews/``), a resumable training state
+  written atomically (``training-state.pt``: running the same command again resumes) and
+  the inference export of the EMA weights (``export/``, :meth:`FBDDPipeline.save_pretrained`).
 """
 
 from __future__ import annotations
@@ -52,14 +52,14 @@ import torch.nn.functional as nnf
 from PIL import Image
 
 from ..errors import LaminaError
-from ..io import atomic_output, save_contact_sheet
+from ..io import atomic_output, plot_log, save_contact_sheet
 from ..layers import LayeredImage
 from ..training import append_log, ema_beta, ema_update_, save_state, trim_log
 from .fbdd import FBDDPipeline, fbdd_loss, make_scheduler, make_unet, telea_prefill
 from .latent import latent_fbdd_loss
 
-STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR = (
-    "training-state.pt", "training-config.json", "log.jsonl", "export", "previews")
+STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR, PLOT_FILE = (
+    "training-state.pt", "training-config.json", "log.jsonl", "export", "previews", "losses.png")
 #: Seeds of the preview scenes: far from the training seeds (``seed * 1_000_003 + step * batch + i``).
 PREVIEW_SEED = 2_000_000_000
 
@@ -516,6 +516,8 @@ def training_loop(
         if main and (step % config.preview_every == 0 or step == config.total_steps):
             _write_preview(make_pipeline(config, ema.model, backbone), config,
                            run_dir / PREVIEW_DIR / f"step-{step:07d}.png")
+            if (run_dir / LOG_FILE).is_file():
+                plot_log(run_dir / LOG_FILE, run_dir / PLOT_FILE)
         if timed_out:
             echo(f"stopping after {time.time() - start:.0f} s at step {step}; run again to resume")
             break
