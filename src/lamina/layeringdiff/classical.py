@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from ..errors import LaminaError
 from ._util import bbox_slices, import_cv2, import_pymatting
-from .decompose import Decomposition, check_alpha, detect_effects, finish_decomposition
+from .decompose import Decomposition, check_alpha, detect_effects, finish_decomposition, touching_components
 from .foreground import as_rgb
 
 INPAINT_METHODS = ("telea", "ns")
@@ -168,7 +168,7 @@ class ClassicalDecomposer:
             effects, _ = detect_effects(image, alpha, foreground, rough, effects_region, c.effects_threshold)
             found = effects > 0
             if c.effects_attached:
-                found = _touching(found, _grow(alpha > c.alpha_floor, margin + 1))
+                found = touching_components(found, _grow(alpha > c.alpha_floor, margin + 1))
             effects_region = _grow(found, margin) & effects_region
             hole |= effects_region
         background = inpaint_background(image, hole, c.inpaint, radius, c.inpaint_max_side)
@@ -180,14 +180,3 @@ class ClassicalDecomposer:
 
 def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
     return ndimage.binary_dilation(mask, iterations=pixels) if pixels and mask.any() else mask
-
-
-def _touching(found: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """The connected components (8-neighbourhood) of ``found`` that overlap ``seed``."""
-    labels, count = ndimage.label(found, structure=np.ones((3, 3), bool))
-    if not count:
-        return found
-    keep = np.zeros(count + 1, bool)
-    keep[np.unique(labels[seed & found])] = True
-    keep[0] = False
-    return keep[labels]

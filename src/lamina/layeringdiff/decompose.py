@@ -175,6 +175,21 @@ def detect_effects(
     return np.where(keep, strength, 0.0).astype(np.float32), colour
 
 
+def touching_components(found: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected components (8-neighbourhood) of the boolean map ``found`` that overlap ``seed``.
+
+    Used to keep only effects attached to the object (contact shadows, reflections): detached
+    blobs are more often texture mistaken for a shadow than a shadow.
+    """
+    labels, count = ndimage.label(found, structure=np.ones((3, 3), bool))
+    if not count:
+        return found
+    keep = np.zeros(count + 1, bool)
+    keep[np.unique(labels[seed & found])] = True
+    keep[0] = False
+    return keep[labels]
+
+
 def effects_colour(image: np.ndarray, alpha: np.ndarray, foreground: np.ndarray, background: np.ndarray,
                    effects: np.ndarray) -> np.ndarray:
     """The colour ``[H, W, 3]`` of effects of opacity ``effects`` that turns ``background`` into the image.

@@ -81,7 +81,13 @@ import torch
 import torch.nn.functional as nnf
 
 from ..errors import LaminaError
-from .decompose import Decomposition, check_alpha, finish_decomposition, project_recomposition
+from .decompose import (
+    Decomposition,
+    check_alpha,
+    finish_decomposition,
+    project_recomposition,
+    touching_components,
+)
 from .foreground import as_rgb
 
 try:
@@ -480,12 +486,15 @@ class FBDDDecomposer:
         effects_threshold: as in :class:`~lamina.layeringdiff.classical.ClassicalConfig`.
         window: side of the UNet's window / the object's box side.
         effects_floor: predicted effect opacity below this is dropped (left in the background).
+        effects_attached: keep only predicted effects connected to the object (as the classical
+            path does): on real photos, detached "shadows" are mostly dark texture.
     """
 
     name = "layeringdiff"
 
     def __init__(self, pipeline: DiffusionPipeline, num_inference_steps: int | None = None, seed: int = 0,
-                 effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12) -> None:
+                 effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12,
+                 effects_attached: bool = True) -> None:
         if window < 1.0:
             raise LaminaError(f"the FBDD window must be at least the object's box (window >= 1), got {window}")
         self.pipeline = pipeline
@@ -494,6 +503,7 @@ class FBDDDecomposer:
         self.effects_threshold = effects_threshold
         self.window = window
         self.effects_floor = effects_floor
+        self.effects_attached = effects_attached
 
     @classmethod
     def load(cls, model: DiffusionPipeline | str | Path, **options: Any) -> FBDDDecomposer:
@@ -515,5 +525,10 @@ class FBDDDecomposer:
         if out.effects is None:
             return finish_decomposition(image, alpha, foreground, background, effects_region, self.effects_threshold)
         effects = np.zeros_like(alpha)
-        effects[rows, cols] = np.where(out.effects[0] > self.effects_floor, out.effects[0], 0.0)
+        found = out.effects[0] > self.effects_floor
+        if self.effects_attached:  # touching the object grown by a pixel
+            from scipy import ndimage
+
+            found = touching_components(found, ndimage.binary_dilation(alpha[rows, cols] > 0))
+        effects[rows, cols] = np.where(found, out.effects[0], 0.0)
         return finish_decomposition(image, alpha, foreground, background, effects=effects)
