@@ -58,8 +58,11 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   cover keeps the image's own detail; and the projection copies whatever the layers still
   miss of the composite into the layer that shows it. Under an opaque object the
   background has no detail to copy: there it is as sharp as the 64 px model and ``P`` are.
-  A learned HFA network (low-res ``F``/``B`` + full-res ``I`` -> detail) would sharpen that
-  fill further; it is not implemented.
+  A learned HFA network (low-res ``F``/``B`` + full-res ``I`` -> detail) could sharpen that
+  fill; it is not implemented, because on held-out 256 px scenes the high-pass part
+  (above a 2 px Gaussian) of the built-in model's background error under the object is
+  about 4 % of it: the error is what is painted under the object, at low frequency,
+  which is FBDD's job (``benchmarks/RESULTS.md``).
 * **Effects.** Trained on scenes whose ground-truth background has no shadows or
   reflections of the object (they belong to the foreground layer), FBDD learns to remove
   them from ``B`` and, with the ``E`` channel, their opacity;
