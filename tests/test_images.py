@@ -214,3 +214,20 @@ def test_atomic_output_creates_parent_folders(tmp_path):
     with atomic_output(tmp_path / "a" / "b" / "c.txt") as tmp:
         tmp.write_text("x")
     assert (tmp_path / "a" / "b" / "c.txt").read_text() == "x"
+
+
+def test_atomic_output_gives_files_the_default_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        for target, make in ((tmp_path / "weights.bin", lambda p: p.write_bytes(b"x")),
+                             (tmp_path / "folder", lambda p: (p.mkdir(), (p / "a.bin").write_bytes(b"x")))):
+            with atomic_output(target) as tmp:
+                make(tmp)
+                for f in [tmp] if tmp.is_file() else list(tmp.iterdir()):
+                    os.chmod(f, 0o600)  # as safetensors creates its files
+            files = [target] if target.is_file() else list(target.iterdir())
+            assert all(f.stat().st_mode & 0o777 == 0o644 for f in files)
+    finally:
+        os.umask(mask)

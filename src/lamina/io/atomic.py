@@ -44,9 +44,20 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
         yield staged
         if not staged.exists():
             raise LaminaError(f"{path}: the writer produced no output")
+        _default_modes(staged)
         _commit(staged, check_writable(path, overwrite), workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _default_modes(staged: Path) -> None:
+    """Give every file the mode a plain ``open()`` would (``0o666`` less the umask): some writers
+    (safetensors) create their files readable by the owner only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [staged] if staged.is_file() else [p for p in staged.rglob("*") if p.is_file() and not p.is_symlink()]
+    for file in files:
+        os.chmod(file, 0o666 & ~mask)
 
 
 def _commit(staged: Path, path: Path, workdir: Path) -> None:
