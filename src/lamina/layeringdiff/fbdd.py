@@ -439,7 +439,8 @@ def load_builtin(**kwargs: Any) -> FBDDPipeline:
     """The built-in FBDD model shipped in the package (``lamina/layeringdiff/assets/builtin``).
 
     A 64 px pixel-space residual model (``prefill="telea"``, effects channel) trained on
-    procedural scenes by ``lamina layeringdiff train --preset builtin``; works offline on CPU.
+    procedural scenes with ``lamina layeringdiff train --preset builtin`` and then fine-tuned
+    (``--init``); its ``README.md`` and ``training-config.json`` say how. Works offline on CPU.
     """
     from .decompose import BUILTIN_MODEL
 
