@@ -199,6 +199,29 @@ def _to_nchw(array: Any, channels: int, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, np.float32)).permute(0, 3, 1, 2)
 
 
+def _pipeline_inputs(image: Any, alpha: Any, output_type: str, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pipeline call's checked inputs: image ``[N, 3, H, W]`` and alpha ``[N, 1, H, W]`` on ``device``."""
+    if output_type not in ("np", "pt"):
+        raise LaminaError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+    image_t = _to_nchw(image, 3, "image").to(device)
+    alpha_t = _to_nchw(alpha, 1, "alpha").to(device)
+    if image_t.shape[0] != alpha_t.shape[0] or image_t.shape[-2:] != alpha_t.shape[-2:]:
+        raise LaminaError(f"image {tuple(image_t.shape)} and alpha {tuple(alpha_t.shape)} do not match")
+    return image_t, alpha_t
+
+
+def _step_kwargs(scheduler: SchedulerMixin, generator: Any) -> dict[str, Any]:
+    """``{"generator": generator}`` for schedulers whose ``step`` takes one (DDIM with eta > 0), else ``{}``."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(tensor.shape[-2:]) == tuple(size):
         return tensor
@@ -345,12 +368,7 @@ class FBDDPipeline(DiffusionPipeline):
                 which ``F`` is the colour of that whole layer).
             output_type: ``"np"`` (``[N, H, W, C]`` float32 arrays) or ``"pt"`` (``[N, C, H, W]`` tensors).
         """
-        if output_type not in ("np", "pt"):
-            raise LaminaError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-        image_t = _to_nchw(image, 3, "image").to(self.device)
-        alpha_t = _to_nchw(alpha, 1, "alpha").to(self.device)
-        if image_t.shape[0] != alpha_t.shape[0] or image_t.shape[-2:] != alpha_t.shape[-2:]:
-            raise LaminaError(f"image {tuple(image_t.shape)} and alpha {tuple(alpha_t.shape)} do not match")
+        image_t, alpha_t = _pipeline_inputs(image, alpha, output_type, self.device)
         prefill = None if self.config.get("prefill") is None else telea_prefill(image_t, alpha_t)
         channels = sample_channels(self.unet, prefill is not None)
         size = self.working_size()
@@ -363,8 +381,7 @@ class FBDDPipeline(DiffusionPipeline):
         x = randn_tensor((image_t.shape[0], channels, *size), generator=generator, device=self.device,
                          dtype=dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if takes_generator else {}
+        step_kwargs = _step_kwargs(self.scheduler, generator)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([self.scheduler.scale_model_input(x, t), condition], dim=1)
             v = self.unet(model_input, t).sample
@@ -410,8 +427,7 @@ def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline | Any:
     try:
         return _pipeline_class(model, kwargs).from_pretrained(str(model), **kwargs)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LaminaError(f"cannot load the FBDD model {str(model)!r}: {first}") from None
+        raise LaminaError(f"cannot load the FBDD model {str(model)!r}: {_first_line(exc)}") from None
 
 
 def _pipeline_class(model: str | Path, kwargs: dict[str, Any]) -> type[DiffusionPipeline]:

@@ -43,7 +43,6 @@ UNet only; VAE and text encoder stay frozen.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ import torch
 import torch.nn.functional as nnf
 
 from ..errors import LaminaError
-from .fbdd import _resize, _signed, _to_nchw
+from .fbdd import _first_line, _pipeline_inputs, _resize, _signed, _step_kwargs
 
 try:
     from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
@@ -161,8 +160,7 @@ class LatentFBDDPipeline(DiffusionPipeline):
                 text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **kwargs)
                 tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **kwargs)
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LaminaError(f"cannot load the FBDD backbone {str(model)!r}: {first}") from None
+            raise LaminaError(f"cannot load the FBDD backbone {str(model)!r}: {_first_line(exc)}") from None
         if base.config.get("addition_embed_type") is not None:
             raise LaminaError(f"the backbone {str(model)!r} needs added conditioning (SDXL-style "
                               f"{base.config.addition_embed_type!r}); use a Stable Diffusion 1.x/2.x inpainting model")
@@ -213,8 +211,8 @@ class LatentFBDDPipeline(DiffusionPipeline):
         """The UNet's conditioning channels ``[m, E(I (1 - m)), E(I)]`` for images and alphas at the working size."""
         hole, latent_hole = hole_mask(alpha, self.vae_scale_factor)
         masked = image * (1.0 - hole) + 0.5 * hole  # grey, 0 in [-1, 1], like diffusers' inpainting
-        return torch.cat([latent_hole.to(self.unet.dtype), self.encode(masked, generator),
-                          self.encode(image, generator)], dim=1).to(self.unet.dtype)
+        return torch.cat([latent_hole, self.encode(masked, generator), self.encode(image, generator)],
+                         dim=1).to(self.unet.dtype)
 
     # ------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -236,12 +234,7 @@ class LatentFBDDPipeline(DiffusionPipeline):
         """
         from .decompose import project_recomposition
 
-        if output_type not in ("np", "pt"):
-            raise LaminaError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-        image_t = _to_nchw(image, 3, "image").to(self.device)
-        alpha_t = _to_nchw(alpha, 1, "alpha").to(self.device)
-        if image_t.shape[0] != alpha_t.shape[0] or image_t.shape[-2:] != alpha_t.shape[-2:]:
-            raise LaminaError(f"image {tuple(image_t.shape)} and alpha {tuple(alpha_t.shape)} do not match")
+        image_t, alpha_t = _pipeline_inputs(image, alpha, output_type, self.device)
         n, size, full = image_t.shape[0], self.working_size(), tuple(image_t.shape[-2:])
         image_w, alpha_w = _resize(image_t, size), _resize(alpha_t, size)
         condition = self.condition(image_w, alpha_w)
@@ -251,8 +244,7 @@ class LatentFBDDPipeline(DiffusionPipeline):
         z = randn_tensor((n, 2 * c, size[0] // f, size[1] // f), generator=generator, device=self.device,
                          dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps or int(self.config.inference_steps), device=self.device)
-        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if takes_generator else {}
+        step_kwargs = _step_kwargs(self.scheduler, generator)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([self.scheduler.scale_model_input(z, t), condition], dim=1)
             out = self.unet(model_input, t, encoder_hidden_states=embeddings).sample
