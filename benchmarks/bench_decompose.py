@@ -64,8 +64,9 @@ def photo_files(backgrounds: str) -> list[str]:
             sys.exit("--backgrounds skimage needs scikit-image (pip install scikit-image), or give a folder")
         root = Path(skimage.__file__).parent / "data"
         return [str(root / name) for name in SKIMAGE_PHOTOS if (root / name).exists()]
-    files = sorted(str(p) for p in Path(backgrounds).iterdir()
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"))
+    from lamina.data import IMAGE_EXTENSIONS
+
+    files = sorted(str(p) for p in Path(backgrounds).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         sys.exit(f"{backgrounds}: no images")
     return files

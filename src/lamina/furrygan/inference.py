@@ -148,10 +148,13 @@ class InversionResult:
         The foreground layer holds the *real* pixels with alpha m; the background layer is the
         generator's background for the inverted latents (what it draws behind the object).
         """
-        bg = ((self.output.bg[i].float().cpu() + 1) / 2).clamp(0, 1)
-        return LayeredImage.from_foreground(bg, self.target[i].float().cpu().clamp(0, 1),
+        return LayeredImage.from_foreground(self._background(i), self.target[i].float().cpu().clamp(0, 1),
                                             self.alpha[i].float().cpu().clamp(0, 1),
                                             metadata={"method": "furrygan-inversion"})
+
+    def _background(self, i: int) -> torch.Tensor:
+        """The generator's background for image ``i``, ``[3, R, R]`` in [0, 1] on the CPU."""
+        return ((self.output.bg[i].float().cpu() + 1) / 2).clamp(0, 1)
 
     def alpha_at(self, i: int, height: int, width: int) -> torch.Tensor:
         """Mask ``i`` on the ``height x width`` image it was centre-cropped from: ``[1, H, W]`` in [0, 1].
@@ -170,7 +173,7 @@ class InversionResult:
         """
         _, height, width = image.shape
         alpha = self.alpha_at(i, height, width)
-        bg = uncrop(((self.output.bg[i].float().cpu() + 1) / 2).clamp(0, 1), height, width)
+        bg = uncrop(self._background(i), height, width)
         cover = F.max_pool2d(alpha[None], 2 * grow + 1, stride=1, padding=grow)[0] if grow else alpha
         background = torch.lerp(image, bg, cover)
         return LayeredImage.from_foreground(background, image, alpha, metadata={"method": "furrygan-inversion"})
