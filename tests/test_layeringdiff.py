@@ -287,3 +287,53 @@ def test_fbdd_loss_backpropagates() -> None:
     assert torch.isfinite(losses["loss"]) and losses["recomposition"] > 0
     grads = [p.grad for p in pipe.unet.parameters()]
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
+
+
+@pytest.mark.parametrize("kind", ["telea", "classical"])
+def test_fbdd_residual_model_starts_at_the_classical_estimate(kind) -> None:
+    from lamina.layeringdiff.classical import estimate_foreground
+    from lamina.layeringdiff.fbdd import FBDDPipeline, compute_prefill, fbdd_loss, make_scheduler, make_unet
+
+    s = scene(32)
+    torch.manual_seed(0)
+    pipe = FBDDPipeline(make_unet("tiny", sample_size=16, effects=True, prefill=kind),
+                        make_scheduler(prediction_type="sample"), prefill=kind)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(s["image"], s["alpha"], num_inference_steps=1, projection=False)
+    image = torch.from_numpy(s["image"]).permute(2, 0, 1)[None]
+    alpha = torch.from_numpy(s["alpha"])[None, None]
+    prefill = compute_prefill(kind, image, alpha)
+    assert prefill.shape == (1, {"telea": 3, "classical": 6}[kind], 32, 32)
+    expected_f = estimate_foreground(s["image"], s["alpha"]) if kind == "classical" else s["image"]
+    np.testing.assert_allclose(out.foreground[0], expected_f, atol=1e-6)  # zero residuals: the classical result
+    np.testing.assert_allclose(out.background[0], prefill[0, :3].permute(1, 2, 0).numpy(), atol=1e-6)
+    assert np.abs(out.effects).max() == 0
+    small = torch.nn.functional.interpolate(torch.cat([image, alpha, prefill], 1), size=(16, 16), mode="area")
+    losses = fbdd_loss(pipe.unet, pipe.scheduler, small[:, :3], small[:, 3:4], small[:, :3], small[:, :3],
+                       prefill=small[:, 4:])
+    assert torch.isfinite(losses["loss"])
+    with pytest.raises(LaminaError, match="prefill"):
+        make_unet("tiny", prefill="inpaint")
+    with pytest.raises(LaminaError, match="channels"):
+        fbdd_loss(pipe.unet, pipe.scheduler, small[:, :3], small[:, 3:4], small[:, :3], small[:, :3],
+                  prefill=small[:, 4:6])
+
+
+def test_fine_tuning_a_telea_model_with_the_classical_prefill_widens_its_input(tmp_path) -> None:
+    from lamina.layeringdiff.fbdd import FBDDPipeline, make_scheduler, make_unet
+    from lamina.layeringdiff.train import _load_init
+
+    torch.manual_seed(0)
+    source = make_unet("tiny", sample_size=16, effects=True, prefill="telea")
+    torch.nn.init.normal_(source.conv_out.weight)  # not the zero start, so the outputs say something
+    FBDDPipeline(source, make_scheduler(), prefill="telea").save_pretrained(tmp_path / "telea")
+    target = make_unet("tiny", sample_size=16, effects=True, prefill="classical")
+    _load_init(target, str(tmp_path / "telea"))
+    x = torch.randn(2, 7 + 4 + 3, 16, 16)
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        expected = source(x, t).sample
+        got = target(torch.cat([x, torch.randn(2, 3, 16, 16)], 1), t).sample  # P_F has no effect yet
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(LaminaError, match="does not match"):
+        _load_init(make_unet("tiny", sample_size=16, effects=False, prefill="classical"), str(tmp_path / "telea"))

@@ -37,8 +37,8 @@ from .foreground import (
 )
 
 #: Names of :mod:`.fbdd`, imported on first access.
-_FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "fbdd_loss", "load_builtin", "load_pipeline",
-               "make_scheduler", "make_unet", "telea_prefill")
+_FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "compute_prefill", "fbdd_loss", "load_builtin",
+               "load_pipeline", "make_scheduler", "make_unet", "telea_prefill")
 
 
 #: Names of :mod:`.latent`, imported on first access.
@@ -66,16 +66,17 @@ __all__ = [
     "FBDDPipeline",
     "FBDDPipelineOutput",
     "ForegroundConfig",
-    "LatentFBDDPipeline",
     "ForegroundEstimate",
+    "LatentFBDDPipeline",
+    "compute_prefill",
     "decompose_image",
     "estimate_alpha",
     "fbdd_loss",
     "finish_decomposition",
     "foreground_from_box",
     "foreground_from_mask",
-    "latent_fbdd_loss",
     "grabcut_mask",
+    "latent_fbdd_loss",
     "load_builtin",
     "load_pipeline",
     "make_decomposer",

@@ -17,10 +17,16 @@ LAYERED_HELP = "output: .psd, .ora, or a folder path (PNG stack); a contact shee
 
 
 def _threads(threads: int | None) -> None:
+    """Cap torch's CPU threads, and numba's (pymatting's matting and foreground estimation)."""
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba comes with pymatting
+            return
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _sheet_path(out: Path) -> Path:

@@ -20,18 +20,21 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   **effects** (shadows, reflections): beyond the paper, which leaves shadows in the
   background, the model learns from the procedural scenes' exact ground truth which
   darkening or mirroring belongs to the object, anywhere in its window.
-* **A classical prior, and residuals** (``prefill="telea"``, the built-in model). With a
-  small network and a CPU-sized training budget there is no large generative prior to
-  adapt (the paper adapts SDXL's); instead the pipeline first computes the classical
-  estimate ``P``: the composite with the object's hole filled by Telea inpainting
-  (:func:`~lamina.layeringdiff.classical.inpaint_background`, at full resolution), and the
-  model samples only the **residuals** ``x = [F - I, B - P, E]`` (``E`` in ``[0, 1]`` here).
-  The UNet's last convolution starts at zero, so before training the one-step sample is
-  exactly the classical result (residuals 0, no effects); training only has to learn what inpainting gets
-  wrong: structure and texture under the object, shadows to take out of the background,
-  colour to take out of the object's soft edge. ``P`` is also an input of the UNet.
+* **A classical prior, and residuals** (``prefill``). With a small network and a CPU-sized
+  training budget there is no large generative prior to adapt (the paper adapts SDXL's);
+  instead the pipeline first computes the classical decomposition ``P`` at full resolution
+  (:func:`compute_prefill`): ``P_B``, the composite with the object's hole filled by Telea
+  inpainting (:func:`~lamina.layeringdiff.classical.inpaint_background`), and, with
+  ``prefill="classical"``, ``P_F``, the foreground colours of closed-form multilevel
+  foreground estimation (:func:`~lamina.layeringdiff.classical.estimate_foreground`; with
+  ``"telea"``, the first built-in model's choice, ``P_F = I``). The model samples only the
+  **residuals** ``x = [F - P_F, B - P_B, E]`` (``E`` in ``[0, 1]`` here). The UNet's last
+  convolution starts at zero, so before training the one-step sample is exactly the
+  classical result (residuals 0, no effects); training only has to learn what the classical
+  estimates get wrong: structure and texture under the object, shadows to take out of the
+  background, colour left in the object's soft edge. ``P`` is also an input of the UNet.
   Without a prefill the sample is ``[F, B, E]`` itself.
-* **Conditioning by concatenation.** The UNet input is ``[x_t (6|7), I (3), alpha (1)(, P (3))]``,
+* **Conditioning by concatenation.** The UNet input is ``[x_t (6|7), I (3), alpha (1)(, P (3|6))]``,
   ``I``, ``alpha`` and ``P`` also in ``[-1, 1]``; the same scheme as Stable Diffusion's
   inpainting UNet (noisy latent + masked image + mask); the latent variant for pretrained
   backbones (:mod:`.latent`) starts from an inpainting UNet with ``conv_in`` widened that way.
@@ -101,10 +104,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
     raise LaminaError("the learned LayeringDiff path (FBDD) needs diffusers: pip install 'diffusers>=0.42'") from exc
 
 #: Channels of the sample (F, B; plus E with effects) and of the conditioning (I, alpha).
-SAMPLE_CHANNELS, EFFECTS_SAMPLE_CHANNELS, CONDITION_CHANNELS, PREFILL_CHANNELS = 6, 7, 4, 3
+SAMPLE_CHANNELS, EFFECTS_SAMPLE_CHANNELS, CONDITION_CHANNELS = 6, 7, 4
 IN_CHANNELS = SAMPLE_CHANNELS + CONDITION_CHANNELS
-#: Classical estimates the residual pipelines start from (see ``prefill``).
-PREFILLS = ("telea",)
+#: Classical estimates a residual pipeline starts from (``prefill``), and their channels:
+#: ``"telea"``: the background ``P_B`` (Telea inpainting; ``F`` starts from the composite);
+#: ``"classical"``: ``P_B`` and the foreground colours ``P_F`` (closed-form multilevel
+#: foreground estimation), i.e. the whole classical decomposition.
+PREFILLS: dict[str, int] = {"telea": 3, "classical": 6}
 
 #: UNet sizes: ``tiny`` for tests; ``builtin`` (about 3 M parameters, attention only at 8 x 8,
 #: about 0.1 s per step at 64 x 64 on one CPU thread) for the built-in model; ``small`` (4.2 M).
@@ -123,32 +129,39 @@ FBDD_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_unet(preset: str = "small", sample_size: int = 64, effects: bool = False,
-              prefill: bool = False) -> UNet2DModel:
+              prefill: str | None = None) -> UNet2DModel:
     """A randomly initialised FBDD UNet: ``[x_t, I, alpha(, P)]`` in, ``v`` of ``[F, B]`` (``[F, B, E]``) out."""
     if preset not in FBDD_PRESETS:
         raise LaminaError(f"unknown FBDD preset {preset!r}; choose from {', '.join(FBDD_PRESETS)}")
     channels = EFFECTS_SAMPLE_CHANNELS if effects else SAMPLE_CHANNELS
-    condition = CONDITION_CHANNELS + (PREFILL_CHANNELS if prefill else 0)
-    unet = UNet2DModel(sample_size=sample_size, in_channels=channels + condition, out_channels=channels,
-                       **FBDD_PRESETS[preset])
+    unet = UNet2DModel(sample_size=sample_size, in_channels=channels + condition_channels(prefill),
+                       out_channels=channels, **FBDD_PRESETS[preset])
     if prefill:  # v = 0 at the start: the first (pure-noise) step predicts residuals 0, the classical result
         torch.nn.init.zeros_(unet.conv_out.weight)
         torch.nn.init.zeros_(unet.conv_out.bias)
     return unet
 
 
-def sample_channels(unet: UNet2DModel, prefill: bool = False) -> int:
+def condition_channels(prefill: str | None) -> int:
+    """Conditioning channels of the UNet input: ``I`` and ``alpha``, plus the prefill's."""
+    if prefill is not None and prefill not in PREFILLS:
+        raise LaminaError(f"unknown FBDD prefill {prefill!r}; choose from {', '.join(PREFILLS)} or None")
+    return CONDITION_CHANNELS + (PREFILLS[prefill] if prefill else 0)
+
+
+def sample_channels(unet: UNet2DModel, prefill: str | None = None) -> int:
     """6 (``[F, B]``) or 7 (``[F, B, E]``), checked against the UNet's input channels."""
     channels = int(unet.config.out_channels)
-    condition = CONDITION_CHANNELS + (PREFILL_CHANNELS if prefill else 0)
+    condition = condition_channels(prefill)
     if channels not in (SAMPLE_CHANNELS, EFFECTS_SAMPLE_CHANNELS) or unet.config.in_channels != channels + condition:
-        raise LaminaError(f"not an FBDD UNet{' with a prefill' if prefill else ''}: {unet.config.in_channels} input / "
-                          f"{channels} output channels (expected {6 + condition}/6 or {7 + condition}/7)")
+        raise LaminaError(f"not an FBDD UNet{f' with the {prefill} prefill' if prefill else ''}: "
+                          f"{unet.config.in_channels} input / {channels} output channels (expected "
+                          f"{6 + condition}/6 or {7 + condition}/7)")
     return channels
 
 
 def telea_prefill(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """The classical background estimate ``P`` ``[N, 3, H, W]``: ``image`` with the object's hole Telea-inpainted.
+    """The classical background estimate ``P_B`` ``[N, 3, H, W]``: ``image`` with the object's hole Telea-inpainted.
 
     The hole is ``alpha > 0.01`` grown by ``max(1, min(H, W) // 100)`` px, the inpainting
     radius ``max(3, min(H, W) // 64)`` px, as in :class:`~lamina.layeringdiff.classical.ClassicalDecomposer`.
@@ -166,6 +179,40 @@ def telea_prefill(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
             hole = np.zeros_like(hole)
         out.append(inpaint_background(rgb, hole, "telea", radius))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(image)
+
+
+def compute_prefill(kind: str, image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The classical estimate ``P`` a residual FBDD starts from, at the input's resolution.
+
+    Args:
+        kind: ``"telea"``: ``P = P_B`` ``[N, 3, H, W]``; ``"classical"``: ``P = [P_B, P_F]``
+            ``[N, 6, H, W]``, ``P_F`` the foreground colours of
+            :func:`~lamina.layeringdiff.classical.estimate_foreground` (the composite where ``alpha = 0``).
+        image: ``[N, 3, H, W]`` in ``[0, 1]``; alpha ``[N, 1, H, W]`` in ``[0, 1]``.
+    """
+    if kind not in PREFILLS:
+        raise LaminaError(f"unknown FBDD prefill {kind!r}; choose from {', '.join(PREFILLS)}")
+    background = telea_prefill(image, alpha)
+    if kind == "telea":
+        return background
+    from .classical import estimate_foreground
+
+    foreground = [estimate_foreground(rgb, a) for rgb, a in
+                  zip(image.permute(0, 2, 3, 1).cpu().numpy(), alpha[:, 0].cpu().numpy(), strict=True)]
+    foreground_t = torch.from_numpy(np.stack(foreground)).permute(0, 3, 1, 2).to(image)
+    return torch.cat([background, foreground_t], dim=1)
+
+
+def _prefill_kind(prefill: torch.Tensor) -> str:
+    for kind, channels in PREFILLS.items():
+        if prefill.shape[1] == channels:
+            return kind
+    raise LaminaError(f"an FBDD prefill has {', '.join(map(str, PREFILLS.values()))} channels, got {prefill.shape[1]}")
+
+
+def residual_bases(image: torch.Tensor, prefill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(F base, B base)`` the residual channels are added to: ``P_F`` (or ``I``) and ``P_B``."""
+    return (prefill[:, 3:6] if prefill.shape[1] == 6 else image), prefill[:, :3]
 
 
 def make_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "v_prediction") -> DDIMScheduler:
@@ -264,18 +311,20 @@ def fbdd_loss(
             ``E`` for a UNet with effects (zeros when ``None``); it also marks the hole.
         hole_weight: ``B``/``E`` count ``1 + hole_weight`` times where object or effects hide the background.
         timesteps: ``[N]`` training timesteps; uniform when ``None``.
-        prefill: ``[N, 3, H, W]`` the classical estimate ``P`` (:func:`telea_prefill`) for a
-            residual UNet: the targets become ``F - I`` and ``B - P``.
+        prefill: ``[N, 3 | 6, H, W]`` the classical estimate ``P`` (:func:`compute_prefill`) for a
+            residual UNet: the targets become ``F - P_F`` (``F - I`` without ``P_F``) and ``B - P_B``.
     Returns:
         ``{"loss", "v", "recomposition"}``; ``loss`` is the one to back-propagate.
     """
-    with_effects = sample_channels(unet, prefill is not None) == EFFECTS_SAMPLE_CHANNELS
+    kind = None if prefill is None else _prefill_kind(prefill)
+    with_effects = sample_channels(unet, kind) == EFFECTS_SAMPLE_CHANNELS
     effects = torch.zeros_like(alpha) if effects is None else effects
     if prefill is None:
         parts = [_signed(foreground), _signed(background)] + ([_signed(effects)] if with_effects else [])
         condition = [_signed(image), _signed(alpha)]
     else:  # residuals, and E itself (0: no effect), so that a zero sample is the classical estimate
-        parts = [foreground - image, background - prefill] + ([effects] if with_effects else [])
+        base_f, base_b = residual_bases(image, prefill)
+        parts = [foreground - base_f, background - base_b] + ([effects] if with_effects else [])
         condition = [_signed(image), _signed(alpha), _signed(prefill)]
     x0 = torch.cat(parts, dim=1)
     n = x0.shape[0]
@@ -295,7 +344,7 @@ def fbdd_loss(
     ab = scheduler.alphas_cumprod.to(x0.device)[t].view(n, 1, 1, 1)
     x0_hat = v if predicts_x0 else ab.sqrt() * xt - (1.0 - ab).sqrt() * v
     f_hat, b_hat = (x0_hat[:, :3], x0_hat[:, 3:6]) if prefill is None else (
-        _signed(x0_hat[:, :3] + image), _signed(x0_hat[:, 3:6] + prefill))
+        _signed(x0_hat[:, :3] + base_f), _signed(x0_hat[:, 3:6] + base_b))
     recomposition = (alpha * f_hat + (1.0 - alpha) * b_hat - _signed(image)).square().mean()
     return {"loss": v_loss + recomposition_weight * recomposition, "v": v_loss.detach(),
             "recomposition": recomposition.detach()}
@@ -321,8 +370,9 @@ class FBDDPipeline(DiffusionPipeline):
             and 6 output channels (``v`` of ``[F, B]``), or 11 and 7 with the effects channel
             ``E``; see :func:`make_unet`.
         scheduler: a diffusers scheduler configured for v-prediction (:func:`make_scheduler`).
-        prefill: ``"telea"``: the UNet samples residuals over the classical estimate (3 more
-            input channels, see the module docstring); ``None``: the layers themselves.
+        prefill: ``"classical"`` or ``"telea"``: the UNet samples residuals over that classical
+            estimate (6 or 3 more input channels, :func:`compute_prefill`, the module
+            docstring); ``None``: the layers themselves.
         inference_steps: the number of denoising steps the model was trained for (the default
             of :class:`FBDDDecomposer`).
     """
@@ -332,8 +382,7 @@ class FBDDPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, prefill: str | None = None,
                  inference_steps: int = 4) -> None:
         super().__init__()
-        if prefill is not None and prefill not in PREFILLS:
-            raise LaminaError(f"unknown FBDD prefill {prefill!r}; choose from {', '.join(PREFILLS)} or None")
+        condition_channels(prefill)  # validates the name
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(prefill=prefill, inference_steps=int(inference_steps))
 
@@ -369,8 +418,9 @@ class FBDDPipeline(DiffusionPipeline):
             output_type: ``"np"`` (``[N, H, W, C]`` float32 arrays) or ``"pt"`` (``[N, C, H, W]`` tensors).
         """
         image_t, alpha_t = _pipeline_inputs(image, alpha, output_type, self.device)
-        prefill = None if self.config.get("prefill") is None else telea_prefill(image_t, alpha_t)
-        channels = sample_channels(self.unet, prefill is not None)
+        kind = self.config.get("prefill")
+        prefill = None if kind is None else compute_prefill(kind, image_t, alpha_t)
+        channels = sample_channels(self.unet, kind)
         size = self.working_size()
         condition = torch.cat([_signed(_resize(image_t, size)), _signed(_resize(alpha_t, size))]
                               + ([] if prefill is None else [_signed(_resize(prefill, size))]), dim=1)
@@ -394,8 +444,9 @@ class FBDDPipeline(DiffusionPipeline):
             foreground, background = layers[:, :3], layers[:, 3:6]
         else:  # full-resolution classical estimate + the upsampled residuals
             layers = _resize(x.float(), full)
-            foreground = (image_t + layers[:, :3]).clamp(0.0, 1.0)
-            background = (prefill + layers[:, 3:6]).clamp(0.0, 1.0)
+            base_f, base_b = residual_bases(image_t, prefill)
+            foreground = (base_f + layers[:, :3]).clamp(0.0, 1.0)
+            background = (base_b + layers[:, 3:6]).clamp(0.0, 1.0)
             layers = torch.cat([layers[:, :6], layers[:, 6:].clamp(0.0, 1.0)], dim=1)
         effects = layers[:, 6:7] if channels == EFFECTS_SAMPLE_CHANNELS else None
         if projection:  # the layer is the object over its effects: t = alpha + E (1 - alpha)

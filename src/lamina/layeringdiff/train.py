@@ -20,9 +20,9 @@ Everything here is **our design** (the paper's training details are not public):
   scratch; with ``backbone`` (``--backbone MODEL``, preset ``latent-sd``) the latent model of
   :mod:`.latent`, fine-tuned from a pretrained inpainting UNet with its VAE and text encoder
   frozen.
-* **Residuals over a classical estimate** (``prefill="telea"``, see :mod:`.fbdd`): the
-  model learns what Telea inpainting and the composite get wrong, so even a short CPU run
-  starts from the classical result instead of from nothing.
+* **Residuals over a classical estimate** (``prefill="classical"``, see :mod:`.fbdd`):
+  the model learns what Telea inpainting and closed-form foreground estimation get wrong,
+  so even a short CPU run starts from the classical result instead of from nothing.
 * **Timesteps.** Half of the training timesteps are the ones the few-step DDIM sampler
   visits (``inference_steps``, "trailing" spacing), the rest uniform: with a small compute
   budget the network is trained where it is used.
@@ -55,7 +55,7 @@ from ..errors import LaminaError
 from ..io import atomic_output, plot_log, save_contact_sheet
 from ..layers import LayeredImage
 from ..training import append_log, ema_beta, ema_update_, save_state, trim_log
-from .fbdd import FBDDPipeline, fbdd_loss, make_scheduler, make_unet, telea_prefill
+from .fbdd import PREFILLS, FBDDPipeline, compute_prefill, fbdd_loss, make_scheduler, make_unet
 from .latent import latent_fbdd_loss
 
 STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR, PLOT_FILE = (
@@ -89,7 +89,7 @@ class TrainingConfig:
     init: str | None = None  # fine-tune: start from this saved FBDD's UNet (folder, hub id, or "builtin")
     unet: str = "builtin"  # FBDD_PRESETS (pixel-space model)
     effects: bool = True  # predict the effects' opacity E as a 7th channel
-    prefill: str | None = "telea"  # sample residuals over this classical estimate (None: the layers themselves)
+    prefill: str | None = "classical"  # residuals over this classical estimate (fbdd.PREFILLS; None: the layers)
     prediction: str = "sample"  # pixel model: x_0 ("sample") or v ("v_prediction"); a backbone keeps its own
     # Optimisation.
     batch_size: int = 8
@@ -121,6 +121,8 @@ class TrainingConfig:
         for f in fields(self):
             if f.name.startswith("p_") and not 0.0 <= getattr(self, f.name) <= 1.0:
                 raise LaminaError(f"{f.name} must be a probability in [0, 1], got {getattr(self, f.name)}")
+        if self.prefill is not None and self.prefill not in PREFILLS:
+            raise LaminaError(f"unknown prefill {self.prefill!r}; choose from {', '.join(PREFILLS)} or None")
         if self.backbone is not None and (self.effects or self.prefill is not None):
             raise LaminaError("a latent FBDD (backbone) has no effects channel and no prefill: set effects=False and "
                               "prefill=None, e.g. with --preset latent-sd")
@@ -303,7 +305,7 @@ def make_batch(source: Callable[[int], Sample], seeds: list[int], config: Traini
             out[key].append(value if value.ndim == 3 else value[:, :, None])
     batch = {k: torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).contiguous().float() for k, v in out.items()}
     if config.prefill is not None:
-        batch["prefill"] = telea_prefill(batch["image"], batch["alpha"])
+        batch["prefill"] = compute_prefill(config.prefill, batch["image"], batch["alpha"])
     return batch
 
 
@@ -388,13 +390,24 @@ def _load_backbone(config: TrainingConfig) -> Any:
 
 
 def _load_init(unet: torch.nn.Module, init: str) -> None:
-    """Copy the UNet weights of a saved FBDD (``"builtin"``, a folder or a hub id) into ``unet``; same architecture."""
+    """Copy the UNet weights of a saved FBDD (``"builtin"``, a folder or a hub id) into ``unet``; same architecture.
+
+    A UNet with more conditioning inputs (``prefill="classical"`` from a ``"telea"`` model:
+    ``P_F`` is the last input) gets the source's ``conv_in`` with zero weights for the new
+    inputs, so it starts as the source model does on its inputs.
+    """
     from .decompose import BUILTIN_MODEL
     from .fbdd import load_pipeline
 
-    source = load_pipeline(BUILTIN_MODEL if init == "builtin" else init).unet
+    state = load_pipeline(BUILTIN_MODEL if init == "builtin" else init).unet.state_dict()
+    key = "conv_in.weight"
+    target = unet.state_dict()[key]
+    if key in state and state[key].shape[0] == target.shape[0] and state[key].shape[1] < target.shape[1]:
+        widened = torch.zeros_like(target)
+        widened[:, :state[key].shape[1]] = state[key]
+        state[key] = widened
     try:
-        unet.load_state_dict(source.state_dict())
+        unet.load_state_dict(state)
     except RuntimeError as exc:
         raise LaminaError(f"init {init!r}: its UNet does not match this run's (choose the same preset, effects and "
                           f"prefill): {str(exc).splitlines()[0]}") from None
@@ -429,8 +442,7 @@ def training_loop(
     torch.manual_seed(config.seed)
     backbone = None if config.backbone is None else _load_backbone(config)
     if backbone is None:
-        unet = make_unet(config.unet, sample_size=config.resolution, effects=config.effects,
-                         prefill=config.prefill is not None)
+        unet = make_unet(config.unet, sample_size=config.resolution, effects=config.effects, prefill=config.prefill)
         scheduler = make_scheduler(prediction_type=config.prediction)
     else:
         unet, scheduler = backbone.unet, backbone.scheduler
