@@ -196,8 +196,8 @@ def main() -> None:
                   f"bg PSNR occluded {gain:+.2f} dB (target >= +3); learned total "
                   f"{learned['stage_s'] + learned['decompose_s']:.2f} s/img (target <= 1 s at 256²)")
     where = "procedural backgrounds" if args.backgrounds is None else f"real backgrounds from {args.backgrounds}"
-    print(f"\n{rows[0][2]['count']} scenes at 64², {rows[-1][2]['count']} at 256², seeds from {args.first_seed}, "
-          f"{where}; one CPU thread")
+    counts = ", ".join(f"{r['count']} at {size}²" for size, r in {s: r for s, _, r in rows}.items())
+    print(f"\nscenes: {counts}; seeds from {args.first_seed}, {where}; one CPU thread")
 
 
 if __name__ == "__main__":

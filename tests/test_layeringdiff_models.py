@@ -298,7 +298,7 @@ def test_builtin_model_is_the_default_and_small() -> None:
     size_mb = sum(p.stat().st_size for p in BUILTIN_MODEL.rglob("*") if p.is_file()) / 2**20
     assert size_mb <= 20, size_mb
     pipe = load_builtin()
-    assert pipe.config.prefill == "telea" and pipe.unet.config.out_channels == 7
+    assert pipe.config.prefill == "classical" and pipe.unet.config.out_channels == 7
     scene = generate_scene(123_456_789, SCENE_PRESETS["default"].with_size(96))
     layered = decompose_image(scene.composite, box=scene.box)  # the default method and model
     assert layered.metadata["method"] == "layeringdiff" and layered.metadata["recomposition_psnr"] > 35

@@ -56,10 +56,11 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   (:func:`~lamina.layeringdiff.decompose.project_recomposition`).
 * **High-frequency alignment (HFA), closed form.** The paper trains HFA modules to restore
   the detail the low-resolution FBDD loses; here it takes no parameters, in two places:
-  a residual model adds its *upsampled* residuals to *full-resolution* estimates (``I`` for
-  ``F``, the full-resolution Telea fill ``P`` for ``B``), so every pixel the object does not
-  cover keeps the image's own detail; and the projection copies whatever the layers still
-  miss of the composite into the layer that shows it. Under an opaque object the
+  a residual model adds its *upsampled* residuals to *full-resolution* estimates (``P_F``,
+  the closed-form foreground colours, for ``F``; the Telea fill ``P_B`` for ``B``), so the
+  object's soft edge keeps full-resolution colour un-mixing and every pixel the object does
+  not cover keeps the image's own detail; and the projection copies whatever the layers
+  still miss of the composite into the layer that shows it. Under an opaque object the
   background has no detail to copy: there it is as sharp as the 64 px model and ``P`` are.
   A learned HFA network (low-res ``F``/``B`` + full-res ``I`` -> detail) could sharpen that
   fill; it is not implemented, because on held-out 256 px scenes the high-pass part
@@ -505,9 +506,9 @@ def _pipeline_class(model: str | Path, kwargs: dict[str, Any]) -> type[Diffusion
 def load_builtin(**kwargs: Any) -> FBDDPipeline:
     """The built-in FBDD model shipped in the package (``lamina/layeringdiff/assets/builtin``).
 
-    A 64 px pixel-space residual model (``prefill="telea"``, effects channel) trained on
+    A 64 px pixel-space residual model (``prefill="classical"``, effects channel) trained on
     procedural scenes with ``lamina layeringdiff train --preset builtin`` and then fine-tuned
-    (``--init``); its ``README.md`` and ``training-config.json`` say how. Works offline on CPU.
+    twice (``--init``); its ``README.md`` and ``training-config.json`` say how. Works offline on CPU.
     """
     from .decompose import BUILTIN_MODEL
 
