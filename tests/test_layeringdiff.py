@@ -293,6 +293,7 @@ def test_fbdd_loss_backpropagates() -> None:
 def test_fbdd_residual_model_starts_at_the_classical_estimate(kind) -> None:
     from lamina.layeringdiff.classical import estimate_foreground
     from lamina.layeringdiff.fbdd import FBDDPipeline, compute_prefill, fbdd_loss, make_scheduler, make_unet
+    from lamina.layeringdiff.train import resolve_config
 
     s = scene(32)
     torch.manual_seed(0)
@@ -314,6 +315,10 @@ def test_fbdd_residual_model_starts_at_the_classical_estimate(kind) -> None:
     assert torch.isfinite(losses["loss"])
     with pytest.raises(LaminaError, match="prefill"):
         make_unet("tiny", prefill="inpaint")
+    with pytest.raises(LaminaError, match="unknown FBDD prefill 'inpaint'"):
+        resolve_config("tiny", prefill="inpaint")
+    with pytest.raises(LaminaError, match="unknown FBDD prefill 'inpaint'"):
+        compute_prefill("inpaint", image, alpha)
     with pytest.raises(LaminaError, match="channels"):
         fbdd_loss(pipe.unet, pipe.scheduler, small[:, :3], small[:, 3:4], small[:, :3], small[:, :3],
                   prefill=small[:, 4:6])

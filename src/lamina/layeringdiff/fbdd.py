@@ -143,10 +143,15 @@ def make_unet(preset: str = "small", sample_size: int = 64, effects: bool = Fals
     return unet
 
 
-def condition_channels(prefill: str | None) -> int:
-    """Conditioning channels of the UNet input: ``I`` and ``alpha``, plus the prefill's."""
+def check_prefill(prefill: str | None) -> None:
+    """Raise :class:`LaminaError` unless ``prefill`` is ``None`` or a name in :data:`PREFILLS`."""
     if prefill is not None and prefill not in PREFILLS:
         raise LaminaError(f"unknown FBDD prefill {prefill!r}; choose from {', '.join(PREFILLS)} or None")
+
+
+def condition_channels(prefill: str | None) -> int:
+    """Conditioning channels of the UNet input: ``I`` and ``alpha``, plus the prefill's."""
+    check_prefill(prefill)
     return CONDITION_CHANNELS + (PREFILLS[prefill] if prefill else 0)
 
 
@@ -191,8 +196,9 @@ def compute_prefill(kind: str, image: torch.Tensor, alpha: torch.Tensor) -> torc
             :func:`~lamina.layeringdiff.classical.estimate_foreground` (the composite where ``alpha = 0``).
         image: ``[N, 3, H, W]`` in ``[0, 1]``; alpha ``[N, 1, H, W]`` in ``[0, 1]``.
     """
-    if kind not in PREFILLS:
-        raise LaminaError(f"unknown FBDD prefill {kind!r}; choose from {', '.join(PREFILLS)}")
+    if kind is None:
+        raise LaminaError("compute_prefill needs a prefill name, got None")
+    check_prefill(kind)
     background = telea_prefill(image, alpha)
     if kind == "telea":
         return background
@@ -213,7 +219,7 @@ def _prefill_kind(prefill: torch.Tensor) -> str:
 
 def residual_bases(image: torch.Tensor, prefill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F base, B base)`` the residual channels are added to: ``P_F`` (or ``I``) and ``P_B``."""
-    return (prefill[:, 3:6] if prefill.shape[1] == 6 else image), prefill[:, :3]
+    return (prefill[:, 3:6] if prefill.shape[1] == PREFILLS["classical"] else image), prefill[:, :3]
 
 
 def make_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "v_prediction") -> DDIMScheduler:
@@ -383,7 +389,7 @@ class FBDDPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, prefill: str | None = None,
                  inference_steps: int = 4) -> None:
         super().__init__()
-        condition_channels(prefill)  # validates the name
+        check_prefill(prefill)
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(prefill=prefill, inference_steps=int(inference_steps))
 

@@ -55,7 +55,7 @@ from ..errors import LaminaError
 from ..io import atomic_output, plot_log, save_contact_sheet
 from ..layers import LayeredImage
 from ..training import append_log, ema_beta, ema_update_, save_state, trim_log
-from .fbdd import PREFILLS, FBDDPipeline, compute_prefill, fbdd_loss, make_scheduler, make_unet
+from .fbdd import FBDDPipeline, check_prefill, compute_prefill, fbdd_loss, make_scheduler, make_unet
 from .latent import latent_fbdd_loss
 
 STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR, PLOT_FILE = (
@@ -121,8 +121,7 @@ class TrainingConfig:
         for f in fields(self):
             if f.name.startswith("p_") and not 0.0 <= getattr(self, f.name) <= 1.0:
                 raise LaminaError(f"{f.name} must be a probability in [0, 1], got {getattr(self, f.name)}")
-        if self.prefill is not None and self.prefill not in PREFILLS:
-            raise LaminaError(f"unknown prefill {self.prefill!r}; choose from {', '.join(PREFILLS)} or None")
+        check_prefill(self.prefill)
         if self.backbone is not None and (self.effects or self.prefill is not None):
             raise LaminaError("a latent FBDD (backbone) has no effects channel and no prefill: set effects=False and "
                               "prefill=None, e.g. with --preset latent-sd")
