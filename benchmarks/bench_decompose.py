@@ -9,7 +9,8 @@ exact ground truth: alpha SAD / MSE / gradient error of the foreground layer (ob
 effects), alpha-weighted foreground L1, background PSNR inside the region the ground-truth
 layer covers, recomposition PSNR; seconds per image of the foreground stage and of the
 disassembly (wall clock, one thread); peak resident memory of each run (a fresh process per
-method and size, so imports count: about 0.4 GB of it is torch).
+method and size, so imports count: about 0.4 GB of it is torch). A second table splits the
+occluded-background PSNR by the procedural background family (gradient, floor, stripes...).
 
 Targets (issue 4): learned beats classical on every quality metric, background PSNR by
 >= 3 dB, <= 1 s per 256 px image (foreground stage + disassembly).
@@ -109,6 +110,7 @@ def run_one(method: str, size: int, count: int, first_seed: int, model: str | No
     config = SCENE_PRESETS["default"].with_size(size)
     sums: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
     stage_s, decompose_s, fallbacks = [], [], 0
+    by_family: dict[str, list[float]] = {}  # occluded-background PSNR per procedural background family
     for i in range(count + 1):  # the first scene warms up (JIT of pymatting, first UNet call)
         scene = generate_scene(first_seed + i, config)
         background = scene.background if photos is None else real_crop(photos, first_seed + i, size)
@@ -131,10 +133,33 @@ def run_one(method: str, size: int, count: int, first_seed: int, model: str | No
         for key, _, _ in METRICS:
             if math.isfinite(scores[key]):
                 sums[key].append(scores[key])
+        if photos is None and math.isfinite(scores["bg_psnr_occluded"]):
+            by_family.setdefault(scene.attributes["background"], []).append(scores["bg_psnr_occluded"])
     out = {key: float(np.mean(v)) for key, v in sums.items()}
     out.update(stage_s=float(np.mean(stage_s)), decompose_s=float(np.mean(decompose_s)),
-               peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, count=count, fallbacks=fallbacks)
+               peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, count=count, fallbacks=fallbacks,
+               by_family={k: (float(np.mean(v)), len(v)) for k, v in sorted(by_family.items())})
     return out
+
+
+def print_families(rows: list[tuple[int, str, dict]]) -> None:
+    """Occluded-background PSNR per procedural background family, the methods side by side."""
+    for size in dict.fromkeys(s for s, _, _ in rows):
+        by = {m: r["by_family"] for s, m, r in rows if s == size and r["by_family"]}
+        if not by:
+            continue
+        compare = {"classical", "layeringdiff"} <= set(by)
+        header = ["family", "scenes", *by] + (["learned - classical"] if compare else [])
+        print(f"\nbg PSNR occluded (dB) per background family, {size}²:\n")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for family in sorted({f for fams in by.values() for f in fams}):
+            cells = [f"{fams[family][0]:.2f}" if family in fams else "-" for fams in by.values()]
+            if compare:
+                both = family in by["classical"] and family in by["layeringdiff"]
+                cells.append(f"{by['layeringdiff'][family][0] - by['classical'][family][0]:+.2f}" if both else "-")
+            count = max(fams[family][1] for fams in by.values() if family in fams)
+            print(f"| {family} | {count} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -195,6 +220,7 @@ def main() -> None:
             print(f"- {size}²: learned better on {len(wins)}/{len(METRICS)} quality metrics ({', '.join(wins)}); "
                   f"bg PSNR occluded {gain:+.2f} dB (target >= +3); learned total "
                   f"{learned['stage_s'] + learned['decompose_s']:.2f} s/img (target <= 1 s at 256²)")
+    print_families(rows)
     where = "procedural backgrounds" if args.backgrounds is None else f"real backgrounds from {args.backgrounds}"
     counts = ", ".join(f"{r['count']} at {size}²" for size, r in {s: r for s, _, r in rows}.items())
     print(f"\nscenes: {counts}; seeds from {args.first_seed}, {where}; one CPU thread")

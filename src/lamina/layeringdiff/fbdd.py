@@ -514,7 +514,7 @@ def load_builtin(**kwargs: Any) -> FBDDPipeline:
 
     A 64 px pixel-space residual model (``prefill="classical"``, effects channel) trained on
     procedural scenes with ``lamina layeringdiff train --preset builtin`` and then fine-tuned
-    three times (``--init``); its ``README.md`` and ``training-config.json`` say how. Works offline on CPU.
+    five times (``--init``); its ``README.md`` and ``training-config.json`` say how. Works offline on CPU.
     """
     from .decompose import BUILTIN_MODEL
 
