@@ -141,8 +141,9 @@ class TrainingConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-#: ``tiny``: tests (16 px, a few steps); ``builtin``: the model shipped in the package
-#: (64 px, about 40 min on one CPU thread); ``small``: a bigger UNet for longer runs;
+#: ``tiny``: tests (16 px, a few steps); ``builtin``: the model shipped in the package (64 px,
+#: about 40 min on one CPU thread per stage; its later fine-tuning stages override the learning
+#: rate and the timestep focus, see ``assets/builtin/README.md``); ``small``: a bigger UNet for longer runs;
 #: ``latent-sd``: fine-tune Stable Diffusion's inpainting model at 512 px (GPU; ``--backbone`` picks another).
 TRAINING_PRESETS: dict[str, TrainingConfig] = {
     "tiny": TrainingConfig(resolution=16, unet="tiny", batch_size=2, total_steps=4, warmup_steps=1,
