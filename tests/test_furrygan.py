@@ -95,6 +95,7 @@ def test_defaults_equal_official_code():
     assert d["lr"] == pytest.approx(0.002 * 16 / 17) and d["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
     # 1.3: accumulate(g_ema, G, 0.5 ** (32 / 10000)) every iteration at batch 16, no ramp-up.
     assert tr.ema_rampup is None
+    assert tr.lr_rampdown_steps == 0  # constant learning rate
     assert tr.ema_beta(16) == pytest.approx(0.5 ** (32 / 10000))
     assert PRESETS["paper-256"] == cfg
 
@@ -111,6 +112,12 @@ def test_schedules():
     assert (lo.num_composites(16), lo.num_composites(2), lo.num_composites(3)) == (8, 1, 2)
     assert LossConfig(dual_fake_input=False).num_composites(16) == 16
     assert not LossConfig(consistency=False).consistency_due(0)
+    # lr ramp-down (lamina's, off by default): constant, then linear to 0 over the last 4 of 10 steps.
+    assert TrainConfig().lr_scale(299_999) == 1.0
+    ramp = TrainConfig(total_steps=10, lr_rampdown_steps=4)
+    assert [ramp.lr_scale(t) for t in (0, 6, 7, 9)] == pytest.approx([1.0, 1.0, 0.75, 0.25])
+    with pytest.raises(ConfigError, match="lr_rampdown_steps"):
+        TrainConfig(total_steps=10, lr_rampdown_steps=11)
 
 
 def test_config_json_round_trip(tmp_path):
@@ -460,6 +467,22 @@ def test_training_resumes_exactly(tmp_path):
     assert _train(tmp_path, "resumed").step == 3  # nothing left to do
     with pytest.raises(ConfigError, match="different model/loss config"):
         _train(tmp_path, "resumed", **{"loss.min_mask": 0.5})
+
+
+def test_lr_rampdown_extends_a_run(tmp_path):
+    # A run extended from its step-2 checkpoint with a 2-step ramp-down is the run started with it.
+    ramp = {"train.total_steps": 4, "train.lr_rampdown_steps": 2}
+    _train(tmp_path, "straight", **ramp)
+    _train(tmp_path, "extended", **{"train.total_steps": 2})
+    _train(tmp_path, "extended", **ramp)
+    a = torch.load(tmp_path / "straight" / STATE_NAME, weights_only=True)
+    b = torch.load(tmp_path / "extended" / STATE_NAME, weights_only=True)
+    for key in ("G", "D", "G_ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    base = tiny(**ramp).optimizer_kwargs("G")["lr"]
+    assert b["opt_G"]["param_groups"][0]["lr"] == pytest.approx(base * 0.5)  # step 3 of 4: (4 - 3) / 2
+    log = [json.loads(line) for line in (tmp_path / "extended" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr_scale"] for r in log] == [1.0, 1.0, 1.0, 0.5]
 
 
 def test_divergence_stops_and_keeps_checkpoint(tmp_path):

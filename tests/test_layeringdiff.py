@@ -324,6 +324,41 @@ def test_fbdd_residual_model_starts_at_the_classical_estimate(kind) -> None:
                   prefill=small[:, 4:6])
 
 
+def test_fbdd_foreground_residual_switch(tmp_path) -> None:
+    from lamina.layeringdiff.classical import estimate_foreground
+    from lamina.layeringdiff.fbdd import FBDDDecomposer, FBDDPipeline, make_scheduler, make_unet
+
+    s = scene(32)
+    torch.manual_seed(0)
+    unet = make_unet("tiny", sample_size=16, effects=True, prefill="classical")
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)  # non-zero residuals
+    pipe = FBDDPipeline(unet, make_scheduler(prediction_type="sample"), prefill="classical",
+                        foreground_residual=False)
+    pipe.set_progress_bar_config(disable=True)
+    kept = pipe(s["image"], s["alpha"], num_inference_steps=1, projection=False,
+                generator=torch.Generator().manual_seed(0))
+    added = pipe(s["image"], s["alpha"], num_inference_steps=1, projection=False, foreground_residual=True,
+                 generator=torch.Generator().manual_seed(0))
+    closed_form = estimate_foreground(s["image"], s["alpha"])
+    np.testing.assert_allclose(kept.foreground[0], closed_form, atol=1e-6)  # F = P_F
+    assert np.abs(added.foreground[0] - closed_form).mean() > 1e-3  # F = P_F + residual
+    np.testing.assert_array_equal(kept.background, added.background)  # B and E do not depend on it
+    np.testing.assert_array_equal(kept.effects, added.effects)
+
+    pipe.save_pretrained(tmp_path / "fbdd")
+    loaded = FBDDPipeline.from_pretrained(tmp_path / "fbdd")
+    assert loaded.config.foreground_residual is False
+    by_config = FBDDDecomposer(loaded).decompose(s["image"], s["alpha"])
+    by_option = FBDDDecomposer(loaded, foreground_residual=True).decompose(s["image"], s["alpha"])
+    assert not np.allclose(by_config.foreground, by_option.foreground)
+    with pytest.raises(LaminaError, match="pixel-space FBDDPipeline"):
+        FBDDDecomposer(object(), foreground_residual=False)
+    from lamina.layeringdiff.train import make_pipeline, resolve_config
+
+    for preset, expected in (("builtin", False), ("small", True)):  # what a training run exports
+        assert make_pipeline(resolve_config(preset), unet).config.foreground_residual is expected
+
+
 def test_fine_tuning_a_telea_model_with_the_classical_prefill_widens_its_input(tmp_path) -> None:
     from lamina.layeringdiff.fbdd import FBDDPipeline, make_scheduler, make_unet
     from lamina.layeringdiff.train import _load_init

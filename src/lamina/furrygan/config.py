@@ -231,6 +231,9 @@ class TrainConfig:
     # (lr * 4/5, betas ** (4/5)) although G has no regularizer; we keep it to match. The
     # discriminator is rescaled with ``loss.r1_interval`` (lr * 16/17).
     g_reg_interval: int = 4
+    # Learning-rate ramp-down: G's and D's lr fall linearly to 0 over the last ``lr_rampdown_steps``
+    # of ``total_steps`` (0: constant, as the official code; lamina's addition, see ``lr_scale``).
+    lr_rampdown_steps: int = 0
     # Generator EMA half-life in images: official ``accumulate(g_ema, G, 0.5 ** (32 / 10000))``
     # each iteration at batch 16 is a half-life of 10000 * 16 / 32 = 5000 images.
     ema_nimg: int = 5000
@@ -258,6 +261,19 @@ class TrainConfig:
         _require(self.ema_nimg >= 0, f"train.ema_nimg must be >= 0, got {self.ema_nimg}")
         for name in ("g_reg_interval", "image_every", "save_every", "log_every"):
             _require(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _require(0 <= self.lr_rampdown_steps <= self.total_steps,
+                 f"train.lr_rampdown_steps must lie in [0, total_steps={self.total_steps}], "
+                 f"got {self.lr_rampdown_steps}")
+
+    def lr_scale(self, step: int) -> float:
+        """Factor on both learning rates at ``step``: 1, then linear to 0 over the last ``lr_rampdown_steps``.
+
+        Constant up to ``total_steps - lr_rampdown_steps``, so a run extended with a ramp-down
+        from a checkpoint at that step is the same run as one started with it.
+        """
+        if self.lr_rampdown_steps <= 0:
+            return 1.0
+        return min(1.0, (self.total_steps - step) / self.lr_rampdown_steps)
 
     def ema_beta(self, batch: int, cur_nimg: int = 0) -> float:
         """Per-step EMA decay for ``batch`` images: ``0.5 ** (batch / half_life)``."""

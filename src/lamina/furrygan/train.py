@@ -105,8 +105,9 @@ def training_loop(
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     layout = torch.channels_last if tc.channels_last else torch.contiguous_format
     G, D = G.to(memory_format=layout), D.to(memory_format=layout)
-    opt_G = torch.optim.Adam(G.parameters(), **cfg.optimizer_kwargs("G"))
-    opt_D = torch.optim.Adam(D.parameters(), **cfg.optimizer_kwargs("D"))
+    adam = {which: cfg.optimizer_kwargs(which) for which in ("G", "D")}
+    opt_G = torch.optim.Adam(G.parameters(), **adam["G"])
+    opt_D = torch.optim.Adam(D.parameters(), **adam["D"])
     loss = FurryGANLoss(G, D, cfg, backward=acc.backward)
 
     # Resume from the training state, if any.
@@ -141,6 +142,10 @@ def training_loop(
         if tc.hflip:  # official RandomHorizontalFlip
             real = torch.where(torch.rand(real.shape[0], 1, 1, 1, device=device) < 0.5, real.flip(3), real)
 
+        for opt, which in ((opt_G, "G"), (opt_D, "D")):  # train.lr_rampdown_steps (1 when off)
+            for group in opt.param_groups:
+                group["lr"] = adam[which]["lr"] * tc.lr_scale(step)
+
         # Discriminator: adversarial + mask prediction (Eq. 11), then lazy R1.
         stats = _update(loss, "D", real, torch.randn(batch_gpu, G.z_dim, device=device), step, D, opt_D, acc)
         if cfg.loss.r1_due(step):
@@ -171,6 +176,7 @@ def training_loop(
         if acc.is_main_process and (done % tc.log_every == 0 or done == tc.total_steps):
             now = time.perf_counter()
             append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "fine_gamma": cfg.loss.fine_gamma(step),
+                                             "lr_scale": tc.lr_scale(step),
                                              "sec_per_step": (now - t_log) / steps_since_log, **values})
             t_log, steps_since_log = now, 0
 

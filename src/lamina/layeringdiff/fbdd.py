@@ -59,8 +59,10 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   a residual model adds its *upsampled* residuals to *full-resolution* estimates (``P_F``,
   the closed-form foreground colours, for ``F``; the Telea fill ``P_B`` for ``B``), so the
   object's soft edge keeps full-resolution colour un-mixing and every pixel the object does
-  not cover keeps the image's own detail; and the projection copies whatever the layers
-  still miss of the composite into the layer that shows it. Under an opaque object the
+  not cover keeps the image's own detail (the built-in model keeps ``F = P_F`` outright,
+  ``foreground_residual=False``: its upsampled ``F`` residual measured worse than ``P_F`` at
+  256 px, about level at 64 px); and the projection copies whatever the layers still miss of
+  the composite into the layer that shows it. Under an opaque object the
   background has no detail to copy: there it is as sharp as the 64 px model and ``P`` are.
   A learned HFA network (low-res ``F``/``B`` + full-res ``I`` -> detail) could sharpen that
   fill; it is not implemented, because on held-out 256 px scenes the high-pass part
@@ -382,16 +384,21 @@ class FBDDPipeline(DiffusionPipeline):
             docstring); ``None``: the layers themselves.
         inference_steps: the number of denoising steps the model was trained for (the default
             of :class:`FBDDDecomposer`).
+        foreground_residual: with a prefill, ``F = P_F +`` the sampled ``F`` residual (``True``) or
+            ``F = P_F`` alone (``False``: the model completes ``B`` and ``E`` only; the built-in
+            model's choice, as its ``F`` residual measured worse than ``P_F`` on 256 px scenes).
+            Ignored without a prefill.
     """
 
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, prefill: str | None = None,
-                 inference_steps: int = 4) -> None:
+                 inference_steps: int = 4, foreground_residual: bool = True) -> None:
         super().__init__()
         check_prefill(prefill)
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(prefill=prefill, inference_steps=int(inference_steps))
+        self.register_to_config(prefill=prefill, inference_steps=int(inference_steps),
+                                foreground_residual=bool(foreground_residual))
 
     def working_size(self) -> tuple[int, int]:
         """``(height, width)`` the UNet runs at: its ``sample_size``."""
@@ -412,6 +419,7 @@ class FBDDPipeline(DiffusionPipeline):
         projection: bool = True,
         output_type: str = "np",
         return_dict: bool = True,
+        foreground_residual: bool | None = None,
     ) -> FBDDPipelineOutput | tuple[Any, Any, Any]:
         """Decompose ``image`` (``[H, W, 3]``, ``[N, H, W, 3]`` or ``[N, 3, H, W]`` in ``[0, 1]``) given ``alpha``.
 
@@ -423,7 +431,10 @@ class FBDDPipeline(DiffusionPipeline):
                 (with effects: onto ``t F + (1 - t) B = I``, ``t`` the object over its effects, after
                 which ``F`` is the colour of that whole layer).
             output_type: ``"np"`` (``[N, H, W, C]`` float32 arrays) or ``"pt"`` (``[N, C, H, W]`` tensors).
+            foreground_residual: overrides the pipeline's ``foreground_residual`` (``None``: keep it).
         """
+        if foreground_residual is None:
+            foreground_residual = bool(self.config.get("foreground_residual", True))
         image_t, alpha_t = _pipeline_inputs(image, alpha, output_type, self.device)
         kind = self.config.get("prefill")
         prefill = None if kind is None else compute_prefill(kind, image_t, alpha_t)
@@ -452,7 +463,7 @@ class FBDDPipeline(DiffusionPipeline):
         else:  # full-resolution classical estimate + the upsampled residuals
             layers = _resize(x.float(), full)
             base_f, base_b = residual_bases(image_t, prefill)
-            foreground = (base_f + layers[:, :3]).clamp(0.0, 1.0)
+            foreground = (base_f + layers[:, :3] if foreground_residual else base_f).clamp(0.0, 1.0)
             background = (base_b + layers[:, 3:6]).clamp(0.0, 1.0)
             layers = torch.cat([layers[:, :6], layers[:, 6:].clamp(0.0, 1.0)], dim=1)
         effects = layers[:, 6:7] if channels == EFFECTS_SAMPLE_CHANNELS else None
@@ -514,7 +525,7 @@ def load_builtin(**kwargs: Any) -> FBDDPipeline:
 
     A 64 px pixel-space residual model (``prefill="classical"``, effects channel) trained on
     procedural scenes with ``lamina layeringdiff train --preset builtin`` and then fine-tuned
-    five times (``--init``); its ``README.md`` and ``training-config.json`` say how. Works offline on CPU.
+    seven times (``--init``); its ``README.md`` and ``training-config.json`` say how. Works offline on CPU.
     """
     from .decompose import BUILTIN_MODEL
 
@@ -566,15 +577,19 @@ class FBDDDecomposer:
         effects_floor: predicted effect opacity below this is dropped (left in the background).
         effects_attached: keep only predicted effects connected to the object (as the classical
             path does): on real photos, detached "shadows" are mostly dark texture.
+        foreground_residual: passed to :class:`FBDDPipeline` (``None``: the model's own setting).
     """
 
     name = "layeringdiff"
 
     def __init__(self, pipeline: DiffusionPipeline, num_inference_steps: int | None = None, seed: int = 0,
                  effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12,
-                 effects_attached: bool = True) -> None:
+                 effects_attached: bool = True, foreground_residual: bool | None = None) -> None:
         if window < 1.0:
             raise LaminaError(f"the FBDD window must be at least the object's box (window >= 1), got {window}")
+        if foreground_residual is not None and not isinstance(pipeline, FBDDPipeline):
+            raise LaminaError(f"foreground_residual applies to a pixel-space FBDDPipeline with a prefill, "
+                              f"not to a {type(pipeline).__name__}")
         self.pipeline = pipeline
         self.num_inference_steps = num_inference_steps or int(pipeline.config.get("inference_steps", 4))
         self.seed = seed
@@ -582,6 +597,7 @@ class FBDDDecomposer:
         self.window = window
         self.effects_floor = effects_floor
         self.effects_attached = effects_attached
+        self.foreground_residual = foreground_residual
 
     @classmethod
     def load(cls, model: DiffusionPipeline | str | Path, **options: Any) -> FBDDDecomposer:
@@ -596,8 +612,9 @@ class FBDDDecomposer:
         alpha = check_alpha(alpha, *image.shape[:2])
         rows, cols = object_window(alpha, self.window, min(self.pipeline.working_size()))
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        options = {} if self.foreground_residual is None else {"foreground_residual": self.foreground_residual}
         out = self.pipeline(image[rows, cols], alpha[rows, cols], num_inference_steps=self.num_inference_steps,
-                            generator=generator, projection=False)
+                            generator=generator, projection=False, **options)
         foreground, background = image.copy(), image.copy()
         foreground[rows, cols], background[rows, cols] = out.foreground[0], out.background[0]
         if out.effects is None:

@@ -104,6 +104,9 @@ class TrainingConfig:
     ema_rampup: float = 0.2  # early on, half-life <= this * images seen
     inference_steps: int = 2  # DDIM steps the export is meant for
     p_inference_timesteps: float = 0.5  # share of training timesteps taken from those steps
+    # Sampling option saved in the export (FBDDPipeline): with a prefill, add the sampled F residual
+    # to P_F (True) or keep F = P_F (False). The built-in model's F residual measured worse than P_F.
+    foreground_residual: bool = True
     # Bookkeeping.
     seed: int = 0
     log_every: int = 10  # steps
@@ -149,7 +152,7 @@ TRAINING_PRESETS: dict[str, TrainingConfig] = {
     "tiny": TrainingConfig(resolution=16, unet="tiny", batch_size=2, total_steps=4, warmup_steps=1,
                            log_every=1, checkpoint_every=2, preview_every=2, preview_count=2,
                            ema_halflife_nimg=8),
-    "builtin": TrainingConfig(),
+    "builtin": TrainingConfig(foreground_residual=False),
     "small": TrainingConfig(unet="small", batch_size=16, total_steps=20_000, lr=3e-4, preview_every=1000,
                             checkpoint_every=500, ema_halflife_nimg=20_000),
     "latent-sd": TrainingConfig(backbone="stable-diffusion-v1-5/stable-diffusion-inpainting", effects=False,
@@ -158,8 +161,9 @@ TRAINING_PRESETS: dict[str, TrainingConfig] = {
                                 ema_halflife_nimg=20_000, checkpoint_every=1000, preview_every=1000),
 }
 
-#: Options that may change when a run is resumed (length and bookkeeping only).
-RESUMABLE_CHANGES = ("total_steps", "log_every", "checkpoint_every", "preview_every", "preview_count")
+#: Options that may change when a run is resumed (length, bookkeeping, and how the export samples).
+RESUMABLE_CHANGES = ("total_steps", "log_every", "checkpoint_every", "preview_every", "preview_count",
+                     "foreground_residual")
 
 
 def resolve_config(preset: str = "builtin", **overrides: Any) -> TrainingConfig:
@@ -327,7 +331,8 @@ def make_pipeline(config: TrainingConfig, unet: torch.nn.Module, backbone: Any =
     :class:`~lamina.layeringdiff.latent.LatentFBDDPipeline` being trained) a latent one sharing its frozen parts."""
     if backbone is None:
         return FBDDPipeline(unet=unet, scheduler=make_scheduler(prediction_type=config.prediction),
-                            prefill=config.prefill, inference_steps=config.inference_steps)
+                            prefill=config.prefill, inference_steps=config.inference_steps,
+                            foreground_residual=config.foreground_residual)
     return type(backbone)(vae=backbone.vae, unet=unet, scheduler=backbone.scheduler,
                           text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
                           inference_steps=config.inference_steps)
