@@ -390,3 +390,10 @@ def test_latent_training_from_a_backbone_resumes_and_exports(models, tmp_path) -
         resolve_config("builtin", backbone=models["inpainting"])
     with pytest.raises(LaminaError, match="unknown training option"):
         resolve_config("builtin", no_such_option=1)
+    # --set values are JSON: a wrong type is named, never silently kept ("False" is a true string).
+    for key, value, message in (("effects", "False", "effects must be true or false"),
+                                ("lr", "abc", "lr must be a number"), ("total_steps", 2.5, "must be an integer"),
+                                ("object_scale", [0.1], "object_scale must have 2 items")):
+        with pytest.raises(LaminaError, match=message):
+            resolve_config("builtin", **{key: value})
+    assert resolve_config("builtin", lr=1, object_scale=[0.1, 0.2]).lr == 1.0

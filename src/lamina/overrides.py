@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import types
+import typing
+from typing import Any, Literal
 
 from .errors import LaminaError
 
@@ -20,3 +22,53 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             overrides[key.strip()] = text
     return overrides
+
+
+def check_type(value: Any, hint: Any, key: str, error: type[Exception] = LaminaError) -> Any:
+    """``value`` checked against a config field's type hint, or ``error`` naming ``key``.
+
+    Handles ``bool``, ``int``, ``float`` (ints become floats), ``str``, ``X | None``, ``Literal``
+    and ``tuple`` hints (lists become tuples); other hints pass the value through. JSON ``true``
+    is a bool, never an int, and the string ``"False"`` is not a bool.
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return check_type(value, option, key, error)
+            except error as exc:
+                errors.append(str(exc))
+        raise error(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise error(f"{key} must be one of {typing.get_args(hint)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise error(f"{key} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise error(f"{key} must have {len(item_types)} items, got {len(value)}")
+        return tuple(check_type(v, t, key, error) for v, t in zip(value, item_types, strict=True))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise error(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise error(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise error(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise error(f"{key} must be a string, got {value!r}")
+    return value

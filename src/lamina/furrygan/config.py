@@ -21,13 +21,13 @@ import dataclasses
 import json
 import math
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import LaminaError
+from ..overrides import check_type
 
 ModConv = Literal["auto", "grouped", "activations"]
 
@@ -375,54 +375,11 @@ def _section_from_dict(section_cls: type, data: Any, name: str) -> Any:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"unknown key(s) in config section {name!r}: {unknown}")
-    kwargs = {key: _coerce(value, hints[key], f"{name}.{key}") for key, value in data.items()}
+    kwargs = {key: check_type(value, hints[key], f"{name}.{key}", ConfigError) for key, value in data.items()}
     try:
         return section_cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"config section {name!r}: {exc}") from None
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against a field's type hint; lists become tuples, ints may become floats."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ConfigError(f"{key} must be one of {typing.get_args(hint)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        args = typing.get_args(hint)
-        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-        if len(item_types) != len(value):
-            raise ConfigError(f"{key} must have {len(item_types)} items, got {len(value)}")
-        return tuple(_coerce(v, t, key) for v, t in zip(value, item_types, strict=True))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    return value
 
 
 # ---------------------------------------------------------------------------- presets

@@ -41,6 +41,7 @@ import io
 import json
 import math
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -54,6 +55,7 @@ from PIL import Image
 from ..errors import LaminaError
 from ..io import atomic_output, plot_log, save_contact_sheet
 from ..layers import LayeredImage
+from ..overrides import check_type
 from ..training import append_log, ema_beta, ema_update_, save_state, trim_log
 from .fbdd import FBDDPipeline, check_prefill, compute_prefill, fbdd_loss, make_scheduler, make_unet
 from .latent import latent_fbdd_loss
@@ -141,7 +143,8 @@ class TrainingConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise LaminaError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: check_type(v, hints[k], k) for k, v in values.items()})
 
 
 #: ``tiny``: tests (16 px, a few steps); ``builtin``: the model shipped in the package (64 px,
