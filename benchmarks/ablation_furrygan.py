@@ -12,6 +12,9 @@ finished ones (training and scoring are both cached), so the table can be built 
 
     python benchmarks/ablation_furrygan.py --steps 600 --out runs/ablation
     python benchmarks/ablation_furrygan.py --steps 600 --out runs/ablation --parallel 2
+    python benchmarks/ablation_furrygan.py --steps 1000 --set model.resolution=32 --set loss.min_mask=0.2
+
+``--set`` applies to every variant (the last line is the configuration of the table in RESULTS.md).
 
 The rows are (paper Table 1 names in brackets): full model; no dual fake input ("w/o
 dual"); no fine mask ("w/o fine", ``m = m_coarse``); no mask consistency loss ("w/o
@@ -55,7 +58,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), LAMINA_PROGRESS="0")
     train = [*lamina_command(), "furrygan", "train", "--data", "synth", "--preset", args.preset, "--out", str(run_dir),
              "--steps", str(args.steps), "--seed", str(seed), "--threads", str(args.threads)]
-    for item in overrides:
+    for item in (*args.set, *overrides):
         train += ["--set", item]
     with open(args.out / f"{name}.log", "a") as log:
         subprocess.run(train, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -71,6 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every variant (repeatable), e.g. model.resolution=32")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--n", type=int, default=500, help="generated samples scored per variant")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
@@ -85,8 +90,10 @@ def main() -> None:
     with ThreadPoolExecutor(args.parallel) as pool:
         reports = dict(zip(names, pool.map(lambda n: run_variant(n, args), names), strict=True))
 
-    print(f"FurryGAN ablation: preset {args.preset}, {args.steps} steps each (batch 16), procedural composites; "
-          f"{args.n} samples at psi 1 scored against the pseudo-GT segmenter; FID/KID with random-CNN features\n")
+    extra = "".join(f" --set {item}" for item in args.set)
+    print(f"FurryGAN ablation: preset {args.preset}{extra}, {args.steps} steps each (batch 16), "
+          f"procedural composites; {args.n} samples at psi 1 scored against the pseudo-GT segmenter; "
+          "FID/KID with random-CNN features\n")
     print("| variant | removes | fg IoU | mIoU | precision | recall | F1 | FID | KID x1000 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, report in reports.items():

@@ -224,6 +224,12 @@ def test_segmenter_save_load(segmenter_dir, tmp_path):
     images = torch.rand(3, 3, 48, 48)
     prob = seg.predict(images)
     assert prob.shape == (3, 1, 48, 48) and 0 <= prob.min() and prob.max() <= 1
+    # Half-precision storage (the shipped 64 px segmenter) loads back as float32, within rounding.
+    half = load_segmenter(seg.save(tmp_path / "half", dtype=torch.float16))
+    assert next(half.parameters()).dtype == torch.float32
+    sizes = [(folder / "model.safetensors").stat().st_size for folder in (tmp_path / "half", segmenter_dir)]
+    assert sizes[0] < 0.6 * sizes[1]
+    assert torch.allclose(half.predict(images), prob, atol=1e-2)
     # Any local module works as pseudo-GT: TorchScript, or a pickled nn.Module.
     torch.jit.trace(seg.eval(), images[:, :, :32, :32]).save(str(tmp_path / "seg.ts"))
     scripted = load_segmenter(tmp_path / "seg.ts", resolution=32)
@@ -236,6 +242,25 @@ def test_segmenter_save_load(segmenter_dir, tmp_path):
         load_segmenter(tmp_path / "dict.pt")
     with pytest.raises(InputFileError, match="no such segmenter"):
         load_segmenter(tmp_path / "missing.pt")
+
+
+def test_builtin_segmenter_per_resolution(monkeypatch, segmenter_dir, tmp_path):
+    # Each shipped pseudo-GT segmenter is scored at its own resolution: the nearest one is used.
+    from lamina.furrygan import segmenter as module
+
+    for resolution, folder in module.BUILTIN_DIRS.items():
+        assert load_segmenter("builtin", resolution).resolution == resolution, folder
+    assert module.builtin_segmenter_dir() == module.BUILTIN_DIRS[32]
+    assert module.builtin_segmenter_dir(128) == module.BUILTIN_DIRS[64]
+    assert module.builtin_segmenter_dir(16) == module.BUILTIN_DIRS[32]
+    # The switch lies at the geometric midpoint, 45.25 px.
+    assert module.builtin_segmenter_dir(45) == module.BUILTIN_DIRS[32]
+    assert module.builtin_segmenter_dir(46) == module.BUILTIN_DIRS[64]
+    monkeypatch.setattr(module, "BUILTIN_DIRS", {32: segmenter_dir, 64: tmp_path / "not-installed"})
+    assert module.builtin_segmenter_dir(64) == segmenter_dir
+    monkeypatch.setattr(module, "BUILTIN_DIRS", {32: tmp_path / "not-installed"})
+    with pytest.raises(InputFileError, match="not installed"):
+        load_segmenter("builtin")
 
 
 def test_generated_mask_metrics_perfect_with_oracle():

@@ -254,7 +254,8 @@ def _unique_stems(paths: tuple[Path, ...]) -> list[str]:
 @click.option("--n", "count", type=click.IntRange(2), default=1000, show_default=True, help="Generated samples.")
 @click.option("--truncation", type=click.FloatRange(0, 2), default=1.0, show_default=True)
 @click.option("--segmenter", default="builtin", show_default=True,
-              help="Pseudo ground truth: builtin, a train-segmenter folder, or a TorchScript/pickled module file.")
+              help="Pseudo ground truth: builtin (the shipped one nearest the model's resolution), a "
+                   "train-segmenter folder, or a TorchScript/pickled module file.")
 @click.option("--on", "target", type=click.Choice(["fg", "composite"]), default="fg", show_default=True,
               help="Segment the generated foreground images (the paper's protocol) or the composites.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
@@ -301,17 +302,22 @@ def evaluate(checkpoint: str, count: int, truncation: float, segmenter: str, tar
 @click.option("--steps", type=click.IntRange(1), default=1500, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--channels", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--depth", type=click.IntRange(1), default=3, show_default=True,
+              help="2x downsamplings of the U-Net (the resolution must divide by 2**depth).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-n", type=click.IntRange(0), default=500, show_default=True,
               help="Held-out procedural scenes to score it on afterwards (0: skip).")
 @_threads
-def train_segmenter_command(out_dir: Path, resolution: int, steps: int, batch: int, channels: int, seed: int,
-                            eval_n: int, threads: int) -> None:
+def train_segmenter_command(out_dir: Path, resolution: int, steps: int, batch: int, channels: int, depth: int,
+                            seed: int, eval_n: int, threads: int) -> None:
     """Train the pseudo-GT segmenter on procedural scenes with exact masks (for `eval --segmenter`)."""
     _set_threads(threads)
     from .segmenter import evaluate_segmenter, train_segmenter
 
-    model = train_segmenter(out_dir, resolution=resolution, steps=steps, batch=batch, channels=channels, seed=seed)
+    if resolution % 2**depth:
+        raise click.BadParameter(f"{resolution} is not divisible by 2**depth = {2**depth}", param_hint="--resolution")
+    model = train_segmenter(out_dir, resolution=resolution, steps=steps, batch=batch, channels=channels,
+                            depth=depth, seed=seed)
     click.echo(f"wrote {out_dir}")
     if eval_n:
         scores = evaluate_segmenter(model, resolution, eval_n)

@@ -9,7 +9,7 @@ TorchScript file or pickled ``nn.Module`` that maps images ``[N, 3, H, W]`` in [
 foreground probabilities ``[N, 1, H, W]``::
 
     seg = train_segmenter("runs/segmenter", resolution=32, steps=2000)
-    seg = load_segmenter("builtin")            # the one shipped with lamina
+    seg = load_segmenter("builtin", 64)        # the one shipped with lamina for 64 px images
     prob = seg.predict(images)                 # [N, 1, H, W] in [0, 1], any H, W
 """
 
@@ -35,8 +35,23 @@ from .datasets import SYNTH_SCENES, synth_masks
 FORMAT = "lamina.furrygan.segmenter"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-#: The segmenter shipped with lamina, trained on ``SYNTH_SCENES`` at 32 px (pseudo-GT of the built-in GAN).
-BUILTIN_DIR = Path(__file__).parent / "assets" / "segmenter"
+#: The segmenters shipped with lamina by the resolution they were trained at, on ``SYNTH_SCENES``
+#: (the pseudo-GT of the built-in GAN and of models trained at those sizes).
+BUILTIN_DIRS = {32: Path(__file__).parent / "assets" / "segmenter",
+                64: Path(__file__).parent / "assets" / "segmenter-64"}
+
+
+def builtin_segmenter_dir(resolution: int | None = None) -> Path:
+    """The built-in segmenter for images of ``resolution`` px: the one trained nearest to it (32 px if None).
+
+    A GAN's masks are scored at its own resolution, so a 64 px model gets the 64 px segmenter
+    rather than masks predicted at 32 px and upsampled.
+    """
+    installed = {r: d for r, d in BUILTIN_DIRS.items() if (d / WEIGHTS_NAME).is_file()}
+    if not installed:
+        raise InputFileError("lamina's built-in segmenter is not installed (assets/segmenter is missing)")
+    target = 32 if resolution is None else resolution
+    return installed[min(installed, key=lambda r: (abs(math.log2(r / target)), -r))]
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -81,10 +96,13 @@ class Segmenter(nn.Module):
         """Foreground probability ``[N, 1, H, W]`` for images ``[N, 3, H, W]`` in [0, 1] (any size)."""
         return _resized_predict(lambda x: torch.sigmoid(self(x)), images, self.resolution, self)
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (atomically) to ``directory``."""
+    def save(self, directory: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) to ``directory``.
+
+        ``dtype``: of the stored weights (``torch.float16`` halves the file; :meth:`load` runs in float32).
+        """
         directory = Path(directory)
-        tensors = {k: v.detach().cpu().float().contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v.detach().cpu().to(dtype).contiguous() for k, v in self.state_dict().items()}
         with atomic_output(directory / WEIGHTS_NAME, overwrite=True) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
         with atomic_output(directory / CONFIG_NAME, overwrite=True) as tmp:
@@ -148,13 +166,12 @@ def _resized_predict(run, images: torch.Tensor, resolution: int | None, module: 
 def load_segmenter(path: str | os.PathLike[str], resolution: int | None = None) -> Segmenter | ExternalSegmenter:
     """``"builtin"``, a folder written by :meth:`Segmenter.save`, or a TorchScript / pickled ``nn.Module`` file.
 
-    Pickled modules run code when loaded: use only files you trust. ``resolution`` resizes
-    the inputs of an external module (lamina's own segmenters know theirs).
+    Pickled modules run code when loaded: use only files you trust. ``resolution``: the size of
+    the images to segment. It picks among the built-in segmenters (:func:`builtin_segmenter_dir`)
+    and resizes the inputs of an external module (a lamina folder knows its own resolution).
     """
     if str(path) == "builtin":
-        if not (BUILTIN_DIR / WEIGHTS_NAME).is_file():
-            raise InputFileError("lamina's built-in segmenter is not installed (assets/segmenter is missing)")
-        return Segmenter.load(BUILTIN_DIR)
+        return Segmenter.load(builtin_segmenter_dir(resolution))
     path = Path(path)
     if path.is_dir():
         return Segmenter.load(path)
