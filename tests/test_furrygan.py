@@ -21,6 +21,7 @@ from lamina.furrygan.config import (
     TrainConfig,
     get_preset,
 )
+from lamina.furrygan.inference import resolve_checkpoint
 from lamina.furrygan.losses import (
     FurryGANLoss,
     background_participation_loss,
@@ -90,6 +91,7 @@ def test_defaults_equal_official_code():
     # image_every 500, save_every 10000, horizontal flips.
     assert (tr.total_steps, tr.batch, tr.lr, tr.betas, tr.g_reg_interval) == (300_001, 16, 0.002, (0.0, 0.99), 4)
     assert (tr.sample_psi, tr.image_every, tr.save_every, tr.hflip) == (0.5, 500, 10_000, True)
+    assert tr.keep_snapshots  # 1.6: every checkpoint is kept (ckpts/NNNNNN.pt)
     g, d = cfg.optimizer_kwargs("G"), cfg.optimizer_kwargs("D")
     assert g["lr"] == pytest.approx(0.0016) and g["betas"] == pytest.approx((0.0, 0.99**0.8))
     assert d["lr"] == pytest.approx(0.002 * 16 / 17) and d["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
@@ -464,6 +466,11 @@ def test_training_resumes_exactly(tmp_path):
     assert FurryGANConfig.load_json(run / "config.json").train.total_steps == 3
     G = FurryGANGenerator.from_pretrained(run / "pretrained")
     assert all(torch.equal(G.state_dict()[k], b["G_ema"][k]) for k in b["G_ema"])
+    # Every save's export is kept (official: every checkpoint), the last one equal to pretrained/.
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-0000002", "step-0000003"]
+    last = FurryGANGenerator.from_pretrained(resolve_checkpoint(run / "snapshots" / "step-0000003"))
+    assert all(torch.equal(last.state_dict()[k], b["G_ema"][k]) for k in b["G_ema"])
+    assert not (_train(tmp_path, "latest-only", **{"train.keep_snapshots": False}).run_dir / "snapshots").exists()
     assert _train(tmp_path, "resumed").step == 3  # nothing left to do
     with pytest.raises(ConfigError, match="different model/loss config"):
         _train(tmp_path, "resumed", **{"loss.min_mask": 0.5})

@@ -250,6 +250,10 @@ class TrainConfig:
     image_every: int = 500
     save_every: int = 10_000
     log_every: int = 100
+    # Keep every save's inference export in ``snapshots/step-NNNNNNN/`` (the official code keeps every
+    # checkpoint, ``ckpts/NNNNNN.pt``), so the best step can be picked afterwards; False: only the latest,
+    # in ``pretrained/``. The resumable state is always the latest only.
+    keep_snapshots: bool = True
     # Stop when a loss is NaN/Inf or exceeds this magnitude (the last good checkpoint is kept).
     max_loss: float = 1e4
     seed: int = 0

@@ -1,7 +1,8 @@
 """Using a trained FurryGAN: load a checkpoint, sample layered images, segment real images by inversion.
 
 A checkpoint is a run folder (its ``pretrained/`` export is used), an export folder
-(``config.json`` + ``model.safetensors``, optionally ``discriminator.safetensors``), or
+(``config.json`` + ``model.safetensors``, optionally ``discriminator.safetensors``; a run's
+``snapshots/step-NNNNNNN`` are export folders too), or
 ``"builtin"``/``"tiny"``: the model shipped with lamina (:func:`load_builtin`)::
 
     G = load_generator("builtin")

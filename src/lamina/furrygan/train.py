@@ -14,6 +14,7 @@ The run directory holds:
   replaced atomically; **rerunning the same command resumes** from it;
 * ``pretrained/``: the EMA generator as ``config.json`` + ``model.safetensors``
   (:meth:`FurryGANGenerator.from_pretrained`), and ``discriminator.safetensors`` (for GAN inversion);
+* ``snapshots/step-NNNNNNN/``: the same export kept from every save (``train.keep_snapshots``);
 * ``samples/step-NNNNNNN.png``: grids ``fg | mask | fine | fg*m | bg | composite``;
 * ``log.jsonl``: every ``train.log_every`` steps, one JSON line with that step's loss terms
   (averaged over processes), and ``losses.png``, its curves, redrawn with every sample grid.
@@ -49,6 +50,7 @@ CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
 EXPORT_DIR = "pretrained"
 SAMPLES_DIR = "samples"
+SNAPSHOTS_DIR = "snapshots"
 PLOT_NAME = "losses.png"
 
 
@@ -197,8 +199,12 @@ def training_loop(
                          "D": D.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
                          "opt_D": opt_D.state_dict()}
                 save_state(state, state_path)
-                G_ema.save_pretrained(run_dir / EXPORT_DIR, cfg)
-                D.save_pretrained(run_dir / EXPORT_DIR)
+                exports = [run_dir / EXPORT_DIR]
+                if tc.keep_snapshots:
+                    exports.append(run_dir / SNAPSHOTS_DIR / f"step-{done:07d}")
+                for export in exports:
+                    G_ema.save_pretrained(export, cfg)
+                    D.save_pretrained(export)
             last_saved = done
             acc.wait_for_everyone()
     return TrainResult(step=done, nimg=nimg, run_dir=run_dir, networks={"G": G, "D": D, "G_ema": G_ema})
