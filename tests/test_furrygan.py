@@ -92,6 +92,7 @@ def test_defaults_equal_official_code():
     assert (tr.total_steps, tr.batch, tr.lr, tr.betas, tr.g_reg_interval) == (300_001, 16, 0.002, (0.0, 0.99), 4)
     assert (tr.sample_psi, tr.image_every, tr.save_every, tr.hflip) == (0.5, 500, 10_000, True)
     assert tr.keep_snapshots  # 1.6: every checkpoint is kept (ckpts/NNNNNN.pt)
+    assert tr.precision == "fp32"  # no mixed precision in the official code
     g, d = cfg.optimizer_kwargs("G"), cfg.optimizer_kwargs("D")
     assert g["lr"] == pytest.approx(0.0016) and g["betas"] == pytest.approx((0.0, 0.99**0.8))
     assert d["lr"] == pytest.approx(0.002 * 16 / 17) and d["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
@@ -140,6 +141,7 @@ def test_config_json_round_trip(tmp_path):
     ({"optim": {}}, "unknown config section"),
     ({"train": {"batch": "16"}}, "integer"),
     ({"train": {"batch": 1}}, "batch"),
+    ({"train": {"precision": "fp16"}}, "train.precision must be one of fp32, tf32, bf16"),
     ({"loss": {"consistency": 1}}, "true or false"),
 ])
 def test_config_errors(data, match):
@@ -442,11 +444,37 @@ def test_save_pretrained_round_trip(tmp_path):
         FurryGANGenerator.from_pretrained(tmp_path)
 
 
-def _train(tmp_path, name, **overrides):
+def _train(tmp_path, name, stop_after_s=None, **overrides):
     settings = {"train.total_steps": 3, "train.save_every": 2, "train.image_every": 2, "train.log_every": 1,
                 "loss.r1_interval": 2, **overrides}
     data = TensorDataset(torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
-    return training_loop(tiny(**settings), data, tmp_path / name, show_progress=False)
+    return training_loop(tiny(**settings), data, tmp_path / name, show_progress=False, stop_after_s=stop_after_s)
+
+
+def test_time_limit_saves_and_resumes(tmp_path):
+    # A limit already passed stops after the first step, saving it (off the save_every grid).
+    first = _train(tmp_path, "run", stop_after_s=0.0)
+    assert (first.step, first.timed_out) == (1, True)
+    assert torch.load(tmp_path / "run" / STATE_NAME, weights_only=True)["step"] == 1
+    assert (tmp_path / "run" / "snapshots" / "step-0000001" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["step"] == 1
+    rest = _train(tmp_path, "run")  # the same command again: resumes and finishes
+    assert (rest.step, rest.timed_out) == (3, False)
+
+
+def test_bf16_training_step(tmp_path):
+    # bfloat16 autocast (train.precision) on the CPU: finite losses, float32 weights and exports.
+    result = _train(tmp_path, "bf16", **{"train.precision": "bf16", "train.total_steps": 2})
+    _train(tmp_path, "fp32", **{"train.total_steps": 2})
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+            for name in ("bf16", "fp32")}
+    assert all(math.isfinite(v) for record in logs["bf16"] for k, v in record.items() if "/" in k)
+    # The first step's losses: the same to bfloat16's precision, but not identical (autocast was on).
+    first = {name: log[0]["D/adv"] for name, log in logs.items()}
+    assert first["bf16"] != first["fp32"] and first["bf16"] == pytest.approx(first["fp32"], rel=0.05)
+    assert all(p.dtype == torch.float32 for p in result.networks["G"].parameters())
+    exported = FurryGANGenerator.from_pretrained(tmp_path / "bf16" / "pretrained")
+    assert all(p.dtype == torch.float32 for p in exported.parameters())
 
 
 def test_training_resumes_exactly(tmp_path):

@@ -95,6 +95,17 @@ def test_train_dry_run_and_errors(tmp_path):
     assert result.exit_code == 1 and "not a folder of images" in result.output
 
 
+def test_train_max_minutes(tmp_path):
+    # A time limit stops after the step that passes it, saved; the same command without it finishes.
+    result = invoke(*TRAIN, "--out", str(tmp_path / "r"), "--steps", "3", "--max-minutes", "1e-9")
+    assert result.exit_code == 0 and "stopped after --max-minutes 1e-09 at step 1 of 3" in result.output, result.output
+    assert torch.load(tmp_path / "r" / STATE_NAME, weights_only=True)["step"] == 1
+    result = invoke(*TRAIN, "--out", str(tmp_path / "r"), "--steps", "3")
+    assert result.exit_code == 0 and "step 3 (6 images)" in result.output, result.output
+    result = invoke(*TRAIN, "--out", str(tmp_path / "r"), "--max-minutes", "0")
+    assert result.exit_code == 2 and "--max-minutes" in result.output
+
+
 def test_parse_overrides():
     assert parse_overrides(("train.lr=0.001", "model.fine_mask=false", "train.betas=[0, 0.9]", "a.b=text")) == {
         "train.lr": 0.001, "model.fine_mask": False, "train.betas": [0, 0.9], "a.b": "text"}
@@ -283,6 +294,11 @@ def test_eval_command(run, segmenter_dir):
     result = invoke("furrygan", "eval", "--checkpoint", str(run), "--n", "4", "--segmenter", str(segmenter_dir),
                     "--real", "none", "--on", "composite", "--inversion", "2", "--inversion-steps", "2")
     assert result.exit_code == 0 and "| miou |" in result.output and "inversion miou" in result.output, result.output
+    for device, message in [("gpu0", "'gpu0' is not a torch device"), ("cuda:0", "sees no CUDA device")]:
+        if device.startswith("cuda") and torch.cuda.is_available():
+            continue
+        result = invoke("furrygan", "eval", "--checkpoint", str(run), "--device", device)
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_generate_batches_ranges(run):

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from lamina.training import append_log, ema_beta, ema_update_, save_state, trim_log
+from lamina.training import (
+    append_log,
+    autocast,
+    ema_beta,
+    ema_update_,
+    float32_precision,
+    save_state,
+    time_is_up,
+    trim_log,
+)
 
 
 def test_ema_beta_by_hand() -> None:
@@ -43,3 +53,31 @@ def test_log_trim_and_state(tmp_path: Path) -> None:
     save_state({"step": 2, "w": torch.ones(2)}, tmp_path / "state.pt")
     assert torch.load(tmp_path / "state.pt")["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl", "state.pt"]  # no temporary left behind
+
+
+def test_float32_precision_sets_and_restores() -> None:
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    before = [b.fp32_precision for b in backends]
+    for precision, mode in (("fp32", "ieee"), ("tf32", "tf32"), ("bf16", "tf32")):
+        with float32_precision(precision):
+            assert [b.fp32_precision for b in backends] == [mode, mode]
+        assert [b.fp32_precision for b in backends] == before
+    with pytest.raises(ValueError, match="fp16"), float32_precision("fp16"):
+        pass
+    assert [b.fp32_precision for b in backends] == before
+
+
+def test_autocast_only_for_bf16() -> None:
+    x, w = torch.rand(2, 3), torch.rand(3, 4)
+    with autocast("bf16", "cpu"):
+        assert (x @ w).dtype == torch.bfloat16
+    for precision in ("fp32", "tf32"):
+        with autocast(precision, "cpu"):
+            assert (x @ w).dtype == torch.float32
+
+
+def test_time_is_up() -> None:
+    now = time.time()
+    assert not time_is_up(now, None)
+    assert not time_is_up(now, 3600.0)
+    assert time_is_up(now - 10.0, 5.0)

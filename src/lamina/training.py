@@ -7,6 +7,9 @@ keeps its own loop, losses and checkpoint contents.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +69,56 @@ def _log_step(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return float("inf")
+
+
+# ----------------------------------------------------------------------------- arithmetic precision
+#: Training precisions: ``fp32`` (IEEE float32), ``tf32`` (float32 storage, TF32 tensor-core matmuls
+#: and convolutions), ``bf16`` (bfloat16 autocast, TF32 for what stays float32). Parameters,
+#: gradients and optimizer states are float32 in every mode; on a CPU ``tf32`` is ``fp32``.
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def _float32_backends() -> list[Any]:
+    """The backend settings objects that carry ``fp32_precision`` (CUDA matmuls, cuDNN convolutions)."""
+    return [torch.backends.cuda.matmul, torch.backends.cudnn.conv]
+
+
+@contextmanager
+def float32_precision(precision: str) -> Iterator[None]:
+    """Inside, float32 matmuls and convolutions on CUDA use TF32 (``tf32``, ``bf16``) or IEEE (``fp32``).
+
+    PyTorch's own default lets cuDNN convolutions use TF32; ``fp32`` here does not. The previous
+    settings are restored on exit.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    backends = _float32_backends()
+    saved = [b.fp32_precision for b in backends]
+    for backend in backends:
+        backend.fp32_precision = "ieee" if precision == "fp32" else "tf32"
+    try:
+        yield
+    finally:
+        for backend, value in zip(backends, saved, strict=True):
+            backend.fp32_precision = value
+
+
+def autocast(precision: str, device_type: str) -> torch.autocast:
+    """The forward passes' autocast: bfloat16 for ``precision == "bf16"``, disabled otherwise."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ----------------------------------------------------------------------------- time limits
+def time_is_up(start: float, limit_s: float | None, accelerator=None) -> bool:
+    """Whether ``limit_s`` seconds have passed since ``start`` (``time.time()``), on any process.
+
+    With several processes every one gets the same answer (a sum over processes), so all stop,
+    and save, at the same step. ``limit_s=None``: never.
+    """
+    if limit_s is None:
+        return False
+    late = time.time() - start > limit_s
+    if accelerator is None or accelerator.num_processes == 1:
+        return late
+    flag = torch.tensor([float(late)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)

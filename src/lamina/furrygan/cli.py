@@ -32,6 +32,19 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A ``--device`` that torch understands and this machine has."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise click.BadParameter(f"{value!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{value!r}: this PyTorch sees no CUDA device")
+    return value
+
+
 def _checkpoint_option(func: Any) -> Any:
     return click.option("--checkpoint", "checkpoint", default="builtin", show_default=True,
                         help="Run folder, export folder (config.json + model.safetensors), or builtin/tiny.")(func)
@@ -63,12 +76,14 @@ def build_dataset(data: str, resolution: int):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set loss.min_mask=0.2 --set model.fine_mask=false.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop (after saving) after this long; rerun to resume.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False, help="List the presets and exit.",
               callback=lambda ctx, _, value: _list_presets(ctx) if value else None)
 @_threads
 def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int | None, seed: int | None,
-          overrides: tuple[str, ...], workers: int, dry_run: bool, threads: int) -> None:
+          overrides: tuple[str, ...], workers: int, max_minutes: float | None, dry_run: bool, threads: int) -> None:
     """Train FurryGAN on a folder of images or on procedural scenes (composites only, never masks)."""
     from .config import get_preset
 
@@ -89,9 +104,13 @@ def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int |
     resumed = (run_dir / "training-state.pt").is_file()
     click.echo(f"{'resuming' if resumed else 'starting'} {preset} run in {run_dir}: {len(dataset)} training images "
                f"at {cfg.model.resolution} px, {cfg.train.total_steps} steps of {cfg.train.batch}")
-    result = training_loop(cfg, dataset, run_dir, num_workers=workers)
+    result = training_loop(cfg, dataset, run_dir, num_workers=workers,
+                           stop_after_s=None if max_minutes is None else max_minutes * 60.0)
     click.echo(f"step {result.step} ({result.nimg} images): export in {run_dir / 'pretrained'}, "
                f"samples in {run_dir / 'samples'}, losses in {run_dir / 'log.jsonl'}")
+    if result.timed_out:
+        click.echo(f"stopped after --max-minutes {max_minutes:g} at step {result.step} of {cfg.train.total_steps}; "
+                   "run the same command again to resume")
 
 
 def _list_presets(ctx: click.Context) -> None:
@@ -269,11 +288,13 @@ def _unique_stems(paths: tuple[Path, ...]) -> list[str]:
 @click.option("--inversion-feature-weight", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Discriminator-feature term of the inversion loss (see segment --feature-weight).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, callback=_check_device,
+              help="Where the generator runs (cpu, cuda, cuda:1, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_threads
 def evaluate(checkpoint: str, count: int, truncation: float, segmenter: str, target: str, threshold: float,
              real: str, feature: str, inversion_n: int, inversion_steps: int, inversion_feature_weight: float,
-             seed: int, as_json: bool, threads: int) -> None:
+             seed: int, device: str, as_json: bool, threads: int) -> None:
     """Mask metrics of generated samples against a pseudo-GT segmenter, and FID/KID of the composites."""
     _set_threads(threads)
     from .evaluate import evaluate_checkpoint
@@ -281,7 +302,8 @@ def evaluate(checkpoint: str, count: int, truncation: float, segmenter: str, tar
     report = evaluate_checkpoint(checkpoint, count=count, truncation_psi=truncation, segmenter=segmenter,
                                  target=target, threshold=threshold, real=None if real == "none" else real,
                                  feature=feature, seed=seed, inversion_count=inversion_n,
-                                 inversion_steps=inversion_steps, inversion_feature_weight=inversion_feature_weight)
+                                 inversion_steps=inversion_steps, inversion_feature_weight=inversion_feature_weight,
+                                 device=device)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from ..errors import LaminaError
 from ..overrides import check_type
+from ..training import PRECISIONS
 
 ModConv = Literal["auto", "grouped", "activations"]
 
@@ -244,6 +245,10 @@ class TrainConfig:
     # Channels-last (NHWC) weights and activations for G and D while training: the same math, and
     # 20-30% less time per step on CPU (oneDNN convolutions; benchmarks/bench_furrygan.py). Exports stay NCHW.
     channels_last: bool = True
+    # Arithmetic of the forward and backward passes (``lamina.training.PRECISIONS``): "fp32" (IEEE
+    # float32, the reference), "tf32" (TF32 tensor cores for float32 matmuls/convolutions on CUDA),
+    # "bf16" (bfloat16 autocast). Weights, gradients and Adam states stay float32.
+    precision: str = "fp32"
     # Truncation used for the sample grids (official ``--psi 0.5``, visualization only).
     sample_psi: float = 0.5
     # Bookkeeping, in steps (official ``image_every`` 500, ``save_every`` 10000).
@@ -265,6 +270,8 @@ class TrainConfig:
         _require(self.ema_nimg >= 0, f"train.ema_nimg must be >= 0, got {self.ema_nimg}")
         for name in ("g_reg_interval", "image_every", "save_every", "log_every"):
             _require(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _require(self.precision in PRECISIONS,
+                 f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(0 <= self.lr_rampdown_steps <= self.total_steps,
                  f"train.lr_rampdown_steps must lie in [0, total_steps={self.total_steps}], "
                  f"got {self.lr_rampdown_steps}")

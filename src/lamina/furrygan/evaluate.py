@@ -70,14 +70,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], count: int = 1000, t
                         segmenter: str | os.PathLike[str] = "builtin", target: str = "fg", threshold: float = 0.5,
                         real: str | None = "synth", feature: str = "random", seed: int = 0,
                         inversion_count: int = 0, inversion_steps: int = 300,
-                        inversion_feature_weight: float = 0.0) -> dict[str, Any]:
+                        inversion_feature_weight: float = 0.0, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Everything :mod:`lamina.furrygan.evaluate` measures for one checkpoint, as a JSON-friendly dict.
+
+    ``device``: where the generator (and the discriminator, for inversion) runs; the latents are
+    drawn on the CPU, so the same ``seed`` gives the same ``z`` anywhere.
 
     ``real``: ``"synth"``, a folder of images, or None (no FID/KID). ``feature``: ``"random"``
     (:class:`~lamina.metrics.RandomConvFeatures`, offline, only comparable with itself) or
     ``"inception"`` (needs the local Inception weights).
     """
-    G = load_generator(checkpoint)
+    G = load_generator(checkpoint, device)
     seg = load_segmenter(segmenter, resolution=G.cfg.resolution)
     samples = generate_batches(G, count, truncation_psi, seed)
     report: dict[str, Any] = {"masks": generated_mask_metrics(samples, seg, target, threshold)}
@@ -89,7 +92,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], count: int = 1000, t
         fg = fid_kid(reals, samples["fg"], feature=network)
         report["fid_kid"] = {**{f"{k}_composite": v for k, v in comp.items()}, **{f"{k}_fg": v for k, v in fg.items()}}
     if inversion_count:
-        D = load_discriminator(checkpoint) if inversion_feature_weight else None
+        D = load_discriminator(checkpoint, device) if inversion_feature_weight else None
         report["inversion"] = inversion_mask_metrics(G, D, inversion_count, inversion_steps, threshold=threshold,
                                                      feature_weight=inversion_feature_weight)
     return report

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..compositing import blend
+from ..training import autocast
 from .config import FurryGANConfig
 from .networks import ForegroundOutput, FurryGANDiscriminator, FurryGANGenerator, GeneratorOutput
 
@@ -197,10 +198,12 @@ class FurryGANLoss:
         train.requires_grad_(True)
         frozen.requires_grad_(False)
         try:
-            terms = {"G": self._generator_terms, "D": self._discriminator_terms, "Dreg": self._r1_terms}[phase](
-                real, z, step)
+            with autocast(self.cfg.train.precision, real.device.type):  # the forward pass only
+                terms = {"G": self._generator_terms, "D": self._discriminator_terms, "Dreg": self._r1_terms}[phase](
+                    real, z, step)
         finally:
             frozen.requires_grad_(True)
+        terms = {name: value.float() for name, value in terms.items()}
         total = sum(terms.values())
         self.backward(total)
         stats = {f"{phase}/{name}": value.detach() for name, value in terms.items()}

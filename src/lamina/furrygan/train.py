@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import LaminaError
 from ..io import plot_log
 from ..progress import progress
-from ..training import append_log, ema_update_, save_state, trim_log
+from ..training import append_log, ema_update_, float32_precision, save_state, time_is_up, trim_log
 from .config import ConfigError, FurryGANConfig
 from .losses import FurryGANLoss
 from .networks import FurryGANDiscriminator, FurryGANGenerator
@@ -67,6 +67,8 @@ class TrainResult:
     run_dir: Path
     #: The trained networks of this process, ``{"G", "D", "G_ema"}``.
     networks: dict[str, torch.nn.Module] | None = None
+    #: True when ``stop_after_s`` ended the call before ``train.total_steps``.
+    timed_out: bool = False
 
 
 def training_loop(
@@ -76,6 +78,7 @@ def training_loop(
     accelerator=None,
     num_workers: int = 0,
     show_progress: bool | None = None,
+    stop_after_s: float | None = None,
 ) -> TrainResult:
     """Train FurryGAN for ``cfg.train.total_steps`` steps, resuming from ``run_dir`` if it holds a state.
 
@@ -88,6 +91,8 @@ def training_loop(
         accelerator: an ``accelerate.Accelerator``; a default one is made when None.
         num_workers: DataLoader worker processes.
         show_progress: progress bar on the main process (None: unless ``LAMINA_PROGRESS=0``).
+        stop_after_s: stop, after saving, once this many seconds have passed in this call (every
+            process stops at the same step); rerunning resumes.
     Raises:
         TrainingDivergedError: a loss became NaN/Inf or too large; nothing is saved for it.
     """
@@ -138,76 +143,85 @@ def training_loop(
     t_log, steps_since_log = time.perf_counter(), 0
     hide = (not acc.is_main_process) or (None if show_progress is None else not show_progress)
     steps = range(start_step, tc.total_steps)
-    for step in progress(steps, desc="furrygan", total=len(steps), disable=hide):
-        torch.manual_seed(_step_seed(tc.seed, rank, step))
-        real = _to_model_range(next(batches), cfg.model.resolution).to(device).contiguous(memory_format=layout)
-        if tc.hflip:  # official RandomHorizontalFlip
-            real = torch.where(torch.rand(real.shape[0], 1, 1, 1, device=device) < 0.5, real.flip(3), real)
+    t_start, timed_out = time.time(), False
+    with float32_precision(tc.precision):
+        for step in progress(steps, desc="furrygan", total=len(steps), disable=hide):
+            torch.manual_seed(_step_seed(tc.seed, rank, step))
+            real = _to_model_range(next(batches), cfg.model.resolution).to(device).contiguous(memory_format=layout)
+            if tc.hflip:  # official RandomHorizontalFlip
+                real = torch.where(torch.rand(real.shape[0], 1, 1, 1, device=device) < 0.5, real.flip(3), real)
 
-        for opt, which in ((opt_G, "G"), (opt_D, "D")):  # train.lr_rampdown_steps (1 when off)
-            for group in opt.param_groups:
-                group["lr"] = adam[which]["lr"] * tc.lr_scale(step)
+            for opt, which in ((opt_G, "G"), (opt_D, "D")):  # train.lr_rampdown_steps (1 when off)
+                for group in opt.param_groups:
+                    group["lr"] = adam[which]["lr"] * tc.lr_scale(step)
 
-        # Discriminator: adversarial + mask prediction (Eq. 11), then lazy R1.
-        stats = _update(loss, "D", real, torch.randn(batch_gpu, G.z_dim, device=device), step, D, opt_D, acc)
-        if cfg.loss.r1_due(step):
-            stats |= _update(loss, "Dreg", real, None, step, D, opt_D, acc)
+            # Discriminator: adversarial + mask prediction (Eq. 11), then lazy R1.
+            stats = _update(loss, "D", real, torch.randn(batch_gpu, G.z_dim, device=device), step, D, opt_D, acc)
+            if cfg.loss.r1_due(step):
+                stats |= _update(loss, "Dreg", real, None, step, D, opt_D, acc)
 
-        # Generator (Eq. 12), then its EMA.
-        stats |= _update(loss, "G", real, torch.randn(batch_gpu, G.z_dim, device=device), step, G, opt_G, acc)
-        nimg += tc.batch
-        ema_update_(G_ema, G, tc.ema_beta(tc.batch, nimg), copy_buffers=False)  # w_avg is recomputed
-        done = step + 1
+            # Generator (Eq. 12), then its EMA.
+            stats |= _update(loss, "G", real, torch.randn(batch_gpu, G.z_dim, device=device), step, G, opt_G, acc)
+            nimg += tc.batch
+            ema_update_(G_ema, G, tc.ema_beta(tc.batch, nimg), copy_buffers=False)  # w_avg is recomputed
+            done = step + 1
 
-        # Stop on NaN/Inf or an exploding loss (on any process), before anything is saved from this state.
-        stacked = torch.stack(list(stats.values()))
-        stacked = acc.reduce(stacked, reduction="mean") if world > 1 else stacked
-        values = dict(zip(stats, stacked.cpu().tolist(), strict=True))
-        bad = {k: v for k, v in values.items() if not (abs(v) <= tc.max_loss)}
-        if bad:
-            if acc.is_main_process:
-                append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "diverged": True, **values})
-            where = (f"the last good checkpoint {state_path} (step {last_saved}) is kept"
-                     if state_path.is_file() else "no checkpoint had been written yet")
-            raise TrainingDivergedError(
-                f"step {done}: loss {', '.join(f'{k}={v:.4g}' for k, v in bad.items())} is not finite or exceeds "
-                f"train.max_loss={tc.max_loss:g}; training stopped and {where}")
+            # Stop on NaN/Inf or an exploding loss (on any process), before anything is saved from this state.
+            stacked = torch.stack(list(stats.values()))
+            stacked = acc.reduce(stacked, reduction="mean") if world > 1 else stacked
+            values = dict(zip(stats, stacked.cpu().tolist(), strict=True))
+            bad = {k: v for k, v in values.items() if not (abs(v) <= tc.max_loss)}
+            if bad:
+                if acc.is_main_process:
+                    append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "diverged": True, **values})
+                where = (f"the last good checkpoint {state_path} (step {last_saved}) is kept"
+                         if state_path.is_file() else "no checkpoint had been written yet")
+                raise TrainingDivergedError(
+                    f"step {done}: loss {', '.join(f'{k}={v:.4g}' for k, v in bad.items())} is not finite or exceeds "
+                    f"train.max_loss={tc.max_loss:g}; training stopped and {where}")
 
-        # Loss log.
-        steps_since_log += 1
-        if acc.is_main_process and (done % tc.log_every == 0 or done == tc.total_steps):
-            now = time.perf_counter()
-            append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "fine_gamma": cfg.loss.fine_gamma(step),
-                                             "lr_scale": tc.lr_scale(step),
-                                             "sec_per_step": (now - t_log) / steps_since_log, **values})
-            t_log, steps_since_log = now, 0
+            # The last step of this call (total_steps, or the time limit) is logged, sampled and saved.
+            timed_out = done < tc.total_steps and time_is_up(t_start, stop_after_s, acc)
+            last_step = done == tc.total_steps or timed_out
 
-        # Sample grid.
-        if acc.is_main_process and (done % tc.image_every == 0 or done == tc.total_steps):
-            G_ema.update_w_avg()
-            grid = sample_grid(G_ema, sample_z, truncation_psi=tc.sample_psi, fine_gamma=cfg.loss.fine_gamma(step))
-            (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(grid).save(run_dir / SAMPLES_DIR / f"step-{done:07d}.png")
-            if (run_dir / LOG_NAME).is_file():
-                plot_log(run_dir / LOG_NAME, run_dir / PLOT_NAME)
+            # Loss log.
+            steps_since_log += 1
+            if acc.is_main_process and (last_step or done % tc.log_every == 0):
+                now = time.perf_counter()
+                append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "fine_gamma": cfg.loss.fine_gamma(step),
+                                                 "lr_scale": tc.lr_scale(step),
+                                                 "sec_per_step": (now - t_log) / steps_since_log, **values})
+                t_log, steps_since_log = now, 0
 
-        # Training state and inference export.
-        if done % tc.save_every == 0 or done == tc.total_steps:
-            if acc.is_main_process:
+            # Sample grid.
+            if acc.is_main_process and (last_step or done % tc.image_every == 0):
                 G_ema.update_w_avg()
-                state = {"step": done, "nimg": nimg, "config": cfg.to_dict(), "G": G.state_dict(),
-                         "D": D.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
-                         "opt_D": opt_D.state_dict()}
-                save_state(state, state_path)
-                exports = [run_dir / EXPORT_DIR]
-                if tc.keep_snapshots:
-                    exports.append(run_dir / SNAPSHOTS_DIR / f"step-{done:07d}")
-                for export in exports:
-                    G_ema.save_pretrained(export, cfg)
-                    D.save_pretrained(export)
-            last_saved = done
-            acc.wait_for_everyone()
-    return TrainResult(step=done, nimg=nimg, run_dir=run_dir, networks={"G": G, "D": D, "G_ema": G_ema})
+                grid = sample_grid(G_ema, sample_z, truncation_psi=tc.sample_psi, fine_gamma=cfg.loss.fine_gamma(step))
+                (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(grid).save(run_dir / SAMPLES_DIR / f"step-{done:07d}.png")
+                if (run_dir / LOG_NAME).is_file():
+                    plot_log(run_dir / LOG_NAME, run_dir / PLOT_NAME)
+
+            # Training state and inference export.
+            if last_step or done % tc.save_every == 0:
+                if acc.is_main_process:
+                    G_ema.update_w_avg()
+                    state = {"step": done, "nimg": nimg, "config": cfg.to_dict(), "G": G.state_dict(),
+                             "D": D.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
+                             "opt_D": opt_D.state_dict()}
+                    save_state(state, state_path)
+                    exports = [run_dir / EXPORT_DIR]
+                    if tc.keep_snapshots:
+                        exports.append(run_dir / SNAPSHOTS_DIR / f"step-{done:07d}")
+                    for export in exports:
+                        G_ema.save_pretrained(export, cfg)
+                        D.save_pretrained(export)
+                last_saved = done
+                acc.wait_for_everyone()
+            if timed_out:
+                break
+    return TrainResult(step=done, nimg=nimg, run_dir=run_dir, networks={"G": G, "D": D, "G_ema": G_ema},
+                       timed_out=timed_out)
 
 
 # ----------------------------------------------------------------------------- helpers

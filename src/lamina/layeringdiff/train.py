@@ -56,7 +56,7 @@ from ..errors import LaminaError
 from ..io import atomic_output, plot_log, save_contact_sheet
 from ..layers import LayeredImage
 from ..overrides import check_type
-from ..training import append_log, ema_beta, ema_update_, save_state, trim_log
+from ..training import append_log, ema_beta, ema_update_, save_state, time_is_up, trim_log
 from .fbdd import FBDDPipeline, check_prefill, compute_prefill, fbdd_loss, make_scheduler, make_unet
 from .latent import latent_fbdd_loss
 
@@ -530,7 +530,7 @@ def training_loop(
             last = now
             append_log(run_dir / LOG_FILE, record)
             echo(f"step {step}/{config.total_steps} loss {record['loss']:.4f} ({record['sec_per_step']:.2f} s/step)")
-        timed_out = stop_after_s is not None and time.time() - start > stop_after_s
+        timed_out = time_is_up(start, stop_after_s, accelerator)
         if step % config.checkpoint_every == 0 or step == config.total_steps or timed_out:
             save()
         if main and (step % config.preview_every == 0 or step == config.total_steps):
