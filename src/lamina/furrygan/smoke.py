@@ -3,7 +3,9 @@
 Run as ``torchrun --standalone --nproc_per_node 2 -m lamina.furrygan.smoke RUN_DIR`` (or with
 ``accelerate launch``). Every process trains ``tiny-32`` at a global batch of 4 for 3 steps
 on procedural composites, then the processes check that their networks are identical (the
-gradients are averaged by hand in the training loop) and rank 0 checks the run folder.
+gradients are averaged by hand in the training loop) and rank 0 checks the run folder. Then
+the run is resumed towards 6 steps with a time limit that only rank 0 has passed: every
+process must stop, saved, after step 4 (the limit is agreed across processes).
 Exits non-zero on any failure; prints ``smoke ok`` on rank 0 when all is well.
 """
 
@@ -45,7 +47,23 @@ def main(argv: list[str] | None = None) -> int:
         if missing or state["step"] != 3 or state["nimg"] != 3 * cfg.train.batch:
             print(f"smoke failed: missing {missing}, step {state['step']}, nimg {state['nimg']}", file=sys.stderr)
             return 1
-        print(f"smoke ok: {acc.num_processes} process(es), {state['step']} steps of {cfg.train.batch} in {run_dir}")
+    acc.wait_for_everyone()
+
+    longer = cfg.with_overrides({"train.total_steps": 6})
+    limit = 0.0 if acc.is_main_process else 3600.0
+    resumed = training_loop(longer, SynthComposites(32, length=64), run_dir, accelerator=acc, show_progress=False,
+                            stop_after_s=limit)
+    if (resumed.step, resumed.timed_out) != (4, True):
+        print(f"rank {acc.process_index}: time limit: stopped at step {resumed.step}, timed_out {resumed.timed_out}",
+              file=sys.stderr)
+        return 1
+    if acc.is_main_process:
+        step = torch.load(run_dir / STATE_NAME, weights_only=True)["step"]
+        if step != 4:
+            print(f"smoke failed: the time-limited resume saved step {step}, not 4", file=sys.stderr)
+            return 1
+        print(f"smoke ok: {acc.num_processes} process(es), {state['step']} steps of {cfg.train.batch}, "
+              f"resumed and stopped together by a time limit at step {step}, in {run_dir}")
     acc.wait_for_everyone()
     return 0
 
