@@ -255,6 +255,14 @@ def test_segmenter_save_load(segmenter_dir, tmp_path):
         load_segmenter(tmp_path / "missing.pt")
 
 
+def test_train_segmenter_rejects_indivisible_resolution(tmp_path):
+    # One line naming the values, exit 1, and nothing written.
+    result = invoke("furrygan", "train-segmenter", "--out", str(tmp_path / "seg"), "--resolution", "40",
+                    "--depth", "4", "--steps", "1")
+    assert result.exit_code == 1 and "resolution 40 must be divisible by 2**depth = 16" in result.output, result.output
+    assert not (tmp_path / "seg").exists()
+
+
 def test_builtin_segmenter_per_resolution(monkeypatch, segmenter_dir, tmp_path):
     # Each shipped pseudo-GT segmenter is scored at its own resolution: the nearest one is used.
     from lamina.furrygan import segmenter as module

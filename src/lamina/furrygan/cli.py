@@ -336,8 +336,6 @@ def train_segmenter_command(out_dir: Path, resolution: int, steps: int, batch: i
     _set_threads(threads)
     from .segmenter import evaluate_segmenter, train_segmenter
 
-    if resolution % 2**depth:
-        raise click.BadParameter(f"{resolution} is not divisible by 2**depth = {2**depth}", param_hint="--resolution")
     model = train_segmenter(out_dir, resolution=resolution, steps=steps, batch=batch, channels=channels,
                             depth=depth, seed=seed)
     click.echo(f"wrote {out_dir}")

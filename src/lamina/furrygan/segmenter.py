@@ -30,6 +30,7 @@ from ..errors import InputFileError
 from ..io.atomic import atomic_output
 from ..metrics import mask_metrics
 from ..progress import progress
+from .config import ConfigError
 from .datasets import SYNTH_SCENES, synth_masks
 
 FORMAT = "lamina.furrygan.segmenter"
@@ -69,7 +70,7 @@ class Segmenter(nn.Module):
     def __init__(self, resolution: int = 32, channels: int = 16, depth: int = 3) -> None:
         super().__init__()
         if resolution % 2**depth:
-            raise ValueError(f"resolution {resolution} must be divisible by 2**depth = {2**depth}")
+            raise ConfigError(f"resolution {resolution} must be divisible by 2**depth = {2**depth}")
         self.config = {"format": FORMAT, "resolution": resolution, "channels": channels, "depth": depth}
         widths = [channels * 2**i for i in range(depth + 1)]
         pairs = list(zip(widths, widths[1:], strict=False))  # (width at scale i, width at scale i + 1)
