@@ -24,7 +24,8 @@ whether the learned model has overfitted to the procedural look.
 
 ``--methods`` also takes ``layeringdiff+fres`` and ``layeringdiff-fres``: the learned path with
 the FBDD model's sampled foreground residual added to the closed-form ``F`` or not
-(``foreground_residual``; plain ``layeringdiff`` uses the model's own setting).
+(``foreground_residual``; plain ``layeringdiff`` uses the model's own setting), and
+``layeringdiff-hfa``: the learned path without the model's learned HFA (closed form only).
 
     python benchmarks/bench_decompose.py [--count64 40] [--count256 16] [--model PATH] [--steps N]
     python benchmarks/bench_decompose.py --backgrounds skimage
@@ -99,6 +100,7 @@ def real_crop(photos: list[np.ndarray], seed: int, size: int) -> np.ndarray:
 VARIANTS = {
     "layeringdiff+fres": {"foreground_residual": True},  # F = P_F + the sampled residual
     "layeringdiff-fres": {"foreground_residual": False},  # F = P_F (the built-in model's setting)
+    "layeringdiff-hfa": {"hfa": False},  # without the model's learned HFA
 }
 
 

@@ -377,3 +377,66 @@ def test_fine_tuning_a_telea_model_with_the_classical_prefill_widens_its_input(t
     torch.testing.assert_close(got, expected)
     with pytest.raises(LaminaError, match="does not match"):
         _load_init(make_unet("tiny", sample_size=16, effects=False, prefill="classical"), str(tmp_path / "telea"))
+
+
+# ------------------------------------------------------------------------- HFA
+def test_hfa_loss_golden_numbers() -> None:
+    from lamina.layeringdiff.hfa import hfa_loss
+
+    zeros = torch.zeros(1, 3, 1, 2)
+    background_hat = torch.tensor([[[[0.5, 0.0]], [[0.5, 0.0]], [[0.5, 0.0]]]])  # errors 0.5 (hidden) and 0
+    foreground_hat = torch.tensor([[[[0.2, 0.9]], [[0.2, 0.9]], [[0.2, 0.9]]]])
+    alpha = torch.tensor([[[[1.0, 0.5]]]])
+    hidden = torch.tensor([[[[1.0, 0.0]]]])
+    losses = hfa_loss(foreground_hat, background_hat, zeros, zeros, alpha, hidden, hole_weight=4.0,
+                      foreground_weight=2.0)
+    # background: weights 5 and 1; sum 3 * 5 * 0.25 = 3.75 over 3 * (5 + 1) = 18
+    assert losses["background"].item() == pytest.approx(3.75 / 18)
+    # foreground: 3 * (1 * 0.2 + 0.5 * 0.9) = 1.95 over 3 * 1.5 = 4.5
+    assert losses["foreground"].item() == pytest.approx(1.95 / 4.5)
+    assert losses["loss"].item() == pytest.approx(3.75 / 18 + 2 * 1.95 / 4.5)
+
+
+def test_hfa_starts_as_the_identity_and_round_trips_in_the_pipeline(tmp_path) -> None:
+    from lamina.layeringdiff.fbdd import FBDDDecomposer, FBDDPipeline, load_pipeline, make_scheduler, make_unet
+    from lamina.layeringdiff.hfa import HFANet
+
+    g = torch.Generator().manual_seed(0)
+    image, fg, bg = (torch.rand(2, 3, 12, 10, generator=g) for _ in range(3))
+    alpha, effects = torch.rand(2, 1, 12, 10, generator=g), torch.rand(2, 1, 12, 10, generator=g)
+    torch.manual_seed(0)
+    hfa = HFANet(channels=8, dilations=(1, 2))
+    out = hfa(image, alpha, effects, fg, bg)
+    assert torch.equal(out.foreground, fg) and torch.equal(out.background, bg)  # zero last convolution
+    torch.nn.init.normal_(hfa.conv_out.weight, std=0.05)
+    out = hfa(image, alpha, None, fg, bg)
+    assert out.foreground.shape == (2, 3, 12, 10) and 0 <= out.background.min() and out.background.max() <= 1
+    out.background.mean().backward()
+    assert hfa.conv_in.weight.grad is not None and torch.isfinite(hfa.conv_in.weight.grad).all()
+    with pytest.raises(LaminaError, match="dilations"):
+        HFANet(dilations=())
+
+    s = scene(32)
+    unet = make_unet("tiny", sample_size=16, effects=True, prefill="classical")
+    pipe = FBDDPipeline(unet, make_scheduler(prediction_type="sample"), prefill="classical", hfa=hfa)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(p, **options):
+        return p(s["image"], s["alpha"], num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                 **options)
+
+    with_hfa, without = run(pipe), run(pipe, hfa=False)
+    assert np.abs(with_hfa.background - without.background).max() > 1e-3
+    a = s["alpha"][:, :, None] + with_hfa.effects[0][:, :, None] * (1 - s["alpha"][:, :, None])
+    assert psnr(a * with_hfa.foreground[0] + (1 - a) * with_hfa.background[0], s["image"]) > 40  # still projected
+    pipe.save_pretrained(tmp_path / "with")
+    loaded = load_pipeline(tmp_path / "with")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.hfa, HFANet) and list(loaded.hfa.config.dilations) == [1, 2]
+    np.testing.assert_allclose(run(loaded).background, with_hfa.background, atol=1e-6)
+    plain = FBDDPipeline(unet, make_scheduler(prediction_type="sample"), prefill="classical")
+    plain.save_pretrained(tmp_path / "without")  # a model without HFA (as saved before HFA existed) loads as one
+    assert load_pipeline(tmp_path / "without").hfa is None
+    on = FBDDDecomposer(loaded).decompose(s["image"], s["alpha"])
+    off = FBDDDecomposer(loaded, hfa=False).decompose(s["image"], s["alpha"])
+    assert not np.allclose(on.background, off.background)

@@ -267,6 +267,8 @@ def test_training_runs_resumes_and_exports(tmp_path) -> None:
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(tmp_path / "bad"), "--init", "builtin"])
     assert result.exit_code != 0 and "does not match" in failure(result)
     assert runner.invoke(train, ["--preset", "tiny", "--out", str(run), "-n"]).output.startswith("{")
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--max-minutes", "0"])
+    assert result.exit_code == 2 and "--max-minutes" in result.output  # as in lamina furrygan train
 
 
 def test_training_on_a_folder_of_layers(tmp_path) -> None:
@@ -397,3 +399,36 @@ def test_latent_training_from_a_backbone_resumes_and_exports(models, tmp_path) -
         with pytest.raises(LaminaError, match=message):
             resolve_config("builtin", **{key: value})
     assert resolve_config("builtin", lr=1, object_scale=[0.1, 0.2]).lr == 1.0
+
+
+def test_hfa_stage_trains_over_a_frozen_fbdd_resumes_and_exports(tmp_path) -> None:
+    from lamina.layeringdiff.cli import train
+    from lamina.layeringdiff.fbdd import load_pipeline
+    from lamina.layeringdiff.hfa import HFANet
+    from lamina.layeringdiff.train import resolve_config
+
+    fbdd = save_tiny_fbdd(tmp_path / "fbdd")
+    run = tmp_path / "hfa"
+    args = ["--preset", "tiny", "--out", str(run), "--init", fbdd, "--set", "stage=hfa", "--set", "hfa_sizes=[16,24]",
+            "--set", "hfa_channels=4", "--threads", "1"]
+    runner = CliRunner()
+    result = runner.invoke(train, [*args, "--steps", "2"])
+    assert result.exit_code == 0, failure(result)
+    assert set(torch.load(run / "training-state.pt", weights_only=True)) >= {"hfa", "ema", "step"}
+    result = runner.invoke(train, [*args, "--steps", "4"])
+    assert result.exit_code == 0 and "resuming" in result.output, failure(result)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["background"]) and np.isfinite(r["foreground"]) for r in log)
+    exported, frozen = load_pipeline(run / "export"), load_pipeline(fbdd)
+    assert isinstance(exported.hfa, HFANet) and exported.hfa.config.channels == 4
+    same = exported.unet.state_dict()
+    assert all(torch.equal(v, same[k]) for k, v in frozen.unet.state_dict().items())  # FBDD untouched
+    assert any(p.abs().sum() > 0 for p in exported.hfa.conv_out.parameters())  # the HFA learned something
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["step-0000002.png", "step-0000004.png"]
+    # An HFA stage needs a pixel-space FBDD to train over.
+    with pytest.raises(LaminaError, match="--init"):
+        resolve_config("tiny", stage="hfa")
+    with pytest.raises(LaminaError, match="unknown training stage"):
+        resolve_config("tiny", stage="vae")
+    assert resolve_config("builtin-hfa").init == "builtin"

@@ -7,8 +7,9 @@ into the foreground layer and the completed background, by the classical path
 diffusion model), both behind the :class:`Decomposer` interface (:mod:`.decompose`).
 
 FBDD comes in two forms: :mod:`.fbdd`, a small pixel-space model trained from scratch (the
-built-in one), and :mod:`.latent`, the latent model on a pretrained VAE and inpainting UNet.
-Both need diffusers and are imported only when used (their names are re-exported lazily:
+built-in one), and :mod:`.latent`, the latent model on a pretrained VAE and inpainting UNet;
+:mod:`.hfa` is the learned high-frequency alignment a pixel-space FBDD may carry.
+All three need diffusers and are imported only when used (their names are re-exported lazily:
 ``from lamina.layeringdiff import FBDDPipeline`` imports it then).
 Training is in :mod:`.train`, the text stages (Grounding DINO, SAM, ViTMatte, any diffusers
 text-to-image pipeline) in :mod:`.grounding`, the commands in :mod:`.cli`.
@@ -44,6 +45,9 @@ _FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "compute_
 #: Names of :mod:`.latent`, imported on first access.
 _LATENT_NAMES = ("LatentFBDDPipeline", "latent_fbdd_loss", "widen_unet")
 
+#: Names of :mod:`.hfa`, imported on first access.
+_HFA_NAMES = ("HFANet", "hfa_loss")
+
 
 def __getattr__(name: str) -> Any:
     if name in _FBDD_NAMES:
@@ -54,6 +58,10 @@ def __getattr__(name: str) -> Any:
         from . import latent
 
         return getattr(latent, name)
+    if name in _HFA_NAMES:
+        from . import hfa
+
+        return getattr(hfa, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -67,6 +75,7 @@ __all__ = [
     "FBDDPipelineOutput",
     "ForegroundConfig",
     "ForegroundEstimate",
+    "HFANet",
     "LatentFBDDPipeline",
     "compute_prefill",
     "decompose_image",
@@ -76,6 +85,7 @@ __all__ = [
     "foreground_from_box",
     "foreground_from_mask",
     "grabcut_mask",
+    "hfa_loss",
     "latent_fbdd_loss",
     "load_builtin",
     "load_pipeline",

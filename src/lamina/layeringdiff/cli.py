@@ -159,32 +159,35 @@ def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, 
 
 @click.group("layeringdiff")
 def layeringdiff() -> None:
-    """LayeringDiff: train the FBDD decomposition model."""
+    """LayeringDiff: train the FBDD decomposition model and its learned HFA."""
 
 
 @layeringdiff.command("train")
 @click.option("--data", default="synth", show_default=True,
               help="'synth' (procedural scenes) or a folder with foregrounds/ (RGBA PNG) and backgrounds/")
-@click.option("--preset", default="builtin", show_default=True, help="tiny | builtin | small | latent-sd")
+@click.option("--preset", default="builtin", show_default=True,
+              help="tiny | builtin | small | latent-sd | builtin-hfa (the learned HFA over --init's FBDD)")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="run folder; running the same command again resumes")
 @click.option("--backbone", default=None,
               help="inpainting model (hub id or folder) to fine-tune as a latent FBDD (with --preset latent-sd)")
 @click.option("--init", default=None,
-              help="fine-tune: start from a saved FBDD's weights ('builtin', RUN/export or hub id)")
+              help="fine-tune: start from a saved FBDD's weights ('builtin', RUN/export or hub id); with "
+                   "--preset builtin-hfa: the frozen FBDD the HFA is trained for")
 @click.option("--steps", "total_steps", type=click.IntRange(1), default=None, help="total optimisation steps")
 @click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help="batch size")
 @click.option("--lr", type=float, default=None, help="learning rate")
 @click.option("--seed", type=int, default=None, help="data and initialisation seed")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override any training option (JSON values), e.g. --set resolution=128 --set hole_weight=2")
-@click.option("--max-minutes", type=float, default=None, help="stop (after saving) after this long; rerun to resume")
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="stop (after saving) after this long; rerun to resume")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads")
 @click.option("-n", "--dry-run", is_flag=True, help="print the resolved config and exit")
 def train(data: str, preset: str, run_dir: Path, backbone: str | None, init: str | None, total_steps: int | None,
           batch_size: int | None, lr: float | None, seed: int | None, overrides: tuple[str, ...],
           max_minutes: float | None, threads: int | None, dry_run: bool) -> None:
-    """Train FBDD (the learned disassembly) on procedural scenes or your own layers; exports RUN/export."""
+    """Train FBDD (the learned disassembly) or its HFA on procedural scenes or your own layers; exports RUN/export."""
     from ..overrides import parse_overrides
     from .train import resolve_config, training_loop
 

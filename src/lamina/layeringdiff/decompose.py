@@ -22,8 +22,8 @@ The residual goes to the layer that shows: all of it into ``F`` where ``alpha = 
 ``B`` where ``alpha = 0``. When that point leaves ``[0, 1]``, it slides along the constraint
 line to the nearest point inside, the exact nearest feasible pair, so the layers always
 recompose the input (up to float rounding). It also copies the composite's
-high frequencies into whichever layer shows them, which is what the paper's HFA modules do
-with a learned network; here it is closed-form and parameter-free.
+high frequencies into whichever layer shows them: the parameter-free part of the paper's
+high-frequency alignment (the learned part, for what no visible pixel shows, is :mod:`.hfa`).
 
 **Effects** (:func:`detect_effects`, beyond the paper). Inside the effects region of the
 foreground stage, the image with the object removed, ``E``, is compared with the completed

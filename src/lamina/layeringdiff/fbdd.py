@@ -54,21 +54,19 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   resized back, pasted into the image (outside the window ``B = I`` and no effects), then
   projected onto the recomposition constraint at full resolution
   (:func:`~lamina.layeringdiff.decompose.project_recomposition`).
-* **High-frequency alignment (HFA), closed form.** The paper trains HFA modules to restore
-  the detail the low-resolution FBDD loses; here it takes no parameters, in two places:
+* **High-frequency alignment (HFA).** The paper trains HFA modules to restore the detail the
+  low-resolution FBDD loses. Here it has a parameter-free part, always on, in two places:
   a residual model adds its *upsampled* residuals to *full-resolution* estimates (``P_F``,
   the closed-form foreground colours, for ``F``; the Telea fill ``P_B`` for ``B``), so the
   object's soft edge keeps full-resolution colour un-mixing and every pixel the object does
   not cover keeps the image's own detail (the built-in model keeps ``F = P_F`` outright,
   ``foreground_residual=False``: its upsampled ``F`` residual measured worse than ``P_F`` at
   256 px, about level at 64 px); and the projection copies whatever the layers still miss of
-  the composite into the layer that shows it. Under an opaque object the
-  background has no detail to copy: there it is as sharp as the 64 px model and ``P`` are.
-  A learned HFA network (low-res ``F``/``B`` + full-res ``I`` -> detail) could sharpen that
-  fill; it is not implemented, because on held-out 256 px scenes the high-pass part
-  (above a 2 px Gaussian) of the built-in model's background error under the object is
-  about 4 % of it: the error is what is painted under the object, at low frequency,
-  which is FBDD's job (``benchmarks/RESULTS.md``).
+  the composite into the layer that shows it. Under an opaque object the background has no
+  detail to copy: there it is as sharp as the 64 px model and ``P`` are. The learned part is
+  optional: a pipeline's ``hfa`` component (:class:`~lamina.layeringdiff.hfa.HFANet`, trained
+  over a frozen FBDD by ``lamina layeringdiff train --preset builtin-hfa``) refines the
+  full-resolution layers before the projection (:mod:`.hfa`).
 * **Effects.** Trained on scenes whose ground-truth background has no shadows or
   reflections of the object (they belong to the foreground layer), FBDD learns to remove
   them from ``B`` and, with the ``E`` channel, their opacity;
@@ -98,6 +96,7 @@ from .decompose import (
     touching_components,
 )
 from .foreground import as_rgb
+from .hfa import HFANet
 
 try:
     from diffusers import DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DModel
@@ -388,15 +387,18 @@ class FBDDPipeline(DiffusionPipeline):
             ``F = P_F`` alone (``False``: the model completes ``B`` and ``E`` only; the built-in
             model's choice, as its ``F`` residual measured worse than ``P_F`` on 256 px scenes).
             Ignored without a prefill.
+        hfa: the learned high-frequency alignment (:class:`~lamina.layeringdiff.hfa.HFANet`),
+            applied to the full-resolution layers before the projection; ``None``: closed form only.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->hfa"
+    _optional_components = ["hfa"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, prefill: str | None = None,
-                 inference_steps: int = 4, foreground_residual: bool = True) -> None:
+                 inference_steps: int = 4, foreground_residual: bool = True, hfa: HFANet | None = None) -> None:
         super().__init__()
         check_prefill(prefill)
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, hfa=hfa)
         self.register_to_config(prefill=prefill, inference_steps=int(inference_steps),
                                 foreground_residual=bool(foreground_residual))
 
@@ -420,6 +422,7 @@ class FBDDPipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         foreground_residual: bool | None = None,
+        hfa: bool = True,
     ) -> FBDDPipelineOutput | tuple[Any, Any, Any]:
         """Decompose ``image`` (``[H, W, 3]``, ``[N, H, W, 3]`` or ``[N, 3, H, W]`` in ``[0, 1]``) given ``alpha``.
 
@@ -432,6 +435,7 @@ class FBDDPipeline(DiffusionPipeline):
                 which ``F`` is the colour of that whole layer).
             output_type: ``"np"`` (``[N, H, W, C]`` float32 arrays) or ``"pt"`` (``[N, C, H, W]`` tensors).
             foreground_residual: overrides the pipeline's ``foreground_residual`` (``None``: keep it).
+            hfa: apply the pipeline's learned HFA, if it has one (``False``: the closed form only).
         """
         if foreground_residual is None:
             foreground_residual = bool(self.config.get("foreground_residual", True))
@@ -467,6 +471,9 @@ class FBDDPipeline(DiffusionPipeline):
             background = (base_b + layers[:, 3:6]).clamp(0.0, 1.0)
             layers = torch.cat([layers[:, :6], layers[:, 6:].clamp(0.0, 1.0)], dim=1)
         effects = layers[:, 6:7] if channels == EFFECTS_SAMPLE_CHANNELS else None
+        if hfa and self.hfa is not None:
+            refined = self.hfa(image_t, alpha_t, effects, foreground, background)
+            foreground, background = refined.foreground, refined.background
         if projection:  # the layer is the object over its effects: t = alpha + E (1 - alpha)
             total = alpha_t if effects is None else alpha_t + effects * (1.0 - alpha_t)
             foreground, background = project_recomposition(image_t, total, foreground, background)
@@ -578,13 +585,14 @@ class FBDDDecomposer:
         effects_attached: keep only predicted effects connected to the object (as the classical
             path does): on real photos, detached "shadows" are mostly dark texture.
         foreground_residual: passed to :class:`FBDDPipeline` (``None``: the model's own setting).
+        hfa: apply the model's learned HFA if it has one (:class:`FBDDPipeline` only; ``False``: closed form).
     """
 
     name = "layeringdiff"
 
     def __init__(self, pipeline: DiffusionPipeline, num_inference_steps: int | None = None, seed: int = 0,
                  effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12,
-                 effects_attached: bool = True, foreground_residual: bool | None = None) -> None:
+                 effects_attached: bool = True, foreground_residual: bool | None = None, hfa: bool = True) -> None:
         if window < 1.0:
             raise LaminaError(f"the FBDD window must be at least the object's box (window >= 1), got {window}")
         if foreground_residual is not None and not isinstance(pipeline, FBDDPipeline):
@@ -598,6 +606,7 @@ class FBDDDecomposer:
         self.effects_floor = effects_floor
         self.effects_attached = effects_attached
         self.foreground_residual = foreground_residual
+        self.hfa = hfa
 
     @classmethod
     def load(cls, model: DiffusionPipeline | str | Path, **options: Any) -> FBDDDecomposer:
@@ -612,7 +621,10 @@ class FBDDDecomposer:
         alpha = check_alpha(alpha, *image.shape[:2])
         rows, cols = object_window(alpha, self.window, min(self.pipeline.working_size()))
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        options = {} if self.foreground_residual is None else {"foreground_residual": self.foreground_residual}
+        options: dict[str, Any] = {} if self.foreground_residual is None else {
+            "foreground_residual": self.foreground_residual}
+        if isinstance(self.pipeline, FBDDPipeline):
+            options["hfa"] = self.hfa
         out = self.pipeline(image[rows, cols], alpha[rows, cols], num_inference_steps=self.num_inference_steps,
                             generator=generator, projection=False, **options)
         foreground, background = image.copy(), image.copy()

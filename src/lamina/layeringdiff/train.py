@@ -26,6 +26,10 @@ Everything here is **our design** (the paper's training details are not public):
 * **Timesteps.** Half of the training timesteps are the ones the few-step DDIM sampler
   visits (``inference_steps``, "trailing" spacing), the rest uniform: with a small compute
   budget the network is trained where it is used.
+* **Two stages.** ``stage="fbdd"`` trains the decomposition model; ``stage="hfa"`` (preset
+  ``builtin-hfa``) trains the learned high-frequency alignment (:mod:`.hfa`) on top of the
+  saved FBDD named by ``init``, which stays frozen and is sampled exactly as at inference, at
+  output sizes ``hfa_sizes`` larger than its working size; the export is that FBDD with the HFA.
 * **Loop** (:func:`training_loop`): AdamW with warm-up, ``accelerate`` (one process on CPU
   works; ``accelerate launch`` for more), EMA of the weights with a half-life in images
   (ramped up early in training), a loss log (``log.jsonl``) and its curves (``losses.png``),
@@ -57,7 +61,9 @@ from ..io import atomic_output, plot_log, save_contact_sheet
 from ..layers import LayeredImage
 from ..overrides import check_type
 from ..training import append_log, ema_beta, ema_update_, save_state, time_is_up, trim_log
+from .decompose import project_recomposition
 from .fbdd import FBDDPipeline, check_prefill, compute_prefill, fbdd_loss, make_scheduler, make_unet
+from .hfa import HFANet, hfa_loss
 from .latent import latent_fbdd_loss
 
 STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR, PLOT_FILE = (
@@ -67,6 +73,10 @@ PREVIEW_SEED = 2_000_000_000
 
 
 # ----------------------------------------------------------------------------- config
+#: What a run trains: the FBDD model, or the learned HFA over a frozen one.
+STAGES = ("fbdd", "hfa")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Every option of :func:`training_loop`. Ranges ``(lo, hi)`` are sampled uniformly per sample."""
@@ -109,6 +119,14 @@ class TrainingConfig:
     # Sampling option saved in the export (FBDDPipeline): with a prefill, add the sampled F residual
     # to P_F (True) or keep F = P_F (False). The built-in model's F residual measured worse than P_F.
     foreground_residual: bool = True
+    # Stage "hfa": train the learned HFA (.hfa) over the frozen FBDD named by ``init``; the options
+    # above that shape the UNet (unet, effects, prefill, prediction, inference_steps, foreground_residual)
+    # are then the init model's own.
+    stage: str = "fbdd"  # "fbdd" | "hfa"
+    hfa_channels: int = 24
+    hfa_dilations: tuple[int, ...] = (1, 2, 4, 8, 1)
+    hfa_sizes: tuple[int, ...] = (64, 96, 128, 160)  # output sizes (px) HFA trains at, one per step in turn
+    hfa_foreground_weight: float = 1.0  # weight of the foreground L1 in hfa_loss
     # Bookkeeping.
     seed: int = 0
     log_every: int = 10  # steps
@@ -130,6 +148,13 @@ class TrainingConfig:
         if self.backbone is not None and (self.effects or self.prefill is not None):
             raise LaminaError("a latent FBDD (backbone) has no effects channel and no prefill: set effects=False and "
                               "prefill=None, e.g. with --preset latent-sd")
+        if self.stage not in STAGES:
+            raise LaminaError(f"unknown training stage {self.stage!r}; choose from {', '.join(STAGES)}")
+        if self.stage == "hfa" and (self.init is None or self.backbone is not None):
+            raise LaminaError("stage 'hfa' trains the HFA over a saved pixel-space FBDD: give it with --init "
+                              "(a folder, hub id or 'builtin'), without --backbone")
+        if self.stage == "hfa" and (not self.hfa_sizes or min(self.hfa_sizes) < 8):
+            raise LaminaError(f"hfa_sizes must be sizes of at least 8 px, got {self.hfa_sizes}")
         if self.data != "synth" and not Path(self.data).expanduser().is_dir():
             raise LaminaError(f"training data {self.data!r}: give 'synth' or a folder with foregrounds/ and "
                               "backgrounds/")
@@ -150,7 +175,8 @@ class TrainingConfig:
 #: ``tiny``: tests (16 px, a few steps); ``builtin``: the model shipped in the package (64 px,
 #: about 40 min on one CPU thread per stage; its later fine-tuning stages override the learning
 #: rate and the timestep focus, see ``assets/builtin/README.md``); ``small``: a bigger UNet for longer runs;
-#: ``latent-sd``: fine-tune Stable Diffusion's inpainting model at 512 px (GPU; ``--backbone`` picks another).
+#: ``latent-sd``: fine-tune Stable Diffusion's inpainting model at 512 px (GPU; ``--backbone`` picks another);
+#: ``builtin-hfa``: the learned HFA over the built-in FBDD (``--init`` picks another FBDD).
 TRAINING_PRESETS: dict[str, TrainingConfig] = {
     "tiny": TrainingConfig(resolution=16, unet="tiny", batch_size=2, total_steps=4, warmup_steps=1,
                            log_every=1, checkpoint_every=2, preview_every=2, preview_count=2,
@@ -162,6 +188,8 @@ TRAINING_PRESETS: dict[str, TrainingConfig] = {
                                 prefill=None, resolution=512, batch_size=4, total_steps=20_000, lr=1e-5,
                                 warmup_steps=500, inference_steps=20, p_inference_timesteps=0.0,
                                 ema_halflife_nimg=20_000, checkpoint_every=1000, preview_every=1000),
+    "builtin-hfa": TrainingConfig(stage="hfa", init="builtin", batch_size=4, total_steps=1200, lr=5e-4,
+                                  warmup_steps=50, ema_halflife_nimg=1000, checkpoint_every=100, preview_every=200),
 }
 
 #: Options that may change when a run is resumed (length, bookkeeping, and how the export samples).
@@ -330,8 +358,14 @@ class EMA:
 
 # ------------------------------------------------------------------------ run folder
 def make_pipeline(config: TrainingConfig, unet: torch.nn.Module, backbone: Any = None) -> Any:
-    """The inference pipeline around ``unet``: :class:`FBDDPipeline`, or with ``backbone`` (the
-    :class:`~lamina.layeringdiff.latent.LatentFBDDPipeline` being trained) a latent one sharing its frozen parts."""
+    """The inference pipeline around the trained network: :class:`FBDDPipeline` around ``unet``; with
+    ``backbone`` (the :class:`~lamina.layeringdiff.latent.LatentFBDDPipeline` being trained) a latent one
+    sharing its frozen parts; in stage ``"hfa"`` (``unet`` then the :class:`HFANet`) the frozen FBDD
+    ``backbone`` with that HFA."""
+    if config.stage == "hfa":
+        return FBDDPipeline(unet=backbone.unet, scheduler=backbone.scheduler, prefill=backbone.config.prefill,
+                            inference_steps=backbone.config.inference_steps,
+                            foreground_residual=backbone.config.foreground_residual, hfa=unet)
     if backbone is None:
         return FBDDPipeline(unet=unet, scheduler=make_scheduler(prediction_type=config.prediction),
                             prefill=config.prefill, inference_steps=config.inference_steps,
@@ -366,13 +400,13 @@ def _write_preview(pipeline: Any, config: TrainingConfig, path: Path) -> None:
     from .decompose import finish_decomposition
 
     pipeline.set_progress_bar_config(disable=True)
-    source = make_source(config)
+    source = make_source(replace(config, resolution=max(config.hfa_sizes)) if config.stage == "hfa" else config)
     rows = []
     for i in range(config.preview_count):
         s = source(PREVIEW_SEED + i)
         total = s["alpha"] + s["effects"] * (1.0 - s["alpha"])
         image = total[:, :, None] * s["rgb"] + (1.0 - total[:, :, None]) * s["background"]
-        out = pipeline(image, s["alpha"], num_inference_steps=config.inference_steps,
+        out = pipeline(image, s["alpha"], num_inference_steps=int(pipeline.config.inference_steps),
                        generator=torch.Generator().manual_seed(i), projection=False)
         part = finish_decomposition(image, s["alpha"], out.foreground[0], out.background[0],
                                     effects=None if out.effects is None else out.effects[0])
@@ -397,6 +431,35 @@ def _load_backbone(config: TrainingConfig) -> Any:
     return backbone
 
 
+def _load_frozen_fbdd(init: str) -> FBDDPipeline:
+    """The saved pixel-space FBDD an HFA stage trains over (``"builtin"``, a folder or a hub id), frozen."""
+    from .decompose import BUILTIN_MODEL
+    from .fbdd import load_pipeline
+
+    pipeline = load_pipeline(BUILTIN_MODEL if init == "builtin" else init)
+    if not isinstance(pipeline, FBDDPipeline):
+        raise LaminaError(f"init {init!r} is a {type(pipeline).__name__}; the HFA stage needs a pixel-space FBDD")
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.unet.requires_grad_(False).eval()
+    return pipeline
+
+
+def hfa_training_loss(pipeline: FBDDPipeline, hfa: torch.nn.Module, batch: dict[str, torch.Tensor],
+                      generator: torch.Generator, config: TrainingConfig) -> dict[str, torch.Tensor]:
+    """:func:`~lamina.layeringdiff.hfa.hfa_loss` of ``hfa`` on a batch (:func:`make_batch`, no prefill):
+    the frozen ``pipeline`` samples ``F_0, B_0, E`` as at inference, ``hfa`` refines them, then the
+    recomposition projection, as in :meth:`FBDDPipeline.__call__`."""
+    image, alpha = batch["image"], batch["alpha"]
+    out = pipeline(image, alpha, num_inference_steps=int(pipeline.config.inference_steps), generator=generator,
+                   projection=False, output_type="pt", hfa=False)
+    refined = hfa(image, alpha, out.effects, out.foreground, out.background)
+    total = alpha if out.effects is None else alpha + out.effects * (1.0 - alpha)
+    foreground, background = project_recomposition(image, total, refined.foreground, refined.background)
+    hidden = ((alpha > 0) | (batch["effects"] > 0)).float()
+    return hfa_loss(foreground, background, batch["foreground"], batch["background"], alpha, hidden,
+                    config.hole_weight, config.hfa_foreground_weight)
+
+
 def _load_init(unet: torch.nn.Module, init: str) -> None:
     """Copy the UNet weights of a saved FBDD (``"builtin"``, a folder or a hub id) into ``unet``; same architecture.
 
@@ -414,11 +477,16 @@ def _load_init(unet: torch.nn.Module, init: str) -> None:
         widened = torch.zeros_like(target)
         widened[:, :state[key].shape[1]] = state[key]
         state[key] = widened
+    _copy_weights(unet, state, f"init {init!r}: its UNet does not match this run's (choose the same preset, "
+                               "effects and prefill)")
+
+
+def _copy_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict(state)``, or a one-line :class:`LaminaError` starting with ``what``."""
     try:
-        unet.load_state_dict(state)
+        module.load_state_dict(state)
     except RuntimeError as exc:
-        raise LaminaError(f"init {init!r}: its UNet does not match this run's (choose the same preset, effects and "
-                          f"prefill): {str(exc).splitlines()[0]}") from None
+        raise LaminaError(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
 # ------------------------------------------------------------------------------ loop
@@ -429,7 +497,7 @@ def training_loop(
     echo: Callable[[str], None] = print,
     stop_after_s: float | None = None,
 ) -> Path:
-    """Train FBDD into ``run_dir``; running it again on the same folder resumes. Returns the export folder.
+    """Train FBDD (or, in stage ``"hfa"``, its HFA) into ``run_dir``; running it again resumes. Returns the export.
 
     Args:
         config: all options (:func:`resolve_config`).
@@ -446,17 +514,27 @@ def training_loop(
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
 
-    # Networks, optimiser, EMA.
+    # Networks, optimiser, EMA. ``unet`` is the network being trained (in stage "hfa" the HFANet, over
+    # the frozen FBDD ``backbone``).
     torch.manual_seed(config.seed)
-    backbone = None if config.backbone is None else _load_backbone(config)
-    if backbone is None:
-        unet = make_unet(config.unet, sample_size=config.resolution, effects=config.effects, prefill=config.prefill)
-        scheduler = make_scheduler(prediction_type=config.prediction)
-    else:
+    state_path = run_dir / STATE_FILE
+    state_key = "hfa" if config.stage == "hfa" else "unet"
+    if config.stage == "hfa":
+        backbone = _load_frozen_fbdd(str(config.init)).to(accelerator.device)
+        unet, scheduler = HFANet(config.hfa_channels, config.hfa_dilations), backbone.scheduler
+        if backbone.hfa is not None and not state_path.exists():
+            _copy_weights(unet, backbone.hfa.state_dict(), f"init {config.init!r}: its HFA does not match "
+                                                             "hfa_channels / hfa_dilations")
+            echo(f"starting from the HFA of {config.init}")
+    elif config.backbone is not None:
+        backbone = _load_backbone(config)
         unet, scheduler = backbone.unet, backbone.scheduler
         backbone.to(accelerator.device)
-    state_path = run_dir / STATE_FILE
-    if config.init is not None and not state_path.exists():
+    else:
+        backbone = None
+        unet = make_unet(config.unet, sample_size=config.resolution, effects=config.effects, prefill=config.prefill)
+        scheduler = make_scheduler(prediction_type=config.prediction)
+    if config.init is not None and config.stage == "fbdd" and not state_path.exists():
         _load_init(unet, config.init)
         echo(f"starting from the weights of {config.init}")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -466,7 +544,7 @@ def training_loop(
     # Resume.
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        unet.load_state_dict(state["unet"])
+        unet.load_state_dict(state[state_key])
         ema.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
@@ -477,7 +555,9 @@ def training_loop(
             staged.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.model.to(accelerator.device)
-    source = make_source(config)
+    sizes = config.hfa_sizes if config.stage == "hfa" else (config.resolution,)  # HFA: one size per step in turn
+    sources = {size: make_source(replace(config, resolution=size)) for size in sizes}
+    batch_config = replace(config, prefill=None) if config.stage == "hfa" else config  # HFA: FBDD makes its own
     scheduler.set_timesteps(config.inference_steps)
     focus = scheduler.timesteps.clone()
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -485,7 +565,7 @@ def training_loop(
     def save() -> None:
         if not main:
             return
-        save_state({"step": step, "unet": accelerator.unwrap_model(unet).state_dict(),
+        save_state({"step": step, state_key: accelerator.unwrap_model(unet).state_dict(),
                             "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
                             "config": config.to_dict()}, state_path)
         export_pipeline(make_pipeline(config, ema.model, backbone), run_dir / EXPORT_DIR)
@@ -495,8 +575,8 @@ def training_loop(
     while step < config.total_steps:
         # Batch: seeds depend only on (seed, step, rank), so a resumed run sees the same data.
         base = (config.seed * 1_000_003 + step * world + rank) * config.batch_size
-        batch = {k: v.to(accelerator.device) for k, v in
-                 make_batch(source, list(range(base, base + config.batch_size)), config).items()}
+        batch = {k: v.to(accelerator.device) for k, v in make_batch(
+            sources[sizes[step % len(sizes)]], list(range(base, base + config.batch_size)), batch_config).items()}
         generator = torch.Generator().manual_seed(base)
         n = config.batch_size
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
@@ -506,7 +586,9 @@ def training_loop(
         # Optimisation step (linear warm-up).
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
-        if backbone is None:
+        if config.stage == "hfa":
+            losses = hfa_training_loss(backbone, unet, batch, generator, config)
+        elif backbone is None:
             losses = fbdd_loss(unet, scheduler, batch["image"], batch["alpha"], batch["foreground"],
                                batch["background"], generator=generator, effects=batch["effects"],
                                recomposition_weight=config.recomposition_weight, hole_weight=config.hole_weight,
@@ -525,8 +607,9 @@ def training_loop(
         # Log, checkpoint, preview.
         if main and step % config.log_every == 0:
             now = time.time()
-            record = {"step": step, "nimg": step * n * world, "loss": round(float(losses["loss"].detach()), 6),
-                      "v": round(float(losses["v"]), 6), "sec_per_step": round((now - last) / config.log_every, 4)}
+            record = {"step": step, "nimg": step * n * world,
+                      **{k: round(float(v.detach()), 6) for k, v in losses.items()},
+                      "sec_per_step": round((now - last) / config.log_every, 4)}
             last = now
             append_log(run_dir / LOG_FILE, record)
             echo(f"step {step}/{config.total_steps} loss {record['loss']:.4f} ({record['sec_per_step']:.2f} s/step)")

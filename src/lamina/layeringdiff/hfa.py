@@ -1,0 +1,142 @@
+"""HFA, high-frequency alignment: a small learned refinement of FBDD's layers at the output resolution.
+
+LayeringDiff follows its decomposition model with HFA modules that restore the fine detail the
+low-resolution decomposition loses and align the layers' high frequencies with the composite
+(abstract; the method sections are not public). lamina's FBDD samples at its UNet's working
+size (64 px for the built-in model) and upsamples; the parameter-free part of the alignment
+is already in :class:`~lamina.layeringdiff.fbdd.FBDDPipeline`: full-resolution classical
+estimates as the residuals' base, and the recomposition projection, which copies what the
+layers miss of the composite into the layer that shows it. :class:`HFANet` is the learned
+part, **our design**:
+
+* **Where.** After FBDD has produced full-resolution ``F_0``, ``B_0`` (and the effects'
+  opacity ``E``), before the projection: ``F = F_0 + dF``, ``B = B_0 + dB``. The projection
+  still follows, so the layers recompose the image exactly whatever the network does.
+* **Inputs** (all at the output resolution, mapped to ``[-1, 1]``): the composite ``I``, the
+  object's alpha, ``E``, ``F_0``, ``B_0`` and the recomposition residual
+  ``r = I - t F_0 - (1 - t) B_0`` (``t = alpha + E (1 - alpha)``, the layer's alpha), which is
+  exactly the detail the upsampled layers miss where they are visible.
+* **Network.** A fully convolutional stack of residual blocks with growing dilation (1, 2, 4,
+  8, 1 by default: a receptive field of 65 px, enough to carry texture from the visible
+  surroundings into the hidden background) and no normalisation, so it runs at any
+  resolution. Its last convolution starts at zero: before training it changes nothing.
+* **Training** (:func:`hfa_loss`, ``lamina layeringdiff train --preset builtin-hfa``): the
+  FBDD model is frozen and sampled exactly as at inference, on procedural scenes at several
+  output sizes (1 to 2.5 times its working size); the loss is taken after the projection,
+  on what the user gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from ..errors import LaminaError
+
+try:
+    from diffusers import ModelMixin
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.utils import BaseOutput
+except ImportError as exc:  # pragma: no cover - exercised only without diffusers
+    raise LaminaError("the learned HFA needs diffusers: pip install 'diffusers>=0.42'") from exc
+
+#: Input channels: I (3), alpha (1), E (1), F_0 (3), B_0 (3), r (3); output: dF (3), dB (3).
+IN_CHANNELS, OUT_CHANNELS = 14, 6
+
+
+@dataclass
+class HFAOutput(BaseOutput):
+    """``foreground``, ``background``: ``[N, 3, H, W]`` refined layers in ``[0, 1]`` (not yet projected)."""
+
+    foreground: torch.Tensor
+    background: torch.Tensor
+
+
+class _Block(nn.Module):
+    """``x + conv(silu(conv(silu(x))))``, the first convolution dilated."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(nnf.silu(self.conv1(nnf.silu(x))))
+
+
+class HFANet(ModelMixin, ConfigMixin):
+    """The learned high-frequency alignment of FBDD's upsampled layers (module docstring).
+
+    Args:
+        channels: width of the convolutions.
+        dilations: one residual block per entry, its first convolution with that dilation.
+    """
+
+    @register_to_config
+    def __init__(self, channels: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 1)) -> None:
+        super().__init__()
+        if channels < 1 or not dilations or min(dilations) < 1:
+            raise LaminaError(f"HFANet needs channels >= 1 and dilations >= 1, got {channels} and {dilations}")
+        self.conv_in = nn.Conv2d(IN_CHANNELS, channels, 3, padding=1)
+        self.blocks = nn.ModuleList(_Block(channels, int(d)) for d in dilations)
+        self.conv_out = nn.Conv2d(channels, OUT_CHANNELS, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # identity at the start
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, image: torch.Tensor, alpha: torch.Tensor, effects: torch.Tensor | None,
+                foreground: torch.Tensor, background: torch.Tensor) -> HFAOutput:
+        """Refine upsampled layers.
+
+        Args:
+            image: the composite ``[N, 3, H, W]`` in ``[0, 1]``.
+            alpha: the object's matte ``[N, 1, H, W]`` in ``[0, 1]``.
+            effects: the effects' opacity ``E`` ``[N, 1, H, W]`` in ``[0, 1]`` (``None``: no effects).
+            foreground, background: FBDD's ``F_0``, ``B_0`` ``[N, 3, H, W]`` in ``[0, 1]``.
+        Returns:
+            :class:`HFAOutput`, ``F_0 + dF`` and ``B_0 + dB`` clamped to ``[0, 1]``.
+        """
+        effects = torch.zeros_like(alpha) if effects is None else effects
+        total = alpha + effects * (1.0 - alpha)
+        residual = image - total * foreground - (1.0 - total) * background
+        x = torch.cat([image * 2 - 1, alpha * 2 - 1, effects * 2 - 1, foreground * 2 - 1, background * 2 - 1,
+                       residual], dim=1).to(self.dtype)
+        h = self.conv_in(x)
+        for block in self.blocks:
+            h = block(h)
+        delta = self.conv_out(nnf.silu(h)).float()
+        return HFAOutput(foreground=(foreground + delta[:, :3]).clamp(0.0, 1.0),
+                         background=(background + delta[:, 3:]).clamp(0.0, 1.0))
+
+
+def hfa_loss(
+    foreground_hat: torch.Tensor,
+    background_hat: torch.Tensor,
+    foreground: torch.Tensor,
+    background: torch.Tensor,
+    alpha: torch.Tensor,
+    hidden: torch.Tensor,
+    hole_weight: float = 4.0,
+    foreground_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """The HFA training loss (our design), on the projected layers, in the benchmark's own terms.
+
+    ``background = sum(w (B_hat - B)^2) / sum(w)`` with ``w = 1 + hole_weight * hidden`` (squared error:
+    the benchmark scores the background by PSNR); ``foreground = sum(alpha |F_hat - F|) / sum(alpha)``, the
+    benchmark's alpha-weighted L1; ``loss = background + foreground_weight * foreground``.
+
+    Args:
+        foreground_hat, background_hat: the refined, projected layers ``[N, 3, H, W]`` in ``[0, 1]``.
+        foreground, background: their ground truth ``[N, 3, H, W]`` (the background without effects).
+        alpha: the object's matte ``[N, 1, H, W]`` (where ``F`` is the object's colour).
+        hidden: ``[N, 1, H, W]``, 1 where the object or its effects hide the background.
+    Returns:
+        ``{"loss", "background", "foreground"}``; ``loss`` is the one to back-propagate.
+    """
+    weight = 1.0 + hole_weight * hidden
+    background_term = (weight * (background_hat - background).square()).sum() / (3.0 * weight.sum())
+    foreground_term = (alpha * (foreground_hat - foreground).abs()).sum() / (3.0 * alpha.sum()).clamp_min(1e-8)
+    return {"loss": background_term + foreground_weight * foreground_term, "background": background_term.detach(),
+            "foreground": foreground_term.detach()}
