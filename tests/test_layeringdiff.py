@@ -388,13 +388,14 @@ def test_hfa_loss_golden_numbers() -> None:
     foreground_hat = torch.tensor([[[[0.2, 0.9]], [[0.2, 0.9]], [[0.2, 0.9]]]])
     alpha = torch.tensor([[[[1.0, 0.5]]]])
     hidden = torch.tensor([[[[1.0, 0.0]]]])
-    losses = hfa_loss(foreground_hat, background_hat, zeros, zeros, alpha, hidden, hole_weight=4.0,
-                      foreground_weight=2.0)
-    # background: weights 5 and 1; sum 3 * 5 * 0.25 = 3.75 over 3 * (5 + 1) = 18
-    assert losses["background"].item() == pytest.approx(3.75 / 18)
+    losses = hfa_loss(foreground_hat, background_hat, zeros, zeros, alpha, hidden, foreground_weight=2.0)
+    # background: only the hidden pixel counts: 0.5^2 = 0.25 in each channel
+    assert losses["background"].item() == pytest.approx(0.25)
     # foreground: 3 * (1 * 0.2 + 0.5 * 0.9) = 1.95 over 3 * 1.5 = 4.5
     assert losses["foreground"].item() == pytest.approx(1.95 / 4.5)
-    assert losses["loss"].item() == pytest.approx(3.75 / 18 + 2 * 1.95 / 4.5)
+    assert losses["loss"].item() == pytest.approx(0.25 + 2 * 1.95 / 4.5)
+    nothing = hfa_loss(foreground_hat, background_hat, zeros, zeros, torch.zeros_like(alpha), torch.zeros_like(hidden))
+    assert nothing["loss"].item() == 0.0  # no object: nothing to learn, and no division by zero
 
 
 def test_hfa_starts_as_the_identity_and_round_trips_in_the_pipeline(tmp_path) -> None:

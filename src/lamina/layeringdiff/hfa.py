@@ -22,8 +22,11 @@ part, **our design**:
   resolution. Its last convolution starts at zero: before training it changes nothing.
 * **Training** (:func:`hfa_loss`, ``lamina layeringdiff train --preset builtin-hfa``): the
   FBDD model is frozen and sampled exactly as at inference, on procedural scenes at several
-  output sizes (1 to 2.5 times its working size); the loss is taken after the projection,
-  on what the user gets.
+  output sizes (1 to 2.5 times its working size). The loss (:func:`hfa_loss`) is on the refined
+  layers where they matter and before the projection: ``B`` where the object or its effects
+  hide it, ``F`` weighted by alpha. (A first version scored the projected layers instead; it
+  learned mostly to undo what projecting with the raw effects opacity does to ``B``, which the
+  decomposer's own effects handling already avoids, and made the decomposer's layers worse.)
 """
 
 from __future__ import annotations
@@ -118,25 +121,24 @@ def hfa_loss(
     background: torch.Tensor,
     alpha: torch.Tensor,
     hidden: torch.Tensor,
-    hole_weight: float = 4.0,
     foreground_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """The HFA training loss (our design), on the projected layers, in the benchmark's own terms.
+    """The HFA training loss (our design), in the benchmark's own terms, where the layers are unknown.
 
-    ``background = sum(w (B_hat - B)^2) / sum(w)`` with ``w = 1 + hole_weight * hidden`` (squared error:
-    the benchmark scores the background by PSNR); ``foreground = sum(alpha |F_hat - F|) / sum(alpha)``, the
-    benchmark's alpha-weighted L1; ``loss = background + foreground_weight * foreground``.
+    ``background = sum(hidden (B_hat - B)^2) / sum(hidden)`` (squared error: the benchmark scores the
+    hidden background by PSNR; elsewhere the projection makes ``B`` the image itself);
+    ``foreground = sum(alpha |F_hat - F|) / sum(alpha)``, the benchmark's alpha-weighted L1;
+    ``loss = background + foreground_weight * foreground``. Means over channels too; an empty mask gives 0.
 
     Args:
-        foreground_hat, background_hat: the refined, projected layers ``[N, 3, H, W]`` in ``[0, 1]``.
+        foreground_hat, background_hat: the refined layers ``[N, 3, H, W]`` in ``[0, 1]``.
         foreground, background: their ground truth ``[N, 3, H, W]`` (the background without effects).
         alpha: the object's matte ``[N, 1, H, W]`` (where ``F`` is the object's colour).
         hidden: ``[N, 1, H, W]``, 1 where the object or its effects hide the background.
     Returns:
         ``{"loss", "background", "foreground"}``; ``loss`` is the one to back-propagate.
     """
-    weight = 1.0 + hole_weight * hidden
-    background_term = (weight * (background_hat - background).square()).sum() / (3.0 * weight.sum())
+    background_term = (hidden * (background_hat - background).square()).sum() / (3.0 * hidden.sum()).clamp_min(1e-8)
     foreground_term = (alpha * (foreground_hat - foreground).abs()).sum() / (3.0 * alpha.sum()).clamp_min(1e-8)
     return {"loss": background_term + foreground_weight * foreground_term, "background": background_term.detach(),
             "foreground": foreground_term.detach()}

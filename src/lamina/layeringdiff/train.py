@@ -61,7 +61,6 @@ from ..io import atomic_output, plot_log, save_contact_sheet
 from ..layers import LayeredImage
 from ..overrides import check_type
 from ..training import append_log, ema_beta, ema_update_, save_state, time_is_up, trim_log
-from .decompose import project_recomposition
 from .fbdd import FBDDPipeline, check_prefill, compute_prefill, fbdd_loss, make_scheduler, make_unet
 from .hfa import HFANet, hfa_loss
 from .latent import latent_fbdd_loss
@@ -447,17 +446,14 @@ def _load_frozen_fbdd(init: str) -> FBDDPipeline:
 def hfa_training_loss(pipeline: FBDDPipeline, hfa: torch.nn.Module, batch: dict[str, torch.Tensor],
                       generator: torch.Generator, config: TrainingConfig) -> dict[str, torch.Tensor]:
     """:func:`~lamina.layeringdiff.hfa.hfa_loss` of ``hfa`` on a batch (:func:`make_batch`, no prefill):
-    the frozen ``pipeline`` samples ``F_0, B_0, E`` as at inference, ``hfa`` refines them, then the
-    recomposition projection, as in :meth:`FBDDPipeline.__call__`."""
+    the frozen ``pipeline`` samples ``F_0, B_0, E`` as at inference, ``hfa`` refines them."""
     image, alpha = batch["image"], batch["alpha"]
     out = pipeline(image, alpha, num_inference_steps=int(pipeline.config.inference_steps), generator=generator,
                    projection=False, output_type="pt", hfa=False)
     refined = hfa(image, alpha, out.effects, out.foreground, out.background)
-    total = alpha if out.effects is None else alpha + out.effects * (1.0 - alpha)
-    foreground, background = project_recomposition(image, total, refined.foreground, refined.background)
     hidden = ((alpha > 0) | (batch["effects"] > 0)).float()
-    return hfa_loss(foreground, background, batch["foreground"], batch["background"], alpha, hidden,
-                    config.hole_weight, config.hfa_foreground_weight)
+    return hfa_loss(refined.foreground, refined.background, batch["foreground"], batch["background"], alpha, hidden,
+                    config.hfa_foreground_weight)
 
 
 def _load_init(unet: torch.nn.Module, init: str) -> None:
