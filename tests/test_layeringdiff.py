@@ -400,7 +400,7 @@ def test_hfa_loss_golden_numbers() -> None:
 
 def test_hfa_starts_as_the_identity_and_round_trips_in_the_pipeline(tmp_path) -> None:
     from lamina.layeringdiff.fbdd import FBDDDecomposer, FBDDPipeline, load_pipeline, make_scheduler, make_unet
-    from lamina.layeringdiff.hfa import HFANet
+    from lamina.layeringdiff.hfa import HFANet, refine
 
     g = torch.Generator().manual_seed(0)
     image, fg, bg = (torch.rand(2, 3, 12, 10, generator=g) for _ in range(3))
@@ -416,6 +416,22 @@ def test_hfa_starts_as_the_identity_and_round_trips_in_the_pipeline(tmp_path) ->
     assert hfa.conv_in.weight.grad is not None and torch.isfinite(hfa.conv_in.weight.grad).all()
     with pytest.raises(LaminaError, match="dilations"):
         HFANet(dilations=())
+    # refine() runs it on the object's box grown by the receptive field: the same result where it matters.
+    assert hfa.radius == 2 + 2 + 3
+    image, fg, bg = (torch.rand(1, 3, 40, 36, generator=g) for _ in range(3))
+    alpha, effects = torch.zeros(1, 1, 40, 36), torch.zeros(1, 1, 40, 36)
+    alpha[..., 10:20, 12:18], effects[..., 20:24, 10:22] = 0.8, 0.4
+    whole = hfa(image, alpha, effects, fg, bg)
+    foreground, background = refine(hfa, image, alpha, effects, fg, bg)
+    effects[..., 30:, :] = 0.005  # below REGION_FLOOR: does not widen the box
+    whole = hfa(image, alpha, effects, fg, bg)
+    foreground, background = refine(hfa, image, alpha, effects, fg, bg)
+    hidden = ((alpha > 0) | (effects > 0.01)).expand(-1, 3, -1, -1)
+    assert torch.equal(whole.background[hidden], background[hidden])
+    assert torch.equal(whole.foreground[hidden], foreground[hidden])
+    for far in (slice(0, 2), slice(32, None)):  # rows beyond the box (10:24) grown by the radius: untouched
+        assert torch.equal(background[..., far, :], bg[..., far, :])
+    assert refine(hfa, image, torch.zeros_like(alpha), None, fg, bg)[1] is bg  # no object: nothing to do
 
     s = scene(32)
     unet = make_unet("tiny", sample_size=16, effects=True, prefill="classical")

@@ -291,7 +291,7 @@ def test_training_on_a_folder_of_layers(tmp_path) -> None:
         make_source(resolve_config("tiny", data=str(tmp_path / "backgrounds")))
 
 
-def test_builtin_model_is_the_default_and_small() -> None:
+def test_builtin_model_is_the_default_and_small(tmp_path) -> None:
     from lamina.data import SCENE_PRESETS, generate_scene
     from lamina.layeringdiff import decompose_image
     from lamina.layeringdiff.decompose import BUILTIN_MODEL
@@ -301,10 +301,25 @@ def test_builtin_model_is_the_default_and_small() -> None:
     assert size_mb <= 20, size_mb
     pipe = load_builtin()
     assert pipe.config.prefill == "classical" and pipe.unet.config.out_channels == 7
+    assert type(pipe.hfa).__name__ == "HFANet"  # the learned high-frequency alignment ships with it
     scene = generate_scene(123_456_789, SCENE_PRESETS["default"].with_size(96))
     layered = decompose_image(scene.composite, box=scene.box)  # the default method and model
     assert layered.metadata["method"] == "layeringdiff" and layered.metadata["recomposition_psnr"] > 35
     assert layered.size == (96, 96) and len(layered.layers) == 1
+    # The command line, with and without the learned HFA: the same image, other hidden background.
+    from lamina.io import write_png
+    from lamina.layeringdiff.cli import decompose
+
+    write_png(scene.composite, tmp_path / "scene.png")
+    box = ",".join(map(str, scene.box))
+    outputs = {}
+    for flag in ("--hfa", "--no-hfa"):
+        out = tmp_path / f"{flag}.psd"
+        result = CliRunner().invoke(decompose, [str(tmp_path / "scene.png"), "--box", box, flag, "--out", str(out)])
+        assert result.exit_code == 0, failure(result)
+        outputs[flag] = load(out)
+    backgrounds = [outputs[flag].background.pixels for flag in outputs]
+    assert not np.allclose(*backgrounds) and np.abs(backgrounds[0] - backgrounds[1]).max() < 0.5
 
 
 # ------------------------------------------------------------------ latent FBDD
@@ -432,3 +447,11 @@ def test_hfa_stage_trains_over_a_frozen_fbdd_resumes_and_exports(tmp_path) -> No
     with pytest.raises(LaminaError, match="unknown training stage"):
         resolve_config("tiny", stage="vae")
     assert resolve_config("builtin-hfa").init == "builtin"
+    # Fine-tuning: a new run over the export starts from its HFA (or not, with hfa_from_init=false).
+    again = [*args[:3], str(tmp_path / "again"), "--init", str(run / "export"), *args[6:], "--steps", "1"]
+    result = runner.invoke(train, again)
+    assert result.exit_code == 0 and "starting from the HFA" in result.output, failure(result)
+    result = runner.invoke(train, [*again[:3], str(tmp_path / "fresh"), *again[4:], "--set", "hfa_from_init=false"])
+    assert result.exit_code == 0 and "starting from the HFA" not in result.output, failure(result)
+    result = runner.invoke(train, [*again[:3], str(tmp_path / "wider"), *again[4:], "--set", "hfa_channels=6"])
+    assert result.exit_code == 0 and "another size" in result.output, failure(result)

@@ -60,6 +60,9 @@ _common_decompose_options = [
     click.option("--model", help="FBDD model: folder saved by a training run (RUN/export) or hub id"),
     click.option("--steps", type=click.IntRange(1), default=None, help="FBDD denoising steps (default: the model's)"),
     click.option("--seed", type=int, default=0, show_default=True, help="seed of the FBDD sampling noise"),
+    click.option("--hfa/--no-hfa", default=True, show_default=True,
+                 help="FBDD: the model's learned high-frequency alignment, if it has one (--no-hfa: closed form "
+                      "only, faster)"),
     click.option("--grounding-model", "grounding", multiple=True, metavar="ROLE=ID",
                  help="for --prompt: detector=ID, segmenter=ID, matting=ID (hub ids or local folders)"),
     click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads"),
@@ -84,7 +87,7 @@ def _grounding_models(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _decompose(image: Any, *, boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
-               layers: int | None, method: str, model: str | None, steps: int | None, seed: int,
+               layers: int | None, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
                grounding: tuple[str, ...]) -> Any:
     from ..io import read_image
     from .decompose import decompose_image
@@ -94,7 +97,7 @@ def _decompose(image: Any, *, boxes: tuple[str, ...], masks: tuple[Path, ...], p
         raise LaminaError("give the object(s) with exactly one of --box, --mask or --prompt")
     options = {}
     if method == "layeringdiff":
-        options = {"seed": seed} | ({"num_inference_steps": steps} if steps else {})
+        options = {"seed": seed, "hfa": hfa} | ({"num_inference_steps": steps} if steps else {})
     kwargs: dict[str, Any] = {"layers": layers, "method": method, "model": model, "options": options}
     if boxes:
         return decompose_image(image, box=list(boxes), **kwargs)
@@ -119,14 +122,14 @@ def _decompose(image: Any, *, boxes: tuple[str, ...], masks: tuple[Path, ...], p
 @_decompose_options
 def decompose(image: Path, boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
               layers: int | None, out: Path, method: str, model: str | None, steps: int | None, seed: int,
-              grounding: tuple[str, ...], threads: int | None, overwrite: bool) -> None:
+              hfa: bool, grounding: tuple[str, ...], threads: int | None, overwrite: bool) -> None:
     """Split the photo IMAGE into a completed background and one layer per object (shadows included)."""
     from ..io import read_rgb
 
     _threads(threads)
     _check_outputs(out, _sheet_path(out), overwrite)
     layered = _decompose(read_rgb(image), boxes=boxes, masks=masks, prompts=prompts, layers=layers,
-                         method=method, model=model, steps=steps, seed=seed, grounding=grounding)
+                         method=method, model=model, steps=steps, seed=seed, hfa=hfa, grounding=grounding)
     _write(layered, out, overwrite)
 
 
@@ -141,8 +144,8 @@ def decompose(image: Path, boxes: tuple[str, ...], masks: tuple[Path, ...], prom
 @click.option("--out", type=click.Path(path_type=Path), required=True, help=LAYERED_HELP)
 @_decompose_options
 def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, t2i_steps: int, guidance: float,
-             out: Path, method: str, model: str | None, steps: int | None, seed: int, grounding: tuple[str, ...],
-             threads: int | None, overwrite: bool) -> None:
+             out: Path, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
+             grounding: tuple[str, ...], threads: int | None, overwrite: bool) -> None:
     """Generate a composite from PROMPT, find the --foreground object(s) by text, and split it into layers."""
     from .grounding import generate_composite
 
@@ -151,7 +154,7 @@ def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, 
     image = generate_composite(t2i, prompt, size=size, num_inference_steps=t2i_steps, guidance_scale=guidance,
                                seed=seed)
     layered = _decompose(image, boxes=(), masks=(), prompts=phrases, layers=None, method=method, model=model,
-                         steps=steps, seed=seed, grounding=grounding)
+                         steps=steps, seed=seed, hfa=hfa, grounding=grounding)
     layered.metadata["prompt"] = prompt
     layered.metadata["t2i"] = str(t2i)
     _write(layered, out, overwrite)

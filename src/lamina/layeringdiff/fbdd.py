@@ -96,7 +96,7 @@ from .decompose import (
     touching_components,
 )
 from .foreground import as_rgb
-from .hfa import HFANet
+from .hfa import HFANet, refine
 
 try:
     from diffusers import DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DModel
@@ -472,8 +472,7 @@ class FBDDPipeline(DiffusionPipeline):
             layers = torch.cat([layers[:, :6], layers[:, 6:].clamp(0.0, 1.0)], dim=1)
         effects = layers[:, 6:7] if channels == EFFECTS_SAMPLE_CHANNELS else None
         if hfa and self.hfa is not None:
-            refined = self.hfa(image_t, alpha_t, effects, foreground, background)
-            foreground, background = refined.foreground, refined.background
+            foreground, background = refine(self.hfa, image_t, alpha_t, effects, foreground, background)
         if projection:  # the layer is the object over its effects: t = alpha + E (1 - alpha)
             total = alpha_t if effects is None else alpha_t + effects * (1.0 - alpha_t)
             foreground, background = project_recomposition(image_t, total, foreground, background)

@@ -12,13 +12,15 @@ part, **our design**:
 * **Where.** After FBDD has produced full-resolution ``F_0``, ``B_0`` (and the effects'
   opacity ``E``), before the projection: ``F = F_0 + dF``, ``B = B_0 + dB``. The projection
   still follows, so the layers recompose the image exactly whatever the network does.
+  :func:`refine` runs it only on the box around the object and its effects, grown by its
+  receptive field: elsewhere the projection makes ``B`` the image and ``F`` does not show.
 * **Inputs** (all at the output resolution, mapped to ``[-1, 1]``): the composite ``I``, the
   object's alpha, ``E``, ``F_0``, ``B_0`` and the recomposition residual
   ``r = I - t F_0 - (1 - t) B_0`` (``t = alpha + E (1 - alpha)``, the layer's alpha), which is
   exactly the detail the upsampled layers miss where they are visible.
 * **Network.** A fully convolutional stack of residual blocks with growing dilation (1, 2, 4,
-  8, 1 by default: a receptive field of 65 px, enough to carry texture from the visible
-  surroundings into the hidden background) and no normalisation, so it runs at any
+  8, 1 by default: a receptive field of 47 px, to carry texture from the visible surroundings
+  into the hidden background) and no normalisation, so it runs at any
   resolution. Its last convolution starts at zero: before training it changes nothing.
 * **Training** (:func:`hfa_loss`, ``lamina layeringdiff train --preset builtin-hfa``): the
   FBDD model is frozen and sampled exactly as at inference, on procedural scenes at several
@@ -48,6 +50,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
 
 #: Input channels: I (3), alpha (1), E (1), F_0 (3), B_0 (3), r (3); output: dF (3), dB (3).
 IN_CHANNELS, OUT_CHANNELS = 14, 6
+#: :func:`refine` works on the box around pixels whose alpha or effects opacity exceed this (a
+#: UNet's effects channel is rarely exactly 0, and the decomposer drops effects below 0.12 anyway).
+REGION_FLOOR = 0.01
 
 
 @dataclass
@@ -89,6 +94,11 @@ class HFANet(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.conv_out.weight)  # identity at the start
         nn.init.zeros_(self.conv_out.bias)
 
+    @property
+    def radius(self) -> int:
+        """Receptive-field radius in pixels: an output pixel depends on inputs at most this far away."""
+        return 2 + sum(int(d) + 1 for d in self.config.dilations)
+
     def forward(self, image: torch.Tensor, alpha: torch.Tensor, effects: torch.Tensor | None,
                 foreground: torch.Tensor, background: torch.Tensor) -> HFAOutput:
         """Refine upsampled layers.
@@ -112,6 +122,28 @@ class HFANet(ModelMixin, ConfigMixin):
         delta = self.conv_out(nnf.silu(h)).float()
         return HFAOutput(foreground=(foreground + delta[:, :3]).clamp(0.0, 1.0),
                          background=(background + delta[:, 3:]).clamp(0.0, 1.0))
+
+
+def refine(hfa: HFANet, image: torch.Tensor, alpha: torch.Tensor, effects: torch.Tensor | None,
+           foreground: torch.Tensor, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hfa`` applied where it matters: on the box around the object and its effects (alpha or ``E``
+    above :data:`REGION_FLOOR`, over the batch), grown by the network's receptive field, so inside that
+    region the result equals running it on the whole image; elsewhere ``F_0``, ``B_0`` are kept (there the
+    projection makes ``B`` the image, and ``F`` has no weight). Shapes as in :meth:`HFANet.forward`;
+    returns ``(F, B)``."""
+    hidden = alpha > REGION_FLOOR if effects is None else (alpha > REGION_FLOOR) | (effects > REGION_FLOOR)
+    hidden = hidden.any(dim=0)[0]  # [H, W]
+    rows, cols = torch.nonzero(hidden.any(dim=1))[:, 0], torch.nonzero(hidden.any(dim=0))[:, 0]
+    if rows.numel() == 0:
+        return foreground, background
+    h, w = alpha.shape[-2:]
+    y0, y1 = max(int(rows[0]) - hfa.radius, 0), min(int(rows[-1]) + 1 + hfa.radius, h)
+    x0, x1 = max(int(cols[0]) - hfa.radius, 0), min(int(cols[-1]) + 1 + hfa.radius, w)
+    crop = (..., slice(y0, y1), slice(x0, x1))
+    out = hfa(image[crop], alpha[crop], None if effects is None else effects[crop], foreground[crop], background[crop])
+    foreground, background = foreground.clone(), background.clone()
+    foreground[crop], background[crop] = out.foreground, out.background
+    return foreground, background
 
 
 def hfa_loss(

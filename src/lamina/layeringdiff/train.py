@@ -126,6 +126,7 @@ class TrainingConfig:
     hfa_dilations: tuple[int, ...] = (1, 2, 4, 8, 1)
     hfa_sizes: tuple[int, ...] = (64, 96, 128, 160)  # output sizes (px) HFA trains at, one per step in turn
     hfa_foreground_weight: float = 1.0  # weight of the foreground L1 in hfa_loss
+    hfa_from_init: bool = True  # start from the init model's HFA when it has one of this size (else: new)
     # Bookkeeping.
     seed: int = 0
     log_every: int = 10  # steps
@@ -518,10 +519,13 @@ def training_loop(
     if config.stage == "hfa":
         backbone = _load_frozen_fbdd(str(config.init)).to(accelerator.device)
         unet, scheduler = HFANet(config.hfa_channels, config.hfa_dilations), backbone.scheduler
-        if backbone.hfa is not None and not state_path.exists():
-            _copy_weights(unet, backbone.hfa.state_dict(), f"init {config.init!r}: its HFA does not match "
-                                                             "hfa_channels / hfa_dilations")
-            echo(f"starting from the HFA of {config.init}")
+        if backbone.hfa is not None and config.hfa_from_init and not state_path.exists():
+            if (backbone.hfa.config.channels, tuple(backbone.hfa.config.dilations)) == (
+                    config.hfa_channels, config.hfa_dilations):
+                _copy_weights(unet, backbone.hfa.state_dict(), f"init {config.init!r}'s HFA")
+                echo(f"starting from the HFA of {config.init}")
+            else:
+                echo(f"{config.init} has an HFA of another size; training a new one")
     elif config.backbone is not None:
         backbone = _load_backbone(config)
         unet, scheduler = backbone.unet, backbone.scheduler
