@@ -457,3 +457,8 @@ def test_hfa_starts_as_the_identity_and_round_trips_in_the_pipeline(tmp_path) ->
     on = FBDDDecomposer(loaded).decompose(s["image"], s["alpha"])
     off = FBDDDecomposer(loaded, hfa=False).decompose(s["image"], s["alpha"])
     assert not np.allclose(on.background, off.background)
+    # Beyond its trained scale (here 32 px output over a 16 px UNet: 2x) the pipeline skips the HFA.
+    loaded.hfa.register_to_config(max_scale=1.5)
+    np.testing.assert_array_equal(run(loaded).background, without.background)
+    loaded.hfa.register_to_config(max_scale=2.0)
+    np.testing.assert_allclose(run(loaded).background, with_hfa.background, atol=1e-6)

@@ -302,6 +302,7 @@ def test_builtin_model_is_the_default_and_small(tmp_path) -> None:
     pipe = load_builtin()
     assert pipe.config.prefill == "classical" and pipe.unet.config.out_channels == 7
     assert type(pipe.hfa).__name__ == "HFANet"  # the learned high-frequency alignment ships with it
+    assert pipe.hfa.config.max_scale == 4.0  # windows up to 256 px over the 64 px UNet (validated there)
     scene = generate_scene(123_456_789, SCENE_PRESETS["default"].with_size(96))
     layered = decompose_image(scene.composite, box=scene.box)  # the default method and model
     assert layered.metadata["method"] == "layeringdiff" and layered.metadata["recomposition_psnr"] > 35
@@ -437,6 +438,7 @@ def test_hfa_stage_trains_over_a_frozen_fbdd_resumes_and_exports(tmp_path) -> No
     assert all(np.isfinite(r["background"]) and np.isfinite(r["foreground"]) for r in log)
     exported, frozen = load_pipeline(run / "export"), load_pipeline(fbdd)
     assert isinstance(exported.hfa, HFANet) and exported.hfa.config.channels == 4
+    assert exported.hfa.config.max_scale == 24 / 16  # the largest trained size over the UNet's working size
     same = exported.unet.state_dict()
     assert all(torch.equal(v, same[k]) for k, v in frozen.unet.state_dict().items())  # FBDD untouched
     assert any(p.abs().sum() > 0 for p in exported.hfa.conv_out.parameters())  # the HFA learned something

@@ -435,7 +435,8 @@ class FBDDPipeline(DiffusionPipeline):
                 which ``F`` is the colour of that whole layer).
             output_type: ``"np"`` (``[N, H, W, C]`` float32 arrays) or ``"pt"`` (``[N, C, H, W]`` tensors).
             foreground_residual: overrides the pipeline's ``foreground_residual`` (``None``: keep it).
-            hfa: apply the pipeline's learned HFA, if it has one (``False``: the closed form only).
+            hfa: apply the pipeline's learned HFA, if it has one and the output is within its trained
+                scale (``HFANet.max_scale``); ``False``: the closed form only.
         """
         if foreground_residual is None:
             foreground_residual = bool(self.config.get("foreground_residual", True))
@@ -471,7 +472,7 @@ class FBDDPipeline(DiffusionPipeline):
             background = (base_b + layers[:, 3:6]).clamp(0.0, 1.0)
             layers = torch.cat([layers[:, :6], layers[:, 6:].clamp(0.0, 1.0)], dim=1)
         effects = layers[:, 6:7] if channels == EFFECTS_SAMPLE_CHANNELS else None
-        if hfa and self.hfa is not None:
+        if hfa and self.hfa is not None and self.hfa.applies(max(a / b for a, b in zip(full, size, strict=True))):
             foreground, background = refine(self.hfa, image_t, alpha_t, effects, foreground, background)
         if projection:  # the layer is the object over its effects: t = alpha + E (1 - alpha)
             total = alpha_t if effects is None else alpha_t + effects * (1.0 - alpha_t)

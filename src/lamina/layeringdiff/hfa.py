@@ -13,7 +13,8 @@ part, **our design**:
   opacity ``E``), before the projection: ``F = F_0 + dF``, ``B = B_0 + dB``. The projection
   still follows, so the layers recompose the image exactly whatever the network does.
   :func:`refine` runs it only on the box around the object and its effects, grown by its
-  receptive field: elsewhere the projection makes ``B`` the image and ``F`` does not show.
+  receptive field: elsewhere the projection makes ``B`` the image and ``F`` does not show. The
+  pipeline skips it when the output is more than ``max_scale`` times its working size.
 * **Inputs** (all at the output resolution, mapped to ``[-1, 1]``): the composite ``I``, the
   object's alpha, ``E``, ``F_0``, ``B_0`` and the recomposition residual
   ``r = I - t F_0 - (1 - t) B_0`` (``t = alpha + E (1 - alpha)``, the layer's alpha), which is
@@ -81,10 +82,15 @@ class HFANet(ModelMixin, ConfigMixin):
     Args:
         channels: width of the convolutions.
         dilations: one residual block per entry, its first convolution with that dilation.
+        max_scale: the largest ratio of output size to FBDD working size it was trained for
+            (``None``: any); :class:`~lamina.layeringdiff.fbdd.FBDDPipeline` skips it beyond that
+            (a photo's object window is often many times the 64 px working size: there the
+            network would run far outside what it learned, and cost the most).
     """
 
     @register_to_config
-    def __init__(self, channels: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 1)) -> None:
+    def __init__(self, channels: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 1),
+                 max_scale: float | None = None) -> None:
         super().__init__()
         if channels < 1 or not dilations or min(dilations) < 1:
             raise LaminaError(f"HFANet needs channels >= 1 and dilations >= 1, got {channels} and {dilations}")
@@ -93,6 +99,10 @@ class HFANet(ModelMixin, ConfigMixin):
         self.conv_out = nn.Conv2d(channels, OUT_CHANNELS, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # identity at the start
         nn.init.zeros_(self.conv_out.bias)
+
+    def applies(self, scale: float) -> bool:
+        """Whether an output ``scale`` times the FBDD working size is within the trained range."""
+        return self.config.max_scale is None or scale <= self.config.max_scale + 1e-6
 
     @property
     def radius(self) -> int:

@@ -518,7 +518,9 @@ def training_loop(
     state_key = "hfa" if config.stage == "hfa" else "unet"
     if config.stage == "hfa":
         backbone = _load_frozen_fbdd(str(config.init)).to(accelerator.device)
-        unet, scheduler = HFANet(config.hfa_channels, config.hfa_dilations), backbone.scheduler
+        unet = HFANet(config.hfa_channels, config.hfa_dilations,
+                      max_scale=max(config.hfa_sizes) / min(backbone.working_size()))
+        scheduler = backbone.scheduler
         if backbone.hfa is not None and config.hfa_from_init and not state_path.exists():
             if (backbone.hfa.config.channels, tuple(backbone.hfa.config.dilations)) == (
                     config.hfa_channels, config.hfa_dilations):
