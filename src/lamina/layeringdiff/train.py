@@ -431,12 +431,17 @@ def _load_backbone(config: TrainingConfig) -> Any:
     return backbone
 
 
-def _load_frozen_fbdd(init: str) -> FBDDPipeline:
-    """The saved pixel-space FBDD an HFA stage trains over (``"builtin"``, a folder or a hub id), frozen."""
+def _load_saved(init: str) -> Any:
+    """The saved FBDD pipeline ``init`` names: ``"builtin"``, a folder or a hub id."""
     from .decompose import BUILTIN_MODEL
     from .fbdd import load_pipeline
 
-    pipeline = load_pipeline(BUILTIN_MODEL if init == "builtin" else init)
+    return load_pipeline(BUILTIN_MODEL if init == "builtin" else init)
+
+
+def _load_frozen_fbdd(init: str) -> FBDDPipeline:
+    """The saved pixel-space FBDD an HFA stage trains over (``"builtin"``, a folder or a hub id), frozen."""
+    pipeline = _load_saved(init)
     if not isinstance(pipeline, FBDDPipeline):
         raise LaminaError(f"init {init!r} is a {type(pipeline).__name__}; the HFA stage needs a pixel-space FBDD")
     pipeline.set_progress_bar_config(disable=True)
@@ -464,10 +469,7 @@ def _load_init(unet: torch.nn.Module, init: str) -> None:
     ``P_F`` is the last input) gets the source's ``conv_in`` with zero weights for the new
     inputs, so it starts as the source model does on its inputs.
     """
-    from .decompose import BUILTIN_MODEL
-    from .fbdd import load_pipeline
-
-    state = load_pipeline(BUILTIN_MODEL if init == "builtin" else init).unet.state_dict()
+    state = _load_saved(init).unet.state_dict()
     key = "conv_in.weight"
     target = unet.state_dict()[key]
     if key in state and state[key].shape[0] == target.shape[0] and state[key].shape[1] < target.shape[1]:
