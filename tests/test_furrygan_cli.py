@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from lamina.furrygan import (
     train_segmenter,
 )
 from lamina.furrygan.cli import sample_paths
-from lamina.furrygan.evaluate import generate_batches, generated_mask_metrics
+from lamina.furrygan.evaluate import SnapshotScore, best_snapshot, generate_batches, generated_mask_metrics
 from lamina.furrygan.inference import (
     BUILTIN_DIR,
     feature_distance,
@@ -307,6 +308,47 @@ def test_eval_command(run, segmenter_dir):
             continue
         result = invoke("furrygan", "eval", "--checkpoint", str(run), "--device", device)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_select_command(run, segmenter_dir, tmp_path):
+    # Every snapshot scored (run keeps one per step: save_every=1), the scores cached and drawn, the best copied.
+    args = ["furrygan", "select", str(run), "--n", "4", "--segmenter", str(segmenter_dir), "--threads", "1"]
+    result = invoke(*args, "--json", "--export", str(tmp_path / "best"))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    steps = [int(step) for step in report["scores"]]
+    assert steps == sorted(steps) and steps[:2] == [1, 2]
+    assert report["best"] == max(steps, key=lambda s: (report["scores"][str(s)]["miou"], -s))
+    assert (run / "snapshot-scores.png").is_file()
+    best = tmp_path / "best"
+    assert (best / "model.safetensors").read_bytes() == (
+        run / "snapshots" / f"step-{report['best']:07d}" / "model.safetensors").read_bytes()
+    # A rerun with the same settings reuses the cached scores (doctored here to make step 1 the best) ...
+    cache = json.loads((run / "snapshot-scores.json").read_text())
+    cache["scores"]["1"]["masks"]["miou"] = 2.0
+    (run / "snapshot-scores.json").write_text(json.dumps(cache))
+    result = invoke(*args)
+    assert result.exit_code == 0 and "| 1 **best** | 2.0000 |" in result.output, result.output
+    # ... unless the snapshot was rewritten since; other settings score afresh. An existing --export
+    # is refused before any work.
+    weights = run / "snapshots" / "step-0000001" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["scores"]["1"]["miou"] <= 1.0
+    (run / "snapshot-scores.json").write_text(json.dumps(cache))
+    result = invoke(*args, "--seed", "5", "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["scores"]["1"]["miou"] <= 1.0
+    result = invoke(*args, "--export", str(best))
+    assert result.exit_code == 1 and "already exists" in result.output
+    result = invoke("furrygan", "select", str(tmp_path))
+    assert result.exit_code == 1 and "no snapshots/ folder" in result.output
+
+
+def test_best_snapshot_prefers_the_earliest_of_equals(tmp_path):
+    scores = [SnapshotScore(step, tmp_path, {"miou": miou}) for step, miou in [(1, 0.5), (2, 0.7), (3, 0.7)]]
+    assert best_snapshot(scores).step == 2
+    with pytest.raises(InputFileError):
+        best_snapshot([])
 
 
 def test_generate_batches_ranges(run):

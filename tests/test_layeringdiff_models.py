@@ -314,9 +314,10 @@ def test_builtin_model_is_the_default_and_small(tmp_path) -> None:
     write_png(scene.composite, tmp_path / "scene.png")
     box = ",".join(map(str, scene.box))
     outputs = {}
-    for flag in ("--hfa", "--no-hfa"):
+    for flag, model in (("--hfa", ["--model", "builtin"]), ("--no-hfa", [])):  # builtin: the default, by name
         out = tmp_path / f"{flag}.psd"
-        result = CliRunner().invoke(decompose, [str(tmp_path / "scene.png"), "--box", box, flag, "--out", str(out)])
+        result = CliRunner().invoke(decompose, [str(tmp_path / "scene.png"), "--box", box, flag, *model,
+                                                "--out", str(out)])
         assert result.exit_code == 0, failure(result)
         outputs[flag] = load(out)
     backgrounds = [outputs[flag].background.pixels for flag in outputs]

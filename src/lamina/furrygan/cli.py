@@ -317,6 +317,62 @@ def evaluate(checkpoint: str, count: int, truncation: float, segmenter: str, tar
         click.echo(f"| inversion {key} (vs exact masks, {inversion_n} scenes) | {value:.4f} |")
 
 
+@furrygan.command("select")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", "count", type=click.IntRange(2), default=1000, show_default=True,
+              help="Generated samples per snapshot.")
+@click.option("--truncation", type=click.FloatRange(0, 2), default=1.0, show_default=True)
+@click.option("--segmenter", default="builtin", show_default=True, help="Pseudo ground truth, as for eval.")
+@click.option("--on", "target", type=click.Choice(["fg", "composite"]), default="fg", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--seed", type=int, default=None,
+              help="Sample seed [default: 1, not eval's 0: report the chosen snapshot with eval on other samples].")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the best snapshot (highest mIoU) to this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --export folder.")
+@click.option("--device", default="cpu", show_default=True, callback=_check_device)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_threads
+def select(run_dir: Path, count: int, truncation: float, segmenter: str, target: str, threshold: float,
+           seed: int | None, export_dir: Path | None, overwrite: bool, device: str, as_json: bool,
+           threads: int) -> None:
+    """Score the masks of every snapshot of a run, plot them, and name (or --export) the best step.
+
+    FurryGAN's masks can peak before the end of a run; training keeps an export of every save in
+    RUN/snapshots/ (train.keep_snapshots). Scores are cached in RUN/snapshot-scores.json and
+    drawn to RUN/snapshot-scores.png.
+    """
+    _set_threads(threads)
+    import shutil
+
+    from ..io import atomic_output, check_writable, plot_log
+    from .evaluate import SCORES_NAME, SELECTION_SEED, best_snapshot, score_snapshots
+
+    if export_dir is not None:
+        check_writable(export_dir, overwrite)
+    seed = SELECTION_SEED if seed is None else seed
+    scores = score_snapshots(run_dir, count=count, truncation_psi=truncation, segmenter=segmenter, target=target,
+                             threshold=threshold, seed=seed, device=device)
+    best = best_snapshot(scores)
+    keys = ("miou", "iou_fg", "precision", "recall")
+    plot_log([{"step": s.step, **{k: s.masks[k] for k in keys}} for s in scores],
+             run_dir / Path(SCORES_NAME).with_suffix(".png"), keys=keys)
+    if export_dir is not None:
+        with atomic_output(export_dir, overwrite=overwrite) as staged:
+            shutil.copytree(best.path, staged)
+    if as_json:
+        click.echo(json.dumps({"best": best.step, "scores": {s.step: s.masks for s in scores}}, indent=2))
+        return
+    click.echo(f"{count} samples per snapshot of {run_dir} at psi={truncation}, seed {seed}; pseudo-GT: "
+               f"{segmenter} on {target}\n")
+    click.echo("| step | " + " | ".join(keys) + " |")
+    click.echo("|---" * (len(keys) + 1) + "|")
+    for s in scores:
+        mark = " **best**" if s is best else ""
+        click.echo(f"| {s.step}{mark} | " + " | ".join(f"{s.masks[k]:.4f}" for k in keys) + " |")
+    click.echo(f"\nbest: step {best.step} ({best.path})" + (f", copied to {export_dir}" if export_dir else ""))
+
+
 # ----------------------------------------------------------------------------- pseudo-GT segmenter
 @furrygan.command("train-segmenter")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)

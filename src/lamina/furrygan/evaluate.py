@@ -10,20 +10,39 @@
 * :func:`evaluate_checkpoint`: both, plus FID/KID of the composites and of the foregrounds
   against real images through :func:`lamina.metrics.fid_kid` (the paper's FID is between
   generated *foregrounds* and the training set).
+* :func:`score_snapshots`: the mask metrics of every snapshot a run kept
+  (``snapshots/step-NNNNNNN``), to pick the step with the best masks. On lamina's scenes
+  they peak before the end of a run and then drift (``benchmarks/RESULTS.md``). Score with
+  another sample seed (:data:`SELECTION_SEED`) than the one the chosen model is reported
+  with (``eval``'s default, 0), so the reported figure is not the maximum of noisy ones.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import InputFileError
 from ..metrics import RandomConvFeatures, fid_kid, mask_metrics
+from ..progress import progress
 from .datasets import SYNTH_EVAL_SEED, ImageFolderDataset, SynthComposites, synth_masks
 from .inference import invert, load_discriminator, load_generator
-from .networks import FurryGANDiscriminator, FurryGANGenerator
+from .networks import WEIGHTS_NAME, FurryGANDiscriminator, FurryGANGenerator
 from .segmenter import ExternalSegmenter, Segmenter, load_segmenter
+from .train import SNAPSHOTS_DIR
+
+#: Sample seed of :func:`score_snapshots`: not ``eval``'s default (0), so that a snapshot is
+#: chosen on other samples than the ones its reported figures come from.
+SELECTION_SEED = 1
+#: Where :func:`score_snapshots` keeps its scores inside the run folder (reused on a rerun).
+SCORES_NAME = "snapshot-scores.json"
+_SNAPSHOT = re.compile(r"step-(\d+)")
 
 
 @torch.no_grad()
@@ -96,3 +115,73 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], count: int = 1000, t
         report["inversion"] = inversion_mask_metrics(G, D, inversion_count, inversion_steps, threshold=threshold,
                                                      feature_weight=inversion_feature_weight)
     return report
+
+
+@dataclass(frozen=True)
+class SnapshotScore:
+    """One snapshot's mask metrics (:func:`generated_mask_metrics`; ``masks["miou"]`` and so on)."""
+
+    step: int
+    path: Path
+    masks: dict[str, float]
+
+
+def list_snapshots(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every complete snapshot of a training run, by step."""
+    root = Path(run_dir) / SNAPSHOTS_DIR
+    if not root.is_dir():
+        raise InputFileError(f"{run_dir}: no {SNAPSHOTS_DIR}/ folder (a FurryGAN run keeps one export per save "
+                             "there when train.keep_snapshots is on)")
+    found = sorted((int(match.group(1)), path) for path in root.iterdir()
+                   if (match := _SNAPSHOT.fullmatch(path.name)) and (path / WEIGHTS_NAME).is_file()
+                   and (path / "config.json").is_file())
+    if not found:
+        raise InputFileError(f"{root}: no snapshots yet (one is written every train.save_every steps)")
+    return found
+
+
+def score_snapshots(run_dir: str | os.PathLike[str], count: int = 1000, truncation_psi: float = 1.0,
+                    segmenter: str | os.PathLike[str] = "builtin", target: str = "fg", threshold: float = 0.5,
+                    seed: int = SELECTION_SEED, device: str | torch.device = "cpu") -> list[SnapshotScore]:
+    """:func:`generated_mask_metrics` of every snapshot of ``run_dir``, by step.
+
+    Scores are kept in ``run_dir/snapshot-scores.json`` with the settings they were made with
+    and each snapshot's weights file stamp (size, modification time); a rerun with the same
+    settings scores only the snapshots saved (or rewritten) since.
+    """
+    snapshots = list_snapshots(run_dir)
+    settings = {"count": count, "truncation_psi": truncation_psi, "segmenter": str(segmenter), "target": target,
+                "threshold": threshold, "seed": seed}
+    cache_path = Path(run_dir) / SCORES_NAME
+    cached: dict[str, dict[str, Any]] = {}
+    if cache_path.is_file():
+        try:
+            saved = json.loads(cache_path.read_text())
+        except json.JSONDecodeError:
+            saved = {}
+        if saved.get("settings") == settings:
+            cached = saved.get("scores", {})
+    seg = None
+    scores = []
+    for step, path in progress(snapshots, desc="snapshots"):
+        weights = (path / WEIGHTS_NAME).stat()
+        stamp = f"{weights.st_size}-{weights.st_mtime_ns}"
+        entry = cached.get(str(step))
+        if entry is None or entry.get("stamp") != stamp:
+            G = load_generator(path, device)
+            if seg is None:
+                seg = load_segmenter(segmenter, resolution=G.cfg.resolution)
+            masks = generated_mask_metrics(generate_batches(G, count, truncation_psi, seed), seg, target, threshold)
+            entry = cached[str(step)] = {"stamp": stamp, "masks": masks}
+        scores.append(SnapshotScore(step, path, entry["masks"]))
+    staged = cache_path.with_name(f".{SCORES_NAME}.tmp")
+    staged.write_text(json.dumps({"settings": settings, "scores": cached}, indent=1))
+    os.replace(staged, cache_path)
+    return scores
+
+
+def best_snapshot(scores: list[SnapshotScore], key: str = "miou") -> SnapshotScore:
+    """The snapshot with the highest ``masks[key]`` (the earliest of equals)."""
+    if not scores:
+        raise InputFileError("no snapshot scores to choose from")
+    return max(scores, key=lambda score: (score.masks[key], -score.step))

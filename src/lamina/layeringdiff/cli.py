@@ -57,7 +57,8 @@ def _write(layered: Any, out: Path, overwrite: bool) -> None:
 _common_decompose_options = [
     click.option("--method", type=click.Choice(["layeringdiff", "classical"]), default="layeringdiff",
                  show_default=True, help="learned FBDD (built-in model unless --model) or weight-free classical"),
-    click.option("--model", help="FBDD model: folder saved by a training run (RUN/export) or hub id"),
+    click.option("--model", help="FBDD model: folder saved by a training run (RUN/export), hub id, "
+                                 "or builtin (the default)"),
     click.option("--steps", type=click.IntRange(1), default=None, help="FBDD denoising steps (default: the model's)"),
     click.option("--seed", type=int, default=0, show_default=True, help="seed of the FBDD sampling noise"),
     click.option("--hfa/--no-hfa", default=True, show_default=True,

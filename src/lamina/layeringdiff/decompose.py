@@ -337,23 +337,23 @@ def peel(
 
 #: The built-in FBDD model (trained on procedural scenes, see ``lamina layeringdiff train --preset builtin``).
 BUILTIN_MODEL = Path(__file__).parent / "assets" / "builtin"
+#: The name that selects :data:`BUILTIN_MODEL` wherever a model is given (``--model builtin``).
+BUILTIN_NAME = "builtin"
 
 
 def make_decomposer(method: str = "layeringdiff", model: Any = None, **options: Any) -> Decomposer:
-    """The decomposer of a method name: ``"classical"`` or ``"layeringdiff"`` (FBDD; ``model`` defaults to
-    the built-in one, :data:`BUILTIN_MODEL`). ``options`` go to the decomposer's constructor."""
+    """The decomposer of a method name: ``"classical"`` or ``"layeringdiff"`` (FBDD; ``model``: a pipeline,
+    a saved folder or hub id, or ``None`` / ``"builtin"`` for :data:`BUILTIN_MODEL`). ``options`` go to the
+    decomposer's constructor."""
     if method == "classical":
         from .classical import ClassicalConfig, ClassicalDecomposer
 
         return ClassicalDecomposer(ClassicalConfig(**options))
     if method == "layeringdiff":
-        if model is None:
-            if not (BUILTIN_MODEL / "model_index.json").exists():
-                raise LaminaError(f"the built-in FBDD model is missing ({BUILTIN_MODEL}); pass model=PATH "
-                                  "(a training run's export/) or use method='classical'")
-            model = BUILTIN_MODEL
-        from .fbdd import FBDDDecomposer
+        from .fbdd import FBDDDecomposer, load_builtin
 
+        if model is None or (isinstance(model, str) and model == BUILTIN_NAME):
+            model = load_builtin()
         return FBDDDecomposer.load(model, **options)
     raise LaminaError(f"unknown decomposition method {method!r}; choose from {', '.join(METHODS)}")
 

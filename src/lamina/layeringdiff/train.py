@@ -433,10 +433,10 @@ def _load_backbone(config: TrainingConfig) -> Any:
 
 def _load_saved(init: str) -> Any:
     """The saved FBDD pipeline ``init`` names: ``"builtin"``, a folder or a hub id."""
-    from .decompose import BUILTIN_MODEL
-    from .fbdd import load_pipeline
+    from .decompose import BUILTIN_NAME
+    from .fbdd import load_builtin, load_pipeline
 
-    return load_pipeline(BUILTIN_MODEL if init == "builtin" else init)
+    return load_builtin() if init == BUILTIN_NAME else load_pipeline(init)
 
 
 def _load_frozen_fbdd(init: str) -> FBDDPipeline:
