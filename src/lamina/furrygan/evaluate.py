@@ -48,14 +48,21 @@ _SNAPSHOT = re.compile(r"step-(\d+)")
 @torch.no_grad()
 def generate_batches(G: FurryGANGenerator, count: int, truncation_psi: float = 1.0, seed: int = 0, batch: int = 100
                      ) -> dict[str, torch.Tensor]:
-    """``count`` samples on the CPU: ``fg``, ``composite`` ``[N, 3, R, R]`` in [0, 1], ``alpha`` ``[N, 1, R, R]``."""
+    """``count`` samples on the CPU: ``fg``, ``composite`` ``[N, 3, R, R]`` in [0, 1], ``alpha`` ``[N, 1, R, R]``.
+
+    Latents and the per-pixel noise inputs (random, as in training) both come from ``seed``, so
+    the same call gives the same samples; the caller's random state is left as it was.
+    """
+    device = G.w_avg_fg.device
     z = torch.randn(count, G.z_dim, generator=torch.Generator().manual_seed(seed))
     parts: dict[str, list[torch.Tensor]] = {"fg": [], "composite": [], "alpha": []}
-    for chunk in z.split(batch):
-        out = G(chunk.to(G.w_avg_fg.device), truncation_psi=truncation_psi, noise_mode="random")
-        parts["fg"].append(((out.fg + 1) / 2).clamp(0, 1).cpu())
-        parts["composite"].append(((out.composite + 1) / 2).clamp(0, 1).cpu())
-        parts["alpha"].append(out.alpha.cpu())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for chunk in z.split(batch):
+            out = G(chunk.to(device), truncation_psi=truncation_psi, noise_mode="random")
+            parts["fg"].append(((out.fg + 1) / 2).clamp(0, 1).cpu())
+            parts["composite"].append(((out.composite + 1) / 2).clamp(0, 1).cpu())
+            parts["alpha"].append(out.alpha.cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
