@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -226,6 +227,22 @@ def test_segment_command(run, tmp_path):
     assert Image.open(tmp_path / "seg32" / "photo_mask.png").size == (32, 32)
     result = invoke("furrygan", "segment", str(tmp_path / "nope.png"), "--out", str(tmp_path / "seg"))
     assert result.exit_code == 1 and "no such image file" in result.output
+
+
+def test_segment_learning_rate(run, tmp_path, monkeypatch):
+    # segment and invert() share one default learning rate (INVERSION_LR); --lr overrides it.
+    from lamina.furrygan import inference
+
+    seen, real = [], inference.invert
+    monkeypatch.setattr(inference, "invert", lambda *args, **kw: seen.append(kw["lr"]) or real(*args, **kw))
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    for extra in ([], ["--lr", "0.2"]):
+        result = invoke("furrygan", "segment", "--checkpoint", str(run), str(path), "--out", str(tmp_path / "seg"),
+                        "--steps", "1", "--overwrite", *extra)
+        assert result.exit_code == 0, result.output
+    assert seen == [inference.INVERSION_LR, 0.2]
+    assert inspect.signature(real).parameters["lr"].default == inference.INVERSION_LR
 
 
 # ============================================================================ segmenter and eval

@@ -201,7 +201,9 @@ def generate(checkpoint: str, count: int, truncation: float, out: Path, fmt: str
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for <name>_mask.png and <name>.<format> per image.")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True, help="Inversion steps.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Adam learning rate of the inversion [default: lamina.furrygan.inference.INVERSION_LR, tuned on "
+                   "the built-in model; StyleGAN2's projector uses 0.1].")
 @click.option("--feature-weight", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Weight of the discriminator-feature perceptual term (0: multi-scale pixel L1 only; on the "
                    "built-in model pixels alone gave better masks).")
@@ -213,8 +215,9 @@ def generate(checkpoint: str, count: int, truncation: float, out: Path, fmt: str
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @_threads
-def segment(checkpoint: str, images: tuple[Path, ...], out_dir: Path, steps: int, lr: float, feature_weight: float,
-            batch: int, fmt: str, out_size: str, seed: int, overwrite: bool, threads: int) -> None:
+def segment(checkpoint: str, images: tuple[Path, ...], out_dir: Path, steps: int, lr: float | None,
+            feature_weight: float, batch: int, fmt: str, out_size: str, seed: int, overwrite: bool,
+            threads: int) -> None:
     """Segment images by GAN inversion: fit w+ and noise to each image, then read the generator's mask.
 
     The model sees each image resized (short side) and centre-cropped to its resolution. With
@@ -228,8 +231,9 @@ def segment(checkpoint: str, images: tuple[Path, ...], out_dir: Path, steps: int
     from ..data.datasets import resize_crop
     from ..io import read_rgb, save, write_png
     from ..io.atomic import check_writable
-    from .inference import invert, load_discriminator, load_generator
+    from .inference import INVERSION_LR, invert, load_discriminator, load_generator
 
+    lr = INVERSION_LR if lr is None else lr
     stems = _unique_stems(images)
     G = load_generator(checkpoint)
     D = load_discriminator(checkpoint) if feature_weight else None

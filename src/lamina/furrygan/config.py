@@ -407,12 +407,12 @@ def _tiny_32() -> FurryGANConfig:
 
 def _tiny() -> FurryGANConfig:
     # The built-in model (``lamina.furrygan.load_builtin``; ``train.seed`` 3): tiny-32's networks,
-    # 4,000 steps on one CPU thread (35-93 minutes by machine) on ``datasets.SYNTH_SCENES``. One deviation from the paper's
-    # defaults besides the shortened schedules: ``min_mask`` 0.3 instead of 0.35, because the
-    # procedural objects cover 27% of the canvas on average (the paper's faces and cats, more
-    # than 35%). Lower bounds were worse: with 0.2 the masks shrank inside the painted objects
-    # as training went on (seed 0: mIoU 0.838 at 4,000 steps, 0.795 at 8,000; 0.876 with 0.3), and
-    # 0.35 forces the masks over background (0.813; benchmarks/RESULTS.md).
+    # 4,000 steps on one CPU thread (35-93 minutes by machine) on ``datasets.SYNTH_SCENES``. One
+    # deviation from the paper's defaults besides the shortened schedules: ``min_mask`` 0.3 instead
+    # of 0.35, because the procedural objects cover 27% of the canvas on average (the paper's faces
+    # and cats, more than 35%). Lower bounds were worse: with 0.2 the masks shrank inside the painted
+    # objects as training went on (seed 0: mIoU 0.838 at 4,000 steps, 0.795 at 8,000; 0.876 with
+    # 0.3), and 0.35 forces the masks over background (0.813; benchmarks/RESULTS.md).
     return FurryGANConfig(
         model=_tiny_32().model,
         loss=LossConfig(min_mask=0.3, binary_decay_steps=1000, fine_fade_in_steps=1000),
