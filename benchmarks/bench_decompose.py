@@ -25,7 +25,9 @@ whether the learned model has overfitted to the procedural look.
 ``--methods`` also takes ``layeringdiff+fres`` and ``layeringdiff-fres``: the learned path with
 the FBDD model's sampled foreground residual added to the closed-form ``F`` or not
 (``foreground_residual``; plain ``layeringdiff`` uses the model's own setting), and
-``layeringdiff-hfa``: the learned path without the model's learned HFA (closed form only).
+``layeringdiff-hfa``: the learned path without the model's learned HFA (closed form only);
+``layeringdiff-selfsim``: without the self-similar completion of the hidden background's high
+frequencies (:mod:`lamina.layeringdiff.selfsim`); ``layeringdiff-hfa-selfsim``: without either.
 
     python benchmarks/bench_decompose.py [--count64 40] [--count256 16] [--model PATH] [--steps N]
     python benchmarks/bench_decompose.py --backgrounds skimage
@@ -101,6 +103,8 @@ VARIANTS = {
     "layeringdiff+fres": {"foreground_residual": True},  # F = P_F + the sampled residual
     "layeringdiff-fres": {"foreground_residual": False},  # F = P_F (the built-in model's setting)
     "layeringdiff-hfa": {"hfa": False},  # without the model's learned HFA
+    "layeringdiff-selfsim": {"self_similar": None},  # without the self-similar high-frequency completion
+    "layeringdiff-hfa-selfsim": {"hfa": False, "self_similar": None},  # the network's output alone
 }
 
 

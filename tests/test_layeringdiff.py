@@ -462,3 +462,106 @@ def test_hfa_starts_as_the_identity_and_round_trips_in_the_pipeline(tmp_path) ->
     np.testing.assert_array_equal(run(loaded).background, without.background)
     loaded.hfa.register_to_config(max_scale=2.0)
     np.testing.assert_allclose(run(loaded).background, with_hfa.background, atol=1e-6)
+
+
+# --------------------------------------------------------- self-similar completion
+def checker_scene(size: int = 64, period: float = 8.0, hole: tuple[slice, slice] = (slice(22, 42), slice(20, 44))):
+    """A checker over a gradient, hidden under an opaque rectangle; the hidden part given blurred, as a UNet would."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    wave = np.sign(np.sin(np.pi * (xx + 0.5) / (period / 2))) * np.sign(np.sin(np.pi * (yy + 0.5) / (period / 2)))
+    truth = np.stack([0.4 + 0.2 * wave + 0.2 * xx / size, 0.5 + 0.15 * wave, 0.5 - 0.1 * wave + 0.1 * yy / size], 2)
+    alpha = np.zeros((size, size), np.float32)
+    alpha[hole] = 1.0
+    image = np.where(alpha[:, :, None] > 0, np.float32(0.9), truth).astype(np.float32)
+    blurred = np.where(alpha[:, :, None] > 0, ndimage.gaussian_filter(truth, (6, 6, 0)), truth).astype(np.float32)
+    return image, truth.astype(np.float32), blurred, alpha
+
+
+def test_offset_mismatch_by_hand_and_against_a_direct_sum() -> None:
+    from lamina.layeringdiff.selfsim import offset_mismatch
+
+    # By hand: h = [1, -1, 1, -1] (one row, one channel), all visible. Offset 2 (and 0) repeats it
+    # exactly; offset 1 pairs 3 opposite values: error 3 * 2^2 = 12, power (3 + 3) / 2 = 3, r = 4.
+    h = np.array([1.0, -1.0, 1.0, -1.0], np.float32).reshape(1, 4, 1)
+    r = offset_mismatch(h, np.ones((1, 4), bool), min_overlap_px=1)
+    assert r.shape == (1, 7)
+    np.testing.assert_allclose(r[0], [4.0, 0.0, 4.0, 0.0, 4.0, 0.0, 4.0], atol=1e-9)
+    assert np.isinf(offset_mismatch(h, np.ones((1, 4), bool), min_overlap_px=2)[0, 0])  # 1 pixel pair only
+
+    rng = np.random.default_rng(0)
+    visible = rng.random((7, 9)) > 0.3
+    h = rng.standard_normal((7, 9, 3)) * visible[:, :, None]
+    r = offset_mismatch(h, visible, min_overlap_px=6)
+    for dy in range(-6, 7):
+        for dx in range(-8, 9):
+            pairs = [(y, x) for y in range(7) for x in range(9)
+                     if 0 <= y + dy < 7 and 0 <= x + dx < 9 and visible[y, x] and visible[y + dy, x + dx]]
+            a = np.array([h[y, x] for y, x in pairs]).reshape(-1, 3)
+            b = np.array([h[y + dy, x + dx] for y, x in pairs]).reshape(-1, 3)
+            if len(pairs) < 6:
+                assert np.isinf(r[6 + dy, 8 + dx])
+            else:
+                expected = ((a - b) ** 2).sum() / (0.5 * ((a ** 2).sum() + (b ** 2).sum()))
+                assert r[6 + dy, 8 + dx] == pytest.approx(expected, rel=1e-6)
+
+
+def test_self_similar_completion_continues_a_pattern_and_leaves_the_rest() -> None:
+    from lamina.layeringdiff.selfsim import SelfSimilarConfig, complete_high_frequencies
+
+    image, truth, blurred, alpha = checker_scene()
+    out, used = complete_high_frequencies(image, blurred, alpha)
+    hidden = alpha >= 1.0
+    assert used > 0 and out.dtype == np.float32 and out.shape == truth.shape
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    np.testing.assert_array_equal(out[~hidden], blurred[~hidden])  # only hidden pixels change
+    before, after = psnr(blurred[hidden], truth[hidden]), psnr(out[hidden], truth[hidden])
+    assert after > before + 6.0, (before, after)
+
+    # No repeating pattern (white noise): nothing is copied, the input comes back as it is.
+    rng = np.random.default_rng(1)
+    noise = rng.random(truth.shape).astype(np.float32)
+    image = np.where(alpha[:, :, None] > 0, np.float32(0.9), noise)
+    same, used = complete_high_frequencies(image, blurred, alpha)
+    assert used == 0 and same is blurred
+    # Nothing hidden (a soft layer only), or a stricter mismatch bound: unchanged.
+    assert complete_high_frequencies(image, blurred, alpha * 0.5)[1] == 0
+    image = checker_scene()[0]
+    assert complete_high_frequencies(image, blurred, alpha, SelfSimilarConfig(max_mismatch=0.0))[1] == 0
+
+
+def test_fbdd_decomposer_self_similar_completion() -> None:
+    from lamina.layeringdiff.fbdd import FBDDDecomposer, FBDDPipeline, make_scheduler, make_unet
+
+    image, truth, _, alpha = checker_scene(32, period=6.0, hole=(slice(10, 22), slice(9, 21)))
+    torch.manual_seed(0)
+    unet = make_unet("tiny", sample_size=16, effects=True, prefill="classical")
+    pipe = FBDDPipeline(unet, make_scheduler(prediction_type="sample"), prefill="classical")
+    pipe.set_progress_bar_config(disable=True)
+    on = FBDDDecomposer(pipe).decompose(image, alpha)
+    off = FBDDDecomposer(pipe, self_similar=None).decompose(image, alpha)
+    hidden = on.foreground[:, :, 3] >= 0.98
+    assert hidden.any()
+    np.testing.assert_array_equal(on.background[~hidden], off.background[~hidden])
+    assert psnr(on.background[hidden], truth[hidden]) > psnr(off.background[hidden], truth[hidden]) + 3.0
+    assert psnr(on.composite(), image) > 60  # the layers still recompose the image
+
+
+def test_decompose_command_self_similar_switch(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from lamina.io import load, write_png
+    from lamina.layeringdiff.cli import decompose
+
+    image, truth, _, alpha = checker_scene()
+    write_png(image, tmp_path / "checker.png")
+    hidden = alpha > 0
+    scores = {}
+    for flag in ("--self-similar", "--no-self-similar"):
+        out = tmp_path / f"{flag}.ora"
+        result = CliRunner().invoke(decompose, [str(tmp_path / "checker.png"), "--box", "18,18,46,46", flag,
+                                                "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        scores[flag] = psnr(load(out).background.pixels[:, :, :3][hidden], truth[hidden])
+    assert scores["--self-similar"] > scores["--no-self-similar"] + 3.0, scores

@@ -8,7 +8,8 @@ diffusion model), both behind the :class:`Decomposer` interface (:mod:`.decompos
 
 FBDD comes in two forms: :mod:`.fbdd`, a small pixel-space model trained from scratch (the
 built-in one), and :mod:`.latent`, the latent model on a pretrained VAE and inpainting UNet;
-:mod:`.hfa` is the learned high-frequency alignment a pixel-space FBDD may carry.
+:mod:`.hfa` is the learned high-frequency alignment a pixel-space FBDD may carry, and
+:mod:`.selfsim` the parameter-free completion of a repeating background texture under the object.
 All three need diffusers and are imported only when used (their names are re-exported lazily:
 ``from lamina.layeringdiff import FBDDPipeline`` imports it then).
 Training is in :mod:`.train`, the text stages (Grounding DINO, SAM, ViTMatte, any diffusers

@@ -64,6 +64,9 @@ _common_decompose_options = [
     click.option("--hfa/--no-hfa", default=True, show_default=True,
                  help="FBDD: the model's learned high-frequency alignment, if it has one (--no-hfa: closed form "
                       "only, faster)"),
+    click.option("--self-similar/--no-self-similar", "self_similar", default=True, show_default=True,
+                 help="FBDD: under an opaque object, continue a repeating background texture (checks, tiles, "
+                      "stripes, brick) from where the photo shows it; a background without one is left alone"),
     click.option("--grounding-model", "grounding", multiple=True, metavar="ROLE=ID",
                  help="for --prompt: detector=ID, segmenter=ID, matting=ID (hub ids or local folders)"),
     click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads"),
@@ -89,7 +92,7 @@ def _grounding_models(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def _decompose(image: Any, *, boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
                layers: int | None, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
-               grounding: tuple[str, ...]) -> Any:
+               self_similar: bool, grounding: tuple[str, ...]) -> Any:
     from ..io import read_image
     from .decompose import decompose_image
 
@@ -99,6 +102,8 @@ def _decompose(image: Any, *, boxes: tuple[str, ...], masks: tuple[Path, ...], p
     options = {}
     if method == "layeringdiff":
         options = {"seed": seed, "hfa": hfa} | ({"num_inference_steps": steps} if steps else {})
+        if not self_similar:
+            options["self_similar"] = None
     kwargs: dict[str, Any] = {"layers": layers, "method": method, "model": model, "options": options}
     if boxes:
         return decompose_image(image, box=list(boxes), **kwargs)
@@ -123,14 +128,16 @@ def _decompose(image: Any, *, boxes: tuple[str, ...], masks: tuple[Path, ...], p
 @_decompose_options
 def decompose(image: Path, boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
               layers: int | None, out: Path, method: str, model: str | None, steps: int | None, seed: int,
-              hfa: bool, grounding: tuple[str, ...], threads: int | None, overwrite: bool) -> None:
+              hfa: bool, self_similar: bool, grounding: tuple[str, ...], threads: int | None,
+              overwrite: bool) -> None:
     """Split the photo IMAGE into a completed background and one layer per object (shadows included)."""
     from ..io import read_rgb
 
     _threads(threads)
     _check_outputs(out, _sheet_path(out), overwrite)
     layered = _decompose(read_rgb(image), boxes=boxes, masks=masks, prompts=prompts, layers=layers,
-                         method=method, model=model, steps=steps, seed=seed, hfa=hfa, grounding=grounding)
+                         method=method, model=model, steps=steps, seed=seed, hfa=hfa, self_similar=self_similar,
+                         grounding=grounding)
     _write(layered, out, overwrite)
 
 
@@ -146,7 +153,7 @@ def decompose(image: Path, boxes: tuple[str, ...], masks: tuple[Path, ...], prom
 @_decompose_options
 def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, t2i_steps: int, guidance: float,
              out: Path, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
-             grounding: tuple[str, ...], threads: int | None, overwrite: bool) -> None:
+             self_similar: bool, grounding: tuple[str, ...], threads: int | None, overwrite: bool) -> None:
     """Generate a composite from PROMPT, find the --foreground object(s) by text, and split it into layers."""
     from .grounding import generate_composite
 
@@ -155,7 +162,7 @@ def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, 
     image = generate_composite(t2i, prompt, size=size, num_inference_steps=t2i_steps, guidance_scale=guidance,
                                seed=seed)
     layered = _decompose(image, boxes=(), masks=(), prompts=phrases, layers=None, method=method, model=model,
-                         steps=steps, seed=seed, hfa=hfa, grounding=grounding)
+                         steps=steps, seed=seed, hfa=hfa, self_similar=self_similar, grounding=grounding)
     layered.metadata["prompt"] = prompt
     layered.metadata["t2i"] = str(t2i)
     _write(layered, out, overwrite)

@@ -67,6 +67,11 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   optional: a pipeline's ``hfa`` component (:class:`~lamina.layeringdiff.hfa.HFANet`, trained
   over a frozen FBDD by ``lamina layeringdiff train --preset builtin-hfa``) refines the
   full-resolution layers before the projection (:mod:`.hfa`).
+* **Self-similar completion** (our addition, parameter-free, on by default in
+  :class:`FBDDDecomposer`): where the object hides the background completely, a repeating
+  texture (checks, tiles, stripes, brick) is continued at full resolution from where the image
+  shows it, one period away; FBDD keeps the low frequencies (:mod:`.selfsim`). Backgrounds
+  without a repeat are left as FBDD made them.
 * **Effects.** Trained on scenes whose ground-truth background has no shadows or
   reflections of the object (they belong to the foreground layer), FBDD learns to remove
   them from ``B`` and, with the ``E`` channel, their opacity;
@@ -79,7 +84,7 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +102,7 @@ from .decompose import (
 )
 from .foreground import as_rgb
 from .hfa import HFANet, refine
+from .selfsim import DEFAULT_SELF_SIMILAR, SelfSimilarConfig, complete_high_frequencies
 
 try:
     from diffusers import DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DModel
@@ -586,13 +592,16 @@ class FBDDDecomposer:
             path does): on real photos, detached "shadows" are mostly dark texture.
         foreground_residual: passed to :class:`FBDDPipeline` (``None``: the model's own setting).
         hfa: apply the model's learned HFA if it has one (:class:`FBDDPipeline` only; ``False``: closed form).
+        self_similar: complete the hidden background's high frequencies from where the image
+            repeats itself (:mod:`~lamina.layeringdiff.selfsim`); ``None``: off.
     """
 
     name = "layeringdiff"
 
     def __init__(self, pipeline: DiffusionPipeline, num_inference_steps: int | None = None, seed: int = 0,
                  effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12,
-                 effects_attached: bool = True, foreground_residual: bool | None = None, hfa: bool = True) -> None:
+                 effects_attached: bool = True, foreground_residual: bool | None = None, hfa: bool = True,
+                 self_similar: SelfSimilarConfig | None = DEFAULT_SELF_SIMILAR) -> None:
         if window < 1.0:
             raise LaminaError(f"the FBDD window must be at least the object's box (window >= 1), got {window}")
         if foreground_residual is not None and not isinstance(pipeline, FBDDPipeline):
@@ -607,6 +616,7 @@ class FBDDDecomposer:
         self.effects_attached = effects_attached
         self.foreground_residual = foreground_residual
         self.hfa = hfa
+        self.self_similar = self_similar
 
     @classmethod
     def load(cls, model: DiffusionPipeline | str | Path, **options: Any) -> FBDDDecomposer:
@@ -630,7 +640,8 @@ class FBDDDecomposer:
         foreground, background = image.copy(), image.copy()
         foreground[rows, cols], background[rows, cols] = out.foreground[0], out.background[0]
         if out.effects is None:
-            return finish_decomposition(image, alpha, foreground, background, effects_region, self.effects_threshold)
+            part = finish_decomposition(image, alpha, foreground, background, effects_region, self.effects_threshold)
+            return self._complete(image, part, rows, cols)
         effects = np.zeros_like(alpha)
         found = out.effects[0] > self.effects_floor
         if self.effects_attached:  # touching the object grown by a pixel
@@ -638,4 +649,23 @@ class FBDDDecomposer:
 
             found = touching_components(found, ndimage.binary_dilation(alpha[rows, cols] > 0))
         effects[rows, cols] = np.where(found, out.effects[0], 0.0)
-        return finish_decomposition(image, alpha, foreground, background, effects=effects)
+        return self._complete(image, finish_decomposition(image, alpha, foreground, background, effects=effects),
+                              rows, cols)
+
+    def _complete(self, image: np.ndarray, part: Decomposition, rows: slice, cols: slice) -> Decomposition:
+        """:func:`~lamina.layeringdiff.selfsim.complete_high_frequencies` in the UNet's window, projected again."""
+        if self.self_similar is None:
+            return part
+        window = (rows, cols)
+        total = part.foreground[window][:, :, 3]
+        background, used = complete_high_frequencies(image[window], part.background[window], total,
+                                                     self.self_similar)
+        if not used:
+            return part
+        f, b = project_recomposition(torch.from_numpy(np.ascontiguousarray(image[window])),
+                                     torch.from_numpy(np.ascontiguousarray(total))[:, :, None],
+                                     torch.from_numpy(np.ascontiguousarray(part.foreground[window][:, :, :3])),
+                                     torch.from_numpy(background))
+        foreground, new_background = part.foreground.copy(), part.background.copy()
+        foreground[window][:, :, :3], new_background[window] = f.numpy(), b.numpy()
+        return replace(part, foreground=foreground, background=new_background)
