@@ -518,6 +518,13 @@ def test_self_similar_completion_continues_a_pattern_and_leaves_the_rest() -> No
     np.testing.assert_array_equal(out[~hidden], blurred[~hidden])  # only hidden pixels change
     before, after = psnr(blurred[hidden], truth[hidden]), psnr(out[hidden], truth[hidden])
     assert after > before + 6.0, (before, after)
+    # A window above max_side is completed at max_side and the change upsampled: less exact, still a gain.
+    image2, truth2, blurred2, alpha2 = checker_scene(128, period=16.0, hole=(slice(44, 84), slice(40, 88)))
+    out2, used2 = complete_high_frequencies(image2, blurred2, alpha2, SelfSimilarConfig(max_side=64))
+    hidden2 = alpha2 >= 1.0
+    assert used2 > 0 and out2.shape == truth2.shape
+    np.testing.assert_array_equal(out2[~hidden2], blurred2[~hidden2])
+    assert psnr(out2[hidden2], truth2[hidden2]) > psnr(blurred2[hidden2], truth2[hidden2]) + 3.0
 
     # No repeating pattern (white noise): nothing is copied, the input comes back as it is.
     rng = np.random.default_rng(1)
