@@ -12,7 +12,7 @@ patch offsets for image completion (He & Sun, ECCV 2012), in a simple form:
    ``sigma`` times the window side (4 px at 64 px).
 2. For every offset ``d`` (between ``min_offset`` and ``max_offset`` of the window side per
    axis), the mismatch of the texture with itself moved by ``d``, over the pixels visible at
-   both ends: ``r(d) = sum |h(p) - h(p + d)|^2 / (sum |h(p)|^2 + |h(p + d)|^2) / 2``, all offsets
+   both ends: ``r(d) = sum |h(p) - h(p + d)|^2 / (sum (|h(p)|^2 + |h(p + d)|^2) / 2)``, all offsets
    at once by FFT correlation. ``r`` is 0 for a texture that repeats exactly with period ``d``,
    about 1 for unrelated content.
 3. Hidden pixels (layer alpha at least ``opaque``) take ``h`` from ``p + k d`` (``k`` = 1, -1,
