@@ -31,6 +31,7 @@ from lamina.furrygan import (
 from lamina.furrygan.cli import sample_paths
 from lamina.furrygan.evaluate import SnapshotScore, best_snapshot, generate_batches, generated_mask_metrics
 from lamina.furrygan.inference import (
+    BUILTIN_64_DIR,
     BUILTIN_DIR,
     feature_distance,
     noise_regularization,
@@ -171,6 +172,12 @@ def test_builtin_model(tmp_path):
     assert result.exit_code == 0 and (tmp_path / "b_001.psd").is_file(), result.output
     assert (BUILTIN_DIR / "model.safetensors").stat().st_size + (BUILTIN_DIR / "discriminator.safetensors").stat(
         ).st_size < 10 * 2**20
+    # The 64 px built-in model, by name: generates, and its eval picks the 64 px pseudo-GT segmenter.
+    G64 = load_generator("builtin-64")
+    assert G64.cfg.resolution == 64 and load_discriminator("builtin-64") is not None
+    assert sum(p.stat().st_size for p in BUILTIN_64_DIR.iterdir()) < 10 * 2**20
+    result = invoke("furrygan", "generate", "--checkpoint", "builtin-64", "--n", "2", "--out", str(tmp_path / "c.ora"))
+    assert result.exit_code == 0 and load(tmp_path / "c_001.ora").size == (64, 64), result.output
 
 
 # ============================================================================ segment (inversion)

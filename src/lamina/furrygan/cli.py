@@ -2,7 +2,8 @@
 
 Thin commands over :mod:`lamina.furrygan`; every failure a user can cause is a
 :class:`lamina.LaminaError`, printed by the ``lamina`` entry point as one line. A
-checkpoint (``--checkpoint``) is a run folder, an export folder, or ``builtin``/``tiny``.
+checkpoint (``--checkpoint``) is a run folder, an export folder, or ``builtin``/``tiny`` (32 px) or
+``builtin-64``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 def _checkpoint_option(func: Any) -> Any:
     return click.option("--checkpoint", "checkpoint", default="builtin", show_default=True,
-                        help="Run folder, export folder (config.json + model.safetensors), or builtin/tiny.")(func)
+                        help="Run folder, export folder (config.json + model.safetensors), builtin/tiny (the 32 px "
+                             "built-in model) or builtin-64.")(func)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,7 +3,8 @@
 A checkpoint is a run folder (its ``pretrained/`` export is used), an export folder
 (``config.json`` + ``model.safetensors``, optionally ``discriminator.safetensors``; a run's
 ``snapshots/step-NNNNNNN`` are export folders too), or
-``"builtin"``/``"tiny"``: the model shipped with lamina (:func:`load_builtin`)::
+``"builtin"``/``"tiny"``: the model shipped with lamina (:func:`load_builtin`; ``"builtin-64"``: the
+64 px one)::
 
     G = load_generator("builtin")
     images = generate(G, n=8, truncation_psi=0.7, seed=0)       # list of LayeredImage
@@ -47,7 +48,11 @@ from .train import STATE_NAME
 
 #: The built-in model: ``tiny`` preset trained on ``datasets.SYNTH_SCENES`` (see ``assets/builtin/README.md``).
 BUILTIN_DIR = Path(__file__).parent / "assets" / "builtin"
-BUILTIN_NAMES = ("builtin", "tiny")
+#: The 64 px built-in model (``tiny`` networks at 64 px; its README gives the figures).
+BUILTIN_64_DIR = Path(__file__).parent / "assets" / "builtin-64"
+#: Checkpoint names of the shipped models: ``builtin``/``tiny`` (32 px, the default) and ``builtin-64``.
+BUILTINS = {"builtin": BUILTIN_DIR, "tiny": BUILTIN_DIR, "builtin-64": BUILTIN_64_DIR}
+BUILTIN_NAMES = tuple(BUILTINS)
 
 #: Adam learning rate of :func:`invert`. StyleGAN2's projector uses 0.1; on the built-in
 #: 32-px models 0.05 gave better masks (pixel loss, 200 steps, 100 held-out scenes: mIoU
@@ -58,10 +63,11 @@ INVERSION_LR = 0.05
 
 def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> Path:
     """The export folder of ``checkpoint`` (a run folder, an export folder, or a built-in name)."""
-    if str(checkpoint) in BUILTIN_NAMES:
-        if not (BUILTIN_DIR / WEIGHTS_NAME).is_file():
-            raise InputFileError(f"the built-in FurryGAN model is not installed ({BUILTIN_DIR} is missing)")
-        return BUILTIN_DIR
+    if str(checkpoint) in BUILTINS:
+        folder = BUILTINS[str(checkpoint)]
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise InputFileError(f"the built-in FurryGAN model {checkpoint!r} is not installed ({folder} is missing)")
+        return folder
     path = Path(checkpoint)
     if (path / WEIGHTS_NAME).is_file():
         return path
