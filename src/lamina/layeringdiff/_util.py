@@ -1,4 +1,4 @@
-"""Small helpers shared by the LayeringDiff stages: optional imports and bounding boxes."""
+"""Small helpers shared by the LayeringDiff stages: optional imports, bounding boxes, resizing."""
 
 from __future__ import annotations
 
@@ -33,3 +33,14 @@ def bbox_slices(select: np.ndarray, margin: int) -> tuple[slice, slice]:
     h, w = select.shape
     return (slice(max(int(rows.min()) - margin, 0), min(int(rows.max()) + margin + 1, h)),
             slice(max(int(cols.min()) - margin, 0), min(int(cols.max()) + margin + 1, w)))
+
+
+def resize_array(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` or ``[H, W, C]`` -> ``[h, w(, C)]`` ``float32``, bilinear (antialiased when shrinking)."""
+    import torch
+    import torch.nn.functional as nnf
+
+    t = torch.from_numpy(np.ascontiguousarray(array, np.float32))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    t = nnf.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return t[0, 0].numpy() if array.ndim == 2 else t[0].permute(1, 2, 0).numpy()

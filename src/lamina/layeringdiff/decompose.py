@@ -131,6 +131,16 @@ def project_recomposition(
     return (f + c * step).clamp(0.0, 1.0), (b - a * step).clamp(0.0, 1.0)
 
 
+def project_layers(image: np.ndarray, alpha: np.ndarray, foreground: np.ndarray,
+                   background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`project_recomposition` on arrays: ``[H, W, 3]`` layers and image, alpha ``[H, W]``; ``float32``."""
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, np.float32))
+
+    f, b = project_recomposition(tensor(image), tensor(alpha)[:, :, None], tensor(foreground), tensor(background))
+    return f.numpy(), b.numpy()
+
+
 def _darkening(target: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per channel: the opacity of black (``darker``) or white (``brighter``) making ``target`` of ``background``."""
     darker = (background - target) / np.maximum(background, ALPHA_EPS)
@@ -252,11 +262,9 @@ def finish_decomposition(
         effects = np.zeros_like(alpha)
     if effects.any():
         foreground, total = attach_effects(alpha, foreground, effects, colour)
-    f, b = project_recomposition(torch.from_numpy(image), torch.from_numpy(total)[:, :, None],
-                                 torch.from_numpy(np.ascontiguousarray(foreground, np.float32)),
-                                 torch.from_numpy(np.ascontiguousarray(background, np.float32)))
-    rgba = np.concatenate([f.numpy(), total[:, :, None]], axis=2)
-    return Decomposition(foreground=rgba.astype(np.float32), background=b.numpy().astype(np.float32),
+    f, b = project_layers(image, total, foreground, background)
+    rgba = np.concatenate([f, total[:, :, None]], axis=2)
+    return Decomposition(foreground=rgba.astype(np.float32), background=b,
                          object_alpha=alpha.astype(np.float32), effects_alpha=effects)
 
 

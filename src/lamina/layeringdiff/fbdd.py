@@ -97,6 +97,7 @@ from .decompose import (
     Decomposition,
     check_alpha,
     finish_decomposition,
+    project_layers,
     project_recomposition,
     touching_components,
 )
@@ -662,10 +663,7 @@ class FBDDDecomposer:
                                                      self.self_similar)
         if not used:
             return part
-        f, b = project_recomposition(torch.from_numpy(np.ascontiguousarray(image[window])),
-                                     torch.from_numpy(np.ascontiguousarray(total))[:, :, None],
-                                     torch.from_numpy(np.ascontiguousarray(part.foreground[window][:, :, :3])),
-                                     torch.from_numpy(background))
+        f, b = project_layers(image[window], total, part.foreground[window][:, :, :3], background)
         foreground, new_background = part.foreground.copy(), part.background.copy()
-        foreground[window][:, :, :3], new_background[window] = f.numpy(), b.numpy()
+        foreground[window][:, :, :3], new_background[window] = f, b
         return replace(part, foreground=foreground, background=new_background)

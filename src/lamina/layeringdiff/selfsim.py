@@ -35,9 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as nnf
 from scipy import ndimage, signal
+
+from ._util import resize_array
 
 #: Offset multiples tried per offset, in this order.
 MULTIPLES = (1, -1, 2, -2, 3, -3)
@@ -84,7 +84,8 @@ def offset_mismatch(h: np.ndarray, visible: np.ndarray, min_overlap_px: float) -
     energy = (h.astype(np.float64) ** 2).sum(axis=2)
     overlap = np.rint(_correlate(v, v))  # pixel counts (FFT rounding aside)
     s1, s2 = _correlate(energy, v), _correlate(v, energy)
-    cross = sum(_correlate(h[:, :, c].astype(np.float64), h[:, :, c].astype(np.float64)) for c in range(h.shape[2]))
+    h64 = h.astype(np.float64)
+    cross = sum(_correlate(h64[:, :, c], h64[:, :, c]) for c in range(h.shape[2]))
     power = 0.5 * (s1 + s2)
     ok = (overlap >= min_overlap_px) & (power > 1e-9 * max(float(energy.sum()), 1e-12))
     return np.where(ok, (s1 + s2 - 2.0 * cross) / np.where(ok, power, 1.0), np.inf)
@@ -148,25 +149,18 @@ def complete_high_frequencies(image: np.ndarray, background: np.ndarray, alpha: 
     return out, len(offsets)
 
 
-def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[H, W, C]`` -> ``[h, w, C]`` ``float32``, bilinear (antialiased when shrinking)."""
-    t = torch.from_numpy(np.ascontiguousarray(array, np.float32)).permute(2, 0, 1)[None]
-    out = nnf.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return out[0].permute(1, 2, 0).numpy()
-
-
 def _complete_downscaled(image: np.ndarray, background: np.ndarray, alpha: np.ndarray,
                          config: SelfSimilarConfig) -> tuple[np.ndarray, int]:
     """:func:`complete_high_frequencies` at ``config.max_side``, its change upsampled onto the hidden pixels."""
     h_px, w_px = alpha.shape
     scale = config.max_side / max(h_px, w_px)
     size = (max(1, round(h_px * scale)), max(1, round(w_px * scale)))
-    small_background = _resize(background, size)
-    small, used = complete_high_frequencies(_resize(image, size), small_background,
-                                            _resize(alpha[:, :, None], size)[:, :, 0], config)
+    small_background = resize_array(background, size)
+    small, used = complete_high_frequencies(resize_array(image, size), small_background, resize_array(alpha, size),
+                                            config)
     if not used:
         return background, 0
-    change = _resize(small - small_background, (h_px, w_px))
+    change = resize_array(small - small_background, (h_px, w_px))
     out = background.astype(np.float32, copy=True)
     hidden = alpha >= config.opaque
     out[hidden] = np.clip(out[hidden] + change[hidden], 0.0, 1.0)

@@ -212,16 +212,6 @@ def resolve_config(preset: str = "builtin", **overrides: Any) -> TrainingConfig:
 Sample = dict[str, np.ndarray]
 
 
-def _resize(array: np.ndarray, size: int) -> np.ndarray:
-    """``[H, W(, C)]`` float32 -> ``[size, size(, C)]`` (area-averaged down, bilinear up)."""
-    if array.shape[0] == size and array.shape[1] == size:
-        return array
-    t = torch.from_numpy(np.ascontiguousarray(array, np.float32))
-    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    t = nnf.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return t[0, 0].numpy() if array.ndim == 2 else t[0].permute(1, 2, 0).numpy()
-
-
 def synth_sample(seed: int, config: TrainingConfig) -> Sample:
     """One procedural sample (exact ground truth), with a swapped background for a share of them."""
     from ..data import SCENE_PRESETS, generate_scene
