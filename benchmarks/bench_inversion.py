@@ -19,6 +19,7 @@ import torch
 
 from lamina.furrygan.datasets import synth_masks
 from lamina.furrygan.inference import INVERSION_LR, invert, load_generator
+from lamina.furrygan.networks import FurryGANGenerator
 from lamina.metrics import mask_metrics
 
 #: StyleGAN2's projector learning rate, the baseline row.
@@ -29,10 +30,9 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
-def score(checkpoint: str, images: torch.Tensor, masks: torch.Tensor, steps: int, batch: int,
+def score(G: FurryGANGenerator, images: torch.Tensor, masks: torch.Tensor, steps: int, batch: int,
           **invert_kwargs: float) -> dict[str, float]:
     """Mask metrics (and ``seconds``) of inverting ``images`` ``[N, 3, R, R]``, against ``masks`` ``[N, 1, R, R]``."""
-    G = load_generator(checkpoint)
     start = time.perf_counter()
     alphas = [invert(G, chunk, steps=steps, seed=i, show_progress=False, **invert_kwargs).alpha
               for i, chunk in enumerate(images.split(batch))]
@@ -57,11 +57,11 @@ def main() -> None:
     print("| checkpoint | lr | noise weight | mIoU | precision | recall | s |")
     print("|---|---|---|---|---|---|---|")
     for checkpoint in args.checkpoints.split(","):
-        resolution = load_generator(checkpoint).cfg.resolution
-        images, masks = synth_masks(resolution, args.count, seed=args.data_seed)
+        G = load_generator(checkpoint)  # invert() leaves it untouched, so every setting shares it
+        images, masks = synth_masks(G.cfg.resolution, args.count, seed=args.data_seed)
         for noise_weight in args.noise_weights:
             for lr in args.lrs:
-                m = score(checkpoint, images, masks, args.steps, args.batch, lr=lr, noise_weight=noise_weight)
+                m = score(G, images, masks, args.steps, args.batch, lr=lr, noise_weight=noise_weight)
                 print(f"| {checkpoint} | {lr:g} | {noise_weight:g} | {m['miou']:.4f} | {m['precision']:.4f} "
                       f"| {m['recall']:.4f} | {m['seconds']:.0f} |", flush=True)
     print(f"\n{args.count} scenes (data seed {args.data_seed}), {args.steps} steps, pixel loss, "

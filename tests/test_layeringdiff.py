@@ -536,6 +536,10 @@ def test_self_similar_completion_continues_a_pattern_and_leaves_the_rest() -> No
     assert complete_high_frequencies(image, blurred, alpha * 0.5)[1] == 0
     image = checker_scene()[0]
     assert complete_high_frequencies(image, blurred, alpha, SelfSimilarConfig(max_mismatch=0.0))[1] == 0
+    for bad in ({"sigma": 0.0}, {"min_offset": 0.5, "max_offset": 0.25}, {"top_k": 0}, {"opaque": 0.01},
+                {"max_side": 4}):
+        with pytest.raises(LaminaError, match="invalid SelfSimilarConfig"):
+            SelfSimilarConfig(**bad)
 
 
 def test_fbdd_decomposer_self_similar_completion() -> None:

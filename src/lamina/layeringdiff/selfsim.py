@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, signal
 
+from ..errors import LaminaError
 from ._util import resize_array
 
 #: Offset multiples tried per offset, in this order.
@@ -56,6 +57,14 @@ class SelfSimilarConfig:
     visible_below: float = 0.02  # layer alpha under this (and a pixel away from more) is visible
     opaque: float = 0.98  # layer alpha from which the background is hidden and completed
     max_side: int = 512  # px: a larger window is completed at this size (FFT cost) and the change upsampled
+
+    def __post_init__(self) -> None:
+        if not (self.sigma > 0 and 0 < self.min_offset <= self.max_offset and 0 <= self.min_overlap <= 1
+                and self.max_mismatch >= 0 and self.top_k >= 1 and 0 <= self.visible_below < self.opaque <= 1
+                and self.max_side >= 8):
+            raise LaminaError(f"invalid SelfSimilarConfig {self}: needs sigma > 0, 0 < min_offset <= max_offset, "
+                              "min_overlap in [0, 1], max_mismatch >= 0, top_k >= 1, "
+                              "0 <= visible_below < opaque <= 1, max_side >= 8")
 
 
 #: The defaults, chosen on validation scenes (``FBDDDecomposer``'s default).
