@@ -90,7 +90,8 @@ def hub_unreachable() -> str | None:
     """
     from huggingface_hub import constants
 
-    if constants.is_offline_mode():
+    offline = getattr(constants, "is_offline_mode", None)  # huggingface_hub >= 1.0; earlier: the constant
+    if offline() if offline is not None else constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub.utils import get_session
 

@@ -145,8 +145,10 @@ class LatentFBDDPipeline(DiffusionPipeline):
         ``kwargs`` go to every ``from_pretrained`` (e.g. ``torch_dtype``, ``revision``). A hub id that
         is neither cached nor reachable fails at once with a one-line error.
         """
-        from transformers import AutoTokenizer, CLIPTextModel
+        from ..extras import require
 
+        transformers = require("transformers", "prompt")
+        AutoTokenizer, CLIPTextModel = transformers.AutoTokenizer, transformers.CLIPTextModel
         path = Path(model).expanduser()
         if path.is_dir():
             kwargs.setdefault("local_files_only", True)
