@@ -294,7 +294,7 @@ def test_training_on_a_folder_of_layers(tmp_path) -> None:
 def test_builtin_model_is_the_default_and_small(tmp_path) -> None:
     from lamina.data import SCENE_PRESETS, generate_scene
     from lamina.layeringdiff import decompose_image
-    from lamina.layeringdiff.decompose import BUILTIN_MODEL
+    from lamina.layeringdiff._util import BUILTIN_MODEL
     from lamina.layeringdiff.fbdd import load_builtin
 
     size_mb = sum(p.stat().st_size for p in BUILTIN_MODEL.rglob("*") if p.is_file()) / 2**20
