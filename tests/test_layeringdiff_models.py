@@ -231,8 +231,9 @@ def test_photo_to_layered_file_with_a_prompt_and_a_box(models, tmp_path) -> None
     result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--method", "classical",
                                        "--out", str(tmp_path / "c.psd")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(decompose, [str(image), "--out", str(tmp_path / "d.psd")])
-    assert result.exit_code != 0 and "exactly one of --box" in failure(result)
+    result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--prompt", "the cat",
+                                       "--out", str(tmp_path / "d.psd")])
+    assert result.exit_code != 0 and "not --box and --prompt" in failure(result)
 
 
 def test_training_runs_resumes_and_exports(tmp_path) -> None:

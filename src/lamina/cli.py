@@ -67,12 +67,16 @@ class LaminaGroup(click.Group):
 
 
 def _lazy_available(name: str) -> bool:
+    """Whether a method command's module is installed, found without importing its package (which needs torch)."""
     if name not in LAZY_COMMANDS:
         return False
+    package, _, module = LAZY_COMMANDS[name][0].rpartition(".")
     try:
-        return importlib.util.find_spec(LAZY_COMMANDS[name][0]) is not None
+        spec = importlib.util.find_spec(package)
     except ModuleNotFoundError:  # a parent package is missing
         return False
+    locations = [] if spec is None else list(spec.submodule_search_locations or [])
+    return any((Path(folder) / f"{module}.py").is_file() for folder in locations)
 
 
 def _seed_option(func: Any) -> Any:

@@ -20,7 +20,7 @@ text-to-image pipeline) in :mod:`.grounding`, the commands in :mod:`.cli`.
 from typing import Any
 
 from .classical import ClassicalConfig, ClassicalDecomposer
-from .decompose import decompose_image, make_decomposer, peel, regions_from_args
+from .decompose import decompose_image, make_decomposer, peel, regions_from_args, split_effects_layers
 from .disassembly import Decomposer, Decomposition, finish_decomposition, project_recomposition
 from .foreground import (
     ForegroundConfig,
@@ -31,6 +31,8 @@ from .foreground import (
     grabcut_mask,
     trimap_from_mask,
 )
+from .pipeline import LayeringDiff
+from .saliency import SaliencyConfig, salient_boxes
 
 #: Names of :mod:`.fbdd`, imported on first access.
 _FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "compute_prefill", "fbdd_loss", "load_builtin",
@@ -71,6 +73,8 @@ __all__ = [
     "ForegroundConfig",
     "ForegroundEstimate",
     "HFANet",
+    "LayeringDiff",
+    "SaliencyConfig",
     "LatentFBDDPipeline",
     "compute_prefill",
     "decompose_image",
@@ -88,6 +92,8 @@ __all__ = [
     "make_scheduler",
     "make_unet",
     "peel",
+    "salient_boxes",
+    "split_effects_layers",
     "project_recomposition",
     "regions_from_args",
     "telea_prefill",

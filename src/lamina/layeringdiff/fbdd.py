@@ -363,7 +363,7 @@ class FBDDPipeline(DiffusionPipeline):
         self,
         image: Any,
         alpha: Any,
-        num_inference_steps: int = 4,
+        num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         projection: bool = True,
         output_type: str = "np",
@@ -375,7 +375,8 @@ class FBDDPipeline(DiffusionPipeline):
 
         Args:
             alpha: ``[H, W]``, ``[N, H, W]`` or ``[N, 1, H, W]`` in ``[0, 1]``.
-            num_inference_steps: denoising steps.
+            num_inference_steps: denoising steps (``None``: the number the model was trained for, its
+                config's ``inference_steps``).
             generator: makes the sample reproducible.
             projection: project ``(F, B)`` onto ``alpha F + (1 - alpha) B = I`` at full resolution
                 (with effects: onto ``t F + (1 - t) B = I``, ``t`` the object over its effects, after
@@ -400,7 +401,8 @@ class FBDDPipeline(DiffusionPipeline):
         # Denoise [F, B(, E)] from pure noise.
         x = randn_tensor((image_t.shape[0], channels, *size), generator=generator, device=self.device,
                          dtype=dtype) * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self.scheduler.set_timesteps(num_inference_steps or int(self.config.get("inference_steps", 4)),
+                                     device=self.device)
         extra = step_kwargs(self.scheduler, generator)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([self.scheduler.scale_model_input(x, t), condition], dim=1)
@@ -558,10 +560,28 @@ class FBDDDecomposer:
         self.self_similar = self_similar
 
     @classmethod
-    def load(cls, model: DiffusionPipeline | str | Path, **options: Any) -> FBDDDecomposer:
-        """From a pipeline object (pixel or latent FBDD), or a folder / hub id saved by ``save_pretrained``."""
+    def load(cls, model: DiffusionPipeline | str | Path, *, device: Any = None, dtype: Any = None,
+             **options: Any) -> FBDDDecomposer:
+        """From a pipeline object (pixel or latent FBDD), or a folder / hub id saved by ``save_pretrained``.
+
+        ``device`` / ``dtype`` (names as in :mod:`lamina.devices`; ``None``: leave the pipeline where it is)
+        move the pipeline. ``auto`` precision keeps a pixel-space FBDD (a small network) in float32; an
+        explicit half precision applies to its UNet only (the learned HFA stays float32), and to the whole
+        of a latent FBDD.
+        """
         pipeline = model if isinstance(model, DiffusionPipeline) else load_pipeline(model)
         pipeline.set_progress_bar_config(disable=True)
+        if device is not None or dtype is not None:
+            from ..devices import resolve_device, resolve_dtype
+
+            target = resolve_device(device if device is not None else pipeline.device)
+            precision = resolve_dtype(dtype, target, small_model=isinstance(pipeline, FBDDPipeline))
+            pipeline.to(target)
+            if isinstance(pipeline, FBDDPipeline):
+                if pipeline.unet.dtype != precision:
+                    pipeline.unet.to(precision)
+            elif pipeline.unet.dtype != precision:
+                pipeline.to(target, precision)
         return cls(pipeline, **options)
 
     def decompose(self, image: Any, alpha: Any, effects_region: np.ndarray | None = None) -> Decomposition:
