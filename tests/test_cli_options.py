@@ -32,7 +32,7 @@ from lamina.cli_options import (
 )
 from lamina.devices import resolve_device, resolve_dtype, set_threads
 from lamina.errors import LaminaError, OutputExistsError
-from lamina.tensors import grow_mask, image_and_alpha, image_to_array, resize, resize_array, to_nchw, to_signed
+from lamina.tensors import grow_mask, image_and_alpha, resize, resize_array, to_nchw, to_signed
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -246,18 +246,6 @@ def test_tensor_helpers() -> None:
     mask = torch.zeros(1, 1, 5, 5)
     mask[0, 0, 2, 2] = 1
     assert grow_mask(mask, 1).sum() == 9
-
-
-def test_image_to_array_accepts_pil_numpy_torch() -> None:
-    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(image_to_array(Image.fromarray(rgb)), rgb)
-    assert image_to_array(Image.fromarray(rgb).convert("P")).shape == (6, 7, 3)
-    sixteen = Image.fromarray(np.full((4, 5), 40000, np.uint16))
-    assert image_to_array(sixteen).dtype == np.uint16
-    chw = torch.rand(3, 6, 7)
-    np.testing.assert_allclose(image_to_array(chw), chw.permute(1, 2, 0).numpy())
-    np.testing.assert_allclose(image_to_array(chw[None]), chw.permute(1, 2, 0).numpy())
-    assert image_to_array(rgb) is rgb
 
 
 # ------------------------------------------------------------------ import cost and python -m lamina
