@@ -261,6 +261,8 @@ def test_help_and_import_do_not_load_torch() -> None:
     result = _run(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("NO-TORCH") and "decompose" in result.stdout
+    sub = _run(code.replace("main(['--help'])", "main(['decompose', '--help'])"))
+    assert sub.stdout.strip().endswith("NO-TORCH") and "--split-effects" in sub.stdout, sub.stderr
     lazy = _run("import lamina, sys; print(lamina.LayeredImage.__name__, 'torch' in sys.modules)")
     assert lazy.stdout.split() == ["LayeredImage", "True"], lazy.stderr
 
