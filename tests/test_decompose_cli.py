@@ -262,17 +262,21 @@ def test_split_effects_layers_recompose_exactly():
     obj, effect = layers
     np.testing.assert_array_equal(obj.alpha, part.object_alpha)
     np.testing.assert_array_equal(effect.alpha, part.effects_alpha)
-    assert effect.metadata["effects_of"] == "cup"
-    blend = effect.metadata["blend"]
-    if blend == "normal":  # the core has no blend modes yet: exact "over" compositing
-        layered = LayeredImage(part.background, [effect, obj])
-        assert psnr(layered.composite()[:, :, :3], image) > 90
-    else:  # multiply: e B C + (1 - e) B under the object, computed by hand
-        assert blend == "multiply" and getattr(effect, "blend_mode", "multiply") == "multiply"
-        e, c = effect.alpha[:, :, None], effect.rgb
-        under = e * part.background * c + (1 - e) * part.background
-        a = obj.alpha[:, :, None]
-        assert psnr(a * obj.rgb + (1 - a) * under, image) > 90
+    assert effect.metadata["effects_of"] == "cup" and effect.blend_mode == "multiply"  # a shadow darkens
+    layered = LayeredImage(part.background, [effect, obj])  # the core composites multiply exactly (W3C)
+    assert psnr(layered.composite()[:, :, :3], image) > 90
+    e, c = effect.alpha[:, :, None], effect.rgb  # and by hand: e B C + (1 - e) B under the object
+    under = e * part.background * c + (1 - e) * part.background
+    a = obj.alpha[:, :, None]
+    assert psnr(a * obj.rgb + (1 - a) * under, image) > 90
+    # A brightening effect (a reflection lighter than its backdrop) stays a normal layer, still exact.
+    white = np.where(part.effects_alpha[:, :, None] > 0, 1.0, part.foreground[:, :, :3])
+    bright = Decomposition(np.concatenate([white, part.foreground[:, :, 3:]], 2).astype(np.float32),
+                           part.background, part.object_alpha, part.effects_alpha)
+    obj2, effect2 = split_effects_layers(bright, "cup")
+    assert effect2.blend_mode == "normal"
+    expected = LayeredImage(bright.background, [Layer(bright.foreground)]).composite()
+    assert psnr(LayeredImage(bright.background, [effect2, obj2]).composite(), expected) > 90
     none = Decomposition(part.foreground, part.background, part.object_alpha, np.zeros_like(part.effects_alpha))
     assert len(split_effects_layers(none, "cup")) == 1
     assert isinstance(obj, Layer)

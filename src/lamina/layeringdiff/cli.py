@@ -108,7 +108,9 @@ class _Settings:
             prompts: tuple[str, ...] = (), layers: int | None = None) -> Any:
         from .decompose import decompose_image
 
-        kwargs: dict[str, Any] = {"layers": layers, "decomposer": self.decomposer, "grounder": self.grounder,
+        # Boxes (given or automatic) go to SAM only when the user named one; prompts always need the grounder.
+        grounder = self.grounder if prompts or "segmenter" in self.grounding else None
+        kwargs: dict[str, Any] = {"layers": layers, "decomposer": self.decomposer, "grounder": grounder,
                                   "split_effects": self.split_effects}
         if boxes:
             kwargs["box"] = list(boxes)

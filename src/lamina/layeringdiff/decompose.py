@@ -182,12 +182,7 @@ def decompose_image(
         (the front-most last, on top); ``metadata`` records the method, the regions and
         ``recomposition_psnr`` (dB) of the layers against the input.
     """
-    from ..tensors import image_to_array
-
-    rgb = as_rgb(image_to_array(image))
-    if mask is not None:
-        mask = [image_to_array(m, "mask") for m in mask] if isinstance(mask, (list, tuple)) else image_to_array(
-            mask, "mask")
+    rgb = as_rgb(image)
     regions = regions_from_args(box, mask, layers, prompt, auto=True)
     if names is not None and len(names) != len(regions):
         raise LaminaError(f"{len(names)} layer name(s) for {len(regions)} object(s)")
@@ -257,19 +252,10 @@ def split_effects_layers(part: Decomposition, name: str, metadata: dict[str, Any
     backdrop = part.background
     blend, effect_colour = "normal", colour
     darkening = bool(np.all(colour[shown] <= backdrop[shown] + MULTIPLY_TOLERANCE))
-    if darkening and _layer_has_blend_modes():
+    if darkening:
         ratio = np.where(backdrop > 1e-6, colour / np.maximum(backdrop, 1e-6), 1.0)
         effect_colour = np.where(shown[:, :, None], np.clip(ratio, 0.0, 1.0), 1.0).astype(np.float32)
         blend = "multiply"
     effect = np.concatenate([effect_colour, effects[:, :, None]], axis=2).astype(np.float32)
-    effect_meta = {"effects_of": name, "blend": blend}
-    extra = {"blend_mode": blend} if blend != "normal" else {}
     return [Layer(obj.astype(np.float32), name=name, metadata={**meta, "effects": False}),
-            Layer(effect, name=f"{name} effects", metadata=effect_meta, **extra)]
-
-
-def _layer_has_blend_modes() -> bool:
-    """Whether the core's :class:`~lamina.Layer` takes ``blend_mode`` (added by the io work; normal until then)."""
-    import inspect
-
-    return "blend_mode" in inspect.signature(Layer.__init__).parameters
+            Layer(effect, name=f"{name} effects", metadata={"effects_of": name}, blend_mode=blend)]
