@@ -255,8 +255,9 @@ def test_photo_to_layered_file_with_a_prompt_and_a_box(models, tmp_path) -> None
     result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--method", "classical",
                                        "--out", str(tmp_path / "c.psd")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(decompose, [str(image), "--out", str(tmp_path / "d.psd")])
-    assert result.exit_code != 0 and "exactly one of --box" in failure(result)
+    result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--prompt", "the cat",
+                                       "--out", str(tmp_path / "d.psd")])
+    assert result.exit_code != 0 and "not --box and --prompt" in failure(result)
 
 
 def test_training_runs_resumes_and_exports(tmp_path) -> None:
@@ -344,7 +345,7 @@ def test_training_on_a_folder_of_layers(tmp_path) -> None:
 def test_builtin_model_is_the_default_and_small(tmp_path) -> None:
     from lamina.data import SCENE_PRESETS, generate_scene
     from lamina.layeringdiff import decompose_image
-    from lamina.layeringdiff.decompose import BUILTIN_MODEL
+    from lamina.layeringdiff._util import BUILTIN_MODEL
     from lamina.layeringdiff.fbdd import load_builtin
 
     size_mb = sum(p.stat().st_size for p in BUILTIN_MODEL.rglob("*") if p.is_file()) / 2**20
