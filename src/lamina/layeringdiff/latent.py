@@ -155,6 +155,13 @@ class LatentFBDDPipeline(DiffusionPipeline):
         if path.is_dir():
             kwargs.setdefault("local_files_only", True)
             model = str(path)
+        elif not kwargs.get("local_files_only"):  # a hub id: fail fast when not cached and the hub does not answer
+            from ..hub import require_hub
+
+            try:
+                UNet2DConditionModel.load_config(model, subfolder="unet", local_files_only=True)
+            except (OSError, ValueError):
+                require_hub("FBDD backbone", model)
         try:
             base = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kwargs)
             vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **kwargs)
