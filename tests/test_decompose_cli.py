@@ -296,3 +296,18 @@ def test_split_effects_option_end_to_end(tmp_path):
     names = [layer.name for layer in layered.layers]
     assert names[-1] == "object_1" and (names == ["object_1"] or names == ["object_1 effects", "object_1"])
     assert psnr(layered.composite()[:, :, :3], s.composite) > 40  # 8-bit PNG stack
+
+
+def test_seed_option_and_auto_layers(tmp_path):
+    s = scene(910_000_001)
+    write_png(s.composite, tmp_path / "s.png")
+    box = ",".join(map(str, s.box))
+    for name, seed in (("a", 3), ("b", 3)):
+        result = run("decompose", tmp_path / "s.png", "--box", box, "--seed", seed, "--steps", "1", "--no-preview",
+                     "--out", tmp_path / f"{name}.ora")
+        assert result.exit_code == 0, result.output
+    a, b = load(tmp_path / "a.ora"), load(tmp_path / "b.ora")
+    np.testing.assert_array_equal(a.background.pixels, b.background.pixels)
+    two = decompose_image(s.composite, layers=2, method="classical")
+    assert [layer.name for layer in two.layers] == ["object_2", "object_1"] and two.metadata["regions"] == ["auto"] * 2
+    assert two.metadata["recomposition_psnr"] > 60
