@@ -172,8 +172,8 @@ def decompose_image(
         config: foreground-stage options (trimap widths, matting method, effects region).
         decomposer: use this instead of ``method``/``model``.
         grounder: the :class:`~lamina.layeringdiff.grounding.Grounder` for prompts (default models otherwise).
-        split_effects: write each object's shadows/reflections as their own layer under the object
-            (blend mode multiply where they only darken; see :func:`split_effects_layers`).
+        split_effects: write each object's shadows and reflections as their own layers under the object
+            (blend modes multiply and screen; see :func:`split_effects_layers`).
         names: the layers' names, front-most first (default: the prompt's words, else ``object_1``...).
         device, dtype: where the FBDD model runs (:mod:`lamina.devices`; ``None``: CPU, float32).
         saliency: :class:`~lamina.layeringdiff.saliency.SaliencyConfig` of automatic mode.
