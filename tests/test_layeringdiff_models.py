@@ -281,7 +281,13 @@ def test_training_runs_resumes_and_exports(tmp_path) -> None:
     out = pipe(np.random.rand(20, 24, 3).astype(np.float32), np.zeros((20, 24), np.float32), num_inference_steps=2)
     assert out.foreground.shape == (1, 20, 24, 3) and out.effects.shape == (1, 20, 24)
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--lr", "0.1"])
-    assert result.exit_code != 0 and "different options" in failure(result)
+    assert result.exit_code != 0 and "different configuration: lr (0.0005 -> 0.1)" in failure(result)
+    # A run folder of an earlier version (a config without today's keys, e.g. max_loss) still resumes.
+    old = {k: v for k, v in json.loads((run / "training-config.json").read_text()).items()
+           if k not in ("max_loss", "keep_snapshots")}
+    (run / "training-config.json").write_text(json.dumps(old))
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--steps", "4"])
+    assert result.exit_code == 0 and "resuming" in result.output, failure(result)
     # Fine-tuning: a new run starts from the exported weights (and refuses a different architecture).
     tuned = tmp_path / "tuned"
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(tuned), "--steps", "1", "--init",
@@ -294,6 +300,26 @@ def test_training_runs_resumes_and_exports(tmp_path) -> None:
     assert runner.invoke(train, ["--preset", "tiny", "--out", str(run), "-n"]).output.startswith("{")
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--max-minutes", "0"])
     assert result.exit_code == 2 and "--max-minutes" in result.output  # as in lamina furrygan train
+
+
+def test_training_divergence_guard_and_leftovers(tmp_path) -> None:
+    from lamina.errors import TrainingDivergedError
+    from lamina.layeringdiff.train import resolve_config, training_loop
+
+    run = tmp_path / "run"
+    training_loop(resolve_config("tiny", total_steps=2), run, echo=lambda _: None)
+    (run / ".training-state.pt.k9.lamina-tmp").mkdir()  # a save killed mid-write
+    (run / "export" / "model_index.json").unlink()  # an export that never finished (killed before it)
+    import shutil
+
+    shutil.rmtree(run / "export")
+    notices = []
+    training_loop(resolve_config("tiny", total_steps=2), run, echo=notices.append)  # finished: re-exports only
+    assert (run / "export" / "model_index.json").is_file() and not list(run.glob(".*lamina-tmp"))
+    assert any("temporary" in n for n in notices) and any("re-making the export of step 2" in n for n in notices)
+    with pytest.raises(TrainingDivergedError, match=r"step 3: loss .*exceeds max_loss=1e-09.*\(step 2\) is kept"):
+        training_loop(resolve_config("tiny", total_steps=4, max_loss=1e-9), run, echo=lambda _: None)
+    assert torch.load(run / "training-state.pt", weights_only=True)["step"] == 2
 
 
 def test_training_on_a_folder_of_layers(tmp_path) -> None:

@@ -175,8 +175,7 @@ def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Contact sheet: each layer over a checkerboard, then the composite."""
     from .io import load, save_contact_sheet
 
-    images = [load(path) for path in src]
-    save_contact_sheet(images, out, overwrite=overwrite)
+    save_contact_sheet((load(path) for path in src), out, overwrite=overwrite)  # one image in memory at a time
     click.echo(f"wrote {out}")
 
 

@@ -66,29 +66,34 @@ def build_dataset(data: str, resolution: int):
 
 
 @furrygan.command()
-@click.option("--data", required=True, help="A folder of images, or 'synth' for lamina's procedural scenes.")
+@click.option("--data", default="synth", show_default=True,
+              help="A folder of images, or 'synth' for lamina's procedural scenes.")
 @click.option("--preset", default="tiny-32", show_default=True, help="Starting configuration (see --list-presets).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder; rerunning the same command resumes from it.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Total training steps (train.total_steps).")
-@click.option("--batch", type=click.IntRange(2), default=None, help="Global batch size (train.batch).")
+@click.option("--batch", type=click.IntRange(2), default=None,
+              help="Global batch size, all processes together (train.batch_size).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Learning rate (train.lr).")
 @click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set loss.min_mask=0.2 --set model.fine_mask=false.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop (after saving) after this long; rerun to resume.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False, help="List the presets and exit.",
               callback=lambda ctx, _, value: _list_presets(ctx) if value else None)
 @_threads
-def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int | None, seed: int | None,
-          overrides: tuple[str, ...], workers: int, max_minutes: float | None, dry_run: bool, threads: int) -> None:
+def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int | None, lr: float | None,
+          seed: int | None, overrides: tuple[str, ...], workers: int, max_minutes: float | None, dry_run: bool,
+          threads: int) -> None:
     """Train FurryGAN on a folder of images or on procedural scenes (composites only, never masks)."""
     from .config import get_preset
 
     settings = parse_overrides(overrides)
-    for key, value in (("train.total_steps", steps), ("train.batch", batch), ("train.seed", seed)):
+    for key, value in (("train.total_steps", steps), ("train.batch_size", batch), ("train.lr", lr),
+                       ("train.seed", seed)):
         if value is not None:
             settings[key] = value
     cfg = get_preset(preset).with_overrides(settings)
@@ -98,16 +103,16 @@ def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int |
     if data != "synth" and not Path(data).is_dir():
         raise InputFileError(f"--data {data}: not a folder of images (or 'synth')")
     _set_threads(threads)
-    from .train import training_loop
+    from .train import EXPORT_DIR, LOG_NAME, PREVIEW_DIR, STATE_NAME, training_loop
 
     dataset = build_dataset(data, cfg.model.resolution)
-    resumed = (run_dir / "training-state.pt").is_file()
+    resumed = (run_dir / STATE_NAME).is_file()
     click.echo(f"{'resuming' if resumed else 'starting'} {preset} run in {run_dir}: {len(dataset)} training images "
-               f"at {cfg.model.resolution} px, {cfg.train.total_steps} steps of {cfg.train.batch}")
-    result = training_loop(cfg, dataset, run_dir, num_workers=workers,
+               f"at {cfg.model.resolution} px, {cfg.train.total_steps} steps of {cfg.train.batch_size}")
+    result = training_loop(cfg, dataset, run_dir, num_workers=workers, echo=click.echo,
                            stop_after_s=None if max_minutes is None else max_minutes * 60.0)
-    click.echo(f"step {result.step} ({result.nimg} images): export in {run_dir / 'pretrained'}, "
-               f"samples in {run_dir / 'samples'}, losses in {run_dir / 'log.jsonl'}")
+    click.echo(f"step {result.step} ({result.nimg} images): export in {run_dir / EXPORT_DIR}, "
+               f"previews in {run_dir / PREVIEW_DIR}, losses in {run_dir / LOG_NAME}")
     if result.timed_out:
         click.echo(f"stopped after --max-minutes {max_minutes:g} at step {result.step} of {cfg.train.total_steps}; "
                    "run the same command again to resume")
@@ -119,7 +124,7 @@ def _list_presets(ctx: click.Context) -> None:
     for name, cfg in PRESETS.items():
         m = cfg.model
         click.echo(f"{name:<10} {m.resolution} px, channels <= {m.channel_max}, {cfg.train.total_steps} steps "
-                   f"of {cfg.train.batch}")
+                   f"of {cfg.train.batch_size}")
     ctx.exit()
 
 

@@ -1,6 +1,6 @@
 """Using a trained FurryGAN: load a checkpoint, sample layered images, segment real images by inversion.
 
-A checkpoint is a run folder (its ``pretrained/`` export is used), an export folder
+A checkpoint is a run folder (its ``export/`` is used; ``pretrained/`` in older runs), an export folder
 (``config.json`` + ``model.safetensors``, optionally ``discriminator.safetensors``; a run's
 ``snapshots/step-NNNNNNN`` are export folders too), or
 ``"builtin"``/``"tiny"``: the model shipped with lamina (:func:`load_builtin`; ``"builtin-64"``: the
@@ -45,7 +45,7 @@ from .networks import (
     GeneratorOutput,
     NoiseInjection,
 )
-from .train import STATE_NAME
+from .train import EXPORT_DIR, STATE_NAME
 
 #: The built-in model: ``tiny`` preset trained on ``datasets.SYNTH_SCENES`` (see ``assets/builtin/README.md``).
 BUILTIN_DIR = Path(__file__).parent / "assets" / "builtin"
@@ -72,14 +72,15 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> Path:
     path = Path(checkpoint)
     if (path / WEIGHTS_NAME).is_file():
         return path
-    if (path / "pretrained" / WEIGHTS_NAME).is_file():
-        return path / "pretrained"
+    for export in (EXPORT_DIR, "pretrained"):  # "pretrained": run folders of earlier versions
+        if (path / export / WEIGHTS_NAME).is_file():
+            return path / export
     if not path.exists():
         raise InputFileError(f"{path}: no such checkpoint (a run folder, an export folder, or "
                              f"{' / '.join(BUILTIN_NAMES)})")
-    if (path / "training-state.pt").is_file():
-        raise InputFileError(f"{path}: this run has not exported a model yet (pretrained/ is written every "
-                             "train.save_every steps)")
+    if (path / STATE_NAME).is_file():
+        raise InputFileError(f"{path}: this run has not exported a model yet ({EXPORT_DIR}/ is written every "
+                             "train.checkpoint_every steps; rerun the training command to re-make it)")
     raise InputFileError(f"{path}: not a FurryGAN run or export folder (no {WEIGHTS_NAME})")
 
 
@@ -106,7 +107,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str])
     """Export a run's latest training state: the EMA generator (with a fresh truncation centre) and D.
 
     Writes ``config.json``, ``model.safetensors`` and ``discriminator.safetensors`` to ``out_dir``
-    (what the training loop writes to ``run/pretrained`` at each save, reproducible from the state).
+    (what the training loop writes to ``run/export`` at each checkpoint, reproducible from the state).
     """
     path = Path(run_dir) / STATE_NAME
     if not path.is_file():

@@ -309,7 +309,8 @@ def layeringdiff() -> None:
               help="fine-tune: start from a saved FBDD's weights ('builtin', RUN/export or hub id); with "
                    "--preset builtin-hfa: the frozen FBDD the HFA is trained for")
 @click.option("--steps", "total_steps", type=click.IntRange(1), default=None, help="total optimisation steps")
-@click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help="batch size")
+@click.option("--batch", "batch_size", type=click.IntRange(1), default=None,
+              help="global batch size, all processes together (batch_size)")
 @click.option("--lr", type=float, default=None, help="learning rate")
 @click.option("--seed", type=int, default=None, help="data and initialisation seed")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -334,4 +335,5 @@ def train(data: str, preset: str, run_dir: Path, backbone: str | None, init: str
     _threads(threads)
     export = training_loop(config, run_dir, echo=click.echo,
                            stop_after_s=None if max_minutes is None else max_minutes * 60.0)
-    click.echo(f"inference export: {export} (use it with: lamina decompose IMAGE --model {export} ...)")
+    click.echo(f"inference export: {export} (use it with: lamina decompose IMAGE --model {export} ...); previews in "
+               f"{run_dir / 'previews'}, losses in {run_dir / 'log.jsonl'}")
