@@ -443,3 +443,19 @@ def test_object_api_save_load_to_pil(tmp_path):
     image.save(tmp_path / "flat.png", overwrite=True)
     with pytest.raises(InputFileError, match="not an image file"):
         lamina.load(tmp_path / "stack" / "layers.json")
+
+
+def test_output_folder_that_cannot_be_created_is_refused_first(tmp_path):
+    from lamina.io.atomic import check_writable
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LaminaError, match="is a file, not a folder"):
+        check_writable(tmp_path / "file" / "sub" / "out.psd", overwrite=False)
+    with pytest.raises(LaminaError, match="is a file, not a folder"):
+        save(make_image(), tmp_path / "file" / "out.psd")
+    assert check_writable(tmp_path / "new" / "deeper" / "out.psd", overwrite=False).name == "out.psd"
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(LaminaError, match="no write permission"):
+            check_writable(locked / "out.psd", overwrite=False)

@@ -149,8 +149,11 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
 @_overwrite_option
 def convert(src: Path, dst: Path, overwrite: bool) -> None:
     """Convert between PSD, OpenRaster and PNG stack (by extension)."""
-    from .io import load, save
+    from .io import file_format, load, save
+    from .io.atomic import check_writable
 
+    file_format(dst)  # refuse an unknown format or a taken/unwritable output before reading anything
+    check_writable(dst, overwrite)
     image = load(src)
     save(image, dst, overwrite=overwrite)
     click.echo(f"{src} -> {dst} ({len(image.layers) + 1} layers, {image.width}x{image.height})")
@@ -163,7 +166,9 @@ def convert(src: Path, dst: Path, overwrite: bool) -> None:
 def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Contact sheet: each layer over a checkerboard, then the composite."""
     from .io import load, save_contact_sheet
+    from .io.atomic import check_writable
 
+    check_writable(out, overwrite)  # before reading anything
     save_contact_sheet((load(path) for path in src), out, overwrite=overwrite)  # one image in memory at a time
     click.echo(f"wrote {out}")
 
@@ -175,9 +180,13 @@ def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
 @_overwrite_option
 def crop(src: Path, dst: Path, box: str, overwrite: bool) -> None:
     """Crop every layer of a layered file to a box."""
-    from .io import load, save
+    from .io import file_format, load, save
+    from .io.atomic import check_writable
     from .layers import parse_box
 
+    parse_box(box)
+    file_format(dst)
+    check_writable(dst, overwrite)  # before reading anything
     image = load(src).crop(parse_box(box))
     save(image, dst, overwrite=overwrite)
     click.echo(f"{src} -> {dst} ({image.width}x{image.height})")
