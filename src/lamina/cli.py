@@ -159,7 +159,7 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
 @click.argument("dst", type=click.Path(path_type=Path))
 @_overwrite_option
 def convert(src: Path, dst: Path, overwrite: bool) -> None:
-    """Convert between PSD, OpenRaster and PNG stack (by extension)."""
+    """Convert between PSD, OpenRaster and PNG stack, or flatten to .png/.jpg/.tif (format by suffix)."""
     from .io import file_format, load, save
     from .io.atomic import check_writable
 
@@ -210,11 +210,13 @@ def info(src: Path) -> None:
     from .io import load
 
     image = load(src)
-    click.echo(f"{src}: {image.width}x{image.height}, {len(image.layers)} layers over '{image.background.name}'")
+    click.echo(f"{src}: {image.width}x{image.height}, {image.bit_depth}-bit, {len(image.layers)} layers over "
+               f"'{image.background.name}'")
     for layer in reversed(image.all_layers):  # top first, as editors show them
         box = layer.bbox()
+        blend = "" if layer.blend_mode == "normal" else f" {layer.blend_mode}"
         click.echo(f"  {layer.name:<24} {layer.width}x{layer.height} at {layer.offset} opacity {layer.opacity:.2f}"
-                   f"{'' if layer.visible else ' hidden'} content {box}")
+                   f"{blend}{'' if layer.visible else ' hidden'} content {box}")
     if image.metadata:
         click.echo(f"  metadata: {json.dumps(image.metadata)}")
 
