@@ -1,0 +1,262 @@
+"""The studio's one door to the methods: every call from the app to lamina's methods goes through here.
+
+The handlers (:mod:`.handlers`) and the page (:mod:`.app`) never import a method package;
+they call a :class:`Backend`. When a method's API changes, only this module changes. The
+places that will switch to newer lamina APIs are marked ``ADAPTER``:
+
+* devices: ``lamina.devices.resolve_device`` when present, else :func:`_resolve_device`;
+* decomposition: :func:`lamina.layeringdiff.decompose_image` with a cached decomposer;
+  the automatic mode (no box, no phrase) is used when :func:`_auto_decompose_available` says so;
+* BFS: ``lamina.bfs.BFSPipeline.from_pretrained(model)(background=..., box=..., prompt=...)``,
+  returning a :class:`~lamina.LayeredImage` whose top layer is the new object;
+* FurryGAN: :mod:`lamina.furrygan.inference` (``generate``, ``invert``).
+
+Models are loaded on first use and kept for the life of the process (one copy shared by
+every browser session; a lock makes the first load happen once).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import LaminaError
+from ..layers import Layer, LayeredImage
+
+#: ``report(fraction in [0, 1], message)``: progress of one long call.
+Report = Callable[[float, str], None]
+
+#: Decomposition methods offered by the studio (``lamina decompose --method``).
+DECOMPOSE_METHODS = ("layeringdiff", "classical")
+
+
+def _no_report(fraction: float, message: str) -> None:
+    del fraction, message
+
+
+def _resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` / ``mps`` / ``cpu`` (what is there); any other name is checked and returned."""
+    try:  # ADAPTER: the shared device option of ``lamina.cli_options`` once merged
+        from ..devices import resolve_device  # type: ignore[import-not-found]
+
+        return str(resolve_device(name))
+    except ImportError:
+        pass
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise LaminaError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LaminaError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    return name
+
+
+def _auto_decompose_available() -> bool:
+    """Whether :func:`~lamina.layeringdiff.decompose_image` picks the object itself when given no hint.
+
+    ADAPTER: the automatic mode of ``lamina decompose`` (issue 20) is not merged yet; switch this
+    to True (or to a feature check) when it is.
+    """
+    return False
+
+
+def bfs_available() -> bool:
+    """Whether this lamina has the BFS method (``lamina.bfs.BFSPipeline``)."""
+    try:
+        if importlib.util.find_spec("lamina.bfs") is None:
+            return False
+        import lamina.bfs as bfs
+    except ImportError:
+        return False
+    return hasattr(bfs, "BFSPipeline")
+
+
+@dataclass
+class BackendConfig:
+    """What ``lamina studio`` was started with.
+
+    Attributes:
+        model: LayeringDiff FBDD model (folder, hub id, or ``None`` for the built-in one).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        grounding: ``{"detector": ID, "segmenter": ID, "matting": ID}`` for objects given by a phrase;
+            empty: phrases are not offered.
+        t2i: a diffusers text-to-image pipeline (hub id or folder) for Text -> layers; ``None``: tab off.
+        furrygan: FurryGAN checkpoint (``builtin``, ``builtin-64``, a run or export folder).
+        bfs_model: BFS model (``builtin``, folder or hub id).
+        steps: FBDD denoising steps (``None``: the model's own).
+    """
+
+    model: str | None = None
+    device: str = "auto"
+    grounding: dict[str, str] = field(default_factory=dict)
+    t2i: str | None = None
+    furrygan: str = "builtin"
+    bfs_model: str = "builtin"
+    steps: int | None = None
+
+
+class Backend:
+    """Loads models lazily and runs the methods for the studio; safe to share between sessions."""
+
+    def __init__(self, config: BackendConfig | None = None) -> None:
+        self.config = config or BackendConfig()
+        self.device = _resolve_device(self.config.device)
+        self._lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def phrases_available(self) -> bool:
+        """Objects can be given by a phrase (grounding models were named at start)."""
+        return bool(self.config.grounding)
+
+    @property
+    def auto_available(self) -> bool:
+        """Objects can be left out: the method finds them."""
+        return _auto_decompose_available()
+
+    @property
+    def bfs_available(self) -> bool:
+        return bfs_available()
+
+    @property
+    def t2i_available(self) -> bool:
+        return self.config.t2i is not None
+
+    def _cached(self, key: str, load: Callable[[], Any]) -> Any:
+        with self._lock:  # one load, even when two sessions ask at once
+            if key not in self._cache:
+                self._cache[key] = load()
+            return self._cache[key]
+
+    # ------------------------------------------------------------------ photo -> layers
+    def _decomposer(self, method: str) -> Any:
+        from ..layeringdiff import make_decomposer
+
+        if method not in DECOMPOSE_METHODS:
+            raise LaminaError(f"unknown method {method!r}; choose from {', '.join(DECOMPOSE_METHODS)}")
+        if method == "classical":
+            return self._cached("classical", lambda: make_decomposer("classical"))
+
+        def load() -> Any:
+            options = {"num_inference_steps": self.config.steps} if self.config.steps else {}
+            decomposer = make_decomposer("layeringdiff", self.config.model, **options)
+            decomposer.pipeline.to(self.device)
+            return decomposer
+
+        return self._cached("layeringdiff", load)
+
+    def _grounder(self) -> Any:
+        from ..layeringdiff.grounding import Grounder, GroundingConfig
+
+        return self._cached("grounder", lambda: Grounder(GroundingConfig(**self.config.grounding)))
+
+    def decompose(self, rgb: np.ndarray, *, boxes: list[tuple[int, int, int, int]] | None = None,
+                  phrases: list[str] | None = None, layers: int | None = None, method: str = "layeringdiff",
+                  report: Report = _no_report) -> LayeredImage:
+        """Photo ``[H, W, 3]`` in ``[0, 1]`` -> background + one layer per object (boxes/phrases front-most first)."""
+        from ..layeringdiff import decompose_image
+
+        report(0.05, f"loading the {method} model")
+        decomposer = self._decomposer(method)
+        report(0.2, "decomposing")
+        if boxes:
+            return decompose_image(rgb, box=list(boxes), decomposer=decomposer)
+        if phrases:
+            if not self.phrases_available:
+                raise LaminaError("objects by phrase need grounding models: start the studio with "
+                                  "--grounding-model detector=ID --grounding-model segmenter=ID ...")
+            return decompose_image(rgb, prompt=list(phrases), decomposer=decomposer, grounder=self._grounder())
+        if not self.auto_available:
+            raise LaminaError("give the object: click two opposite corners of a box around it on the photo "
+                              "(this lamina has no automatic mode yet)")
+        return decompose_image(rgb, layers=layers, decomposer=decomposer)  # ADAPTER: automatic mode
+
+    # ------------------------------------------------------------------ background -> layers (BFS)
+    def bfs_add(self, image: LayeredImage, box: tuple[int, int, int, int], prompt: str, seed: int = 0,
+                report: Report = _no_report) -> Layer:
+        """The new object layer (with its shadow) that BFS draws onto ``image``'s composite in ``box``.
+
+        ADAPTER: written against the planned ``BFSPipeline.from_pretrained(...)(background=, box=, prompt=)``.
+        """
+        if not self.bfs_available:
+            raise LaminaError("BFS is not installed in this lamina (lamina.bfs is missing)")
+        from lamina.bfs import BFSPipeline  # type: ignore[import-not-found]
+
+        report(0.05, "loading the BFS model")
+
+        def load() -> Any:
+            pipeline = BFSPipeline.from_pretrained(self.config.bfs_model)
+            return pipeline.to(self.device) if hasattr(pipeline, "to") else pipeline
+
+        pipeline = self._cached("bfs", load)
+        report(0.2, "drawing the object")
+        background = image.composite()[:, :, :3]
+        result = pipeline(background=background, box=box, prompt=prompt, seed=seed)
+        if isinstance(result, LayeredImage):
+            if not result.layers:
+                raise LaminaError("BFS returned no layer")
+            return result.layers[-1]
+        if isinstance(result, Layer):
+            return result
+        raise LaminaError(f"BFS returned a {type(result).__name__}, expected a LayeredImage")
+
+    # ------------------------------------------------------------------ FurryGAN
+    def _furrygan(self) -> Any:
+        from ..furrygan.inference import load_generator
+
+        return self._cached("furrygan", lambda: load_generator(self.config.furrygan, device=self.device))
+
+    def furrygan_sample(self, count: int, truncation: float = 0.7, seed: int = 0,
+                        report: Report = _no_report) -> list[LayeredImage]:
+        """``count`` two-layer samples of the FurryGAN checkpoint."""
+        from ..furrygan.inference import generate
+
+        report(0.1, "loading FurryGAN")
+        G = self._furrygan()
+        report(0.5, "sampling")
+        return generate(G, count, truncation_psi=truncation, seed=seed)
+
+    def furrygan_segment(self, rgb: np.ndarray, steps: int = 200, seed: int = 0,
+                         report: Report = _no_report) -> LayeredImage:
+        """Segment a photo ``[H, W, 3]`` by FurryGAN inversion: the photo cut out by the GAN's mask, at its size."""
+        import torch
+
+        from ..data.datasets import resize_crop
+        from ..furrygan.inference import invert
+
+        report(0.1, "loading FurryGAN")
+        G = self._furrygan()
+        original = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        target = resize_crop(original, G.cfg.resolution, G.cfg.resolution)[None]
+        report(0.2, f"inverting ({steps} steps)")
+        result = invert(G, target.to(self.device), steps=steps, seed=seed)
+        return result.to_layered_at(0, original)
+
+    # ------------------------------------------------------------------ text -> layers
+    def text_to_layers(self, prompt: str, phrases: list[str], seed: int = 0, steps: int = 30,
+                       report: Report = _no_report) -> LayeredImage:
+        """Generate a composite from ``prompt`` with the ``t2i`` model, then peel ``phrases`` (front-most first)."""
+        if not self.t2i_available:
+            raise LaminaError("Text -> layers needs a text-to-image model: start the studio with --t2i HUB_ID_OR_DIR")
+        if not phrases:
+            raise LaminaError("name the foreground object(s) to peel, e.g. 'the cat'")
+        from ..layeringdiff.grounding import generate_composite
+
+        report(0.05, "generating the composite")
+        image = generate_composite(self.config.t2i, prompt, num_inference_steps=steps, seed=seed)
+        report(0.6, "peeling the layers")
+        result = self.decompose(image, phrases=phrases)
+        result.metadata["prompt"] = prompt
+        return result
