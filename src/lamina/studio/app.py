@@ -35,12 +35,15 @@ log = logging.getLogger("lamina.studio")
 #: Default of the callbacks' ``progress`` argument: gradio passes each call its own progress tracker.
 PROGRESS = gr.Progress()
 
+#: Height of the shown photo and composite, in CSS pixels (the image is fitted inside).
+IMAGE_HEIGHT = 440
+
 #: Concurrency group of the model calls: they share the CPU/GPU, so they queue together.
 HEAVY = "lamina-model"
 
 CSS = """
 #lamina-photo img, #lamina-bfs-canvas img { cursor: crosshair; }
-#lamina-status { min-height: 1.5em; }
+#lamina-status { min-height: 3em; }
 """
 
 INTRO = ("**lamina studio**: make layered images and edit them. Make one in a tab (a photo taken apart, "
@@ -99,8 +102,9 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             with gr.Tab("Photo → layers", id="photo"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
-                        photo_file = gr.File(label="Photo (PNG, JPEG, WebP, TIFF...)", file_types=["image"],
-                                             type="filepath", elem_id="lamina-photo-file")
+                        photo_file = gr.UploadButton("Upload a photo (PNG, JPEG, WebP, TIFF...)",
+                                                     file_types=["image"], type="filepath", variant="primary",
+                                                     elem_id="lamina-photo-file")
                         example_btn = gr.Button("Use an example photo", size="sm")
                         gr.Markdown("**The object**: click two opposite corners of a box around it on the "
                                     "photo (repeat for more objects, front-most first), or type boxes.")
@@ -121,7 +125,8 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                                                   elem_id="lamina-decompose")
                     with gr.Column(scale=2):
                         photo_img = gr.Image(label="Photo: click two corners to draw a box", interactive=False,
-                                             format="png", elem_id="lamina-photo", buttons=["fullscreen"])
+                                             format="png", height=IMAGE_HEIGHT, elem_id="lamina-photo",
+                                             buttons=["fullscreen"])
 
             # ------------------------------------------------------------ background -> layers
             with gr.Tab("Background → layers (BFS)", id="bfs"):
@@ -131,7 +136,8 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                                 elem_id="lamina-bfs-missing")
                 with gr.Row(visible=backend.bfs_available):
                     with gr.Column(scale=1, min_width=280):
-                        bg_file = gr.File(label="Background image", file_types=["image"], type="filepath")
+                        bg_file = gr.UploadButton("Upload a background", file_types=["image"], type="filepath",
+                                                  variant="primary", elem_id="lamina-bg-file")
                         bg_example_btn = gr.Button("Use an example background", size="sm")
                         bg_current_btn = gr.Button("Add onto the current layered image", size="sm")
                         caption = gr.Textbox(label="Caption of the new object",
@@ -142,7 +148,8 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                             bfs_undo_btn = gr.Button("Undo")
                     with gr.Column(scale=2):
                         bfs_img = gr.Image(label="Click two corners for the new object's box", interactive=False,
-                                           format="png", elem_id="lamina-bfs-canvas", buttons=["fullscreen"])
+                                           format="png", height=IMAGE_HEIGHT, elem_id="lamina-bfs-canvas",
+                                           buttons=["fullscreen"])
 
             # ------------------------------------------------------------ FurryGAN
             with gr.Tab("FurryGAN", id="furrygan"):
@@ -153,13 +160,14 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                         fg_psi = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label="Truncation ψ")
                         fg_seed = gr.Number(0, label="Seed", precision=0)
                         fg_sample_btn = gr.Button("Sample layered images", variant="primary")
-                        fg_file = gr.File(label="Segment an image (by GAN inversion)", file_types=["image"],
-                                          type="filepath")
+                        fg_file = gr.UploadButton("Upload an image to segment (GAN inversion)",
+                                                  file_types=["image"], type="filepath", elem_id="lamina-fg-file")
                         fg_steps = gr.Slider(20, 1000, value=200, step=10, label="Inversion steps")
                         fg_segment_btn = gr.Button("Segment")
                     with gr.Column(scale=2):
                         fg_gallery = gr.Gallery(label="Samples: click one to edit it below", columns=4,
-                                                allow_preview=False, buttons=[])
+                                                object_fit="contain", fit_columns=False, allow_preview=False,
+                                                buttons=[], elem_id="lamina-samples")
 
             # ------------------------------------------------------------ text -> layers
             with gr.Tab("Text → layers", id="text"):
@@ -178,6 +186,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
         with gr.Row():
             with gr.Column(scale=2):
                 composite_img = gr.Image(label="Composite (visible layers)", interactive=False, format="png",
+                                         height=IMAGE_HEIGHT,
                                          elem_id="lamina-composite", buttons=["download", "fullscreen"])
             with gr.Column(scale=1, min_width=300):
                 layer_pick = gr.Radio([], label="Layer (top first)", elem_id="lamina-layer-pick")
@@ -196,8 +205,9 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                     move_btn = gr.Button("Move", size="sm", elem_id="lamina-move")
                 undo_btn = gr.Button("Undo", size="sm", elem_id="lamina-undo")
                 table = gr.Markdown(h.layer_table(h.new_session()), elem_id="lamina-table")
-        tiles = gr.Gallery(label="Each layer over a checkerboard (top first)", columns=6, height=300,
-                           allow_preview=False, buttons=[], elem_id="lamina-tiles")
+        tiles = gr.Gallery(label="Each layer over a checkerboard (top first)", columns=6, height=260,
+                           object_fit="contain", fit_columns=False, allow_preview=False, buttons=[],
+                           elem_id="lamina-tiles")
         with gr.Row():
             fmt = gr.Radio([(label, key) for key, (label, _) in h.EXPORT_FORMATS.items()], value="psd",
                            label="Download as", elem_id="lamina-format")
@@ -214,6 +224,12 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             api_btn = gr.Button()
 
         panel = [state, composite_img, tiles, table, layer_pick, name_box, opacity, left, top]
+
+        def wire(trigger: Callable[..., Any], fn: Callable[..., Any], inputs: list[Any], outputs: list[Any],
+                 **options: Any) -> None:
+            """Register a callback; its progress (and an error's badge) shows on the status line only, so a
+            failed call never covers the photo or the composite."""
+            trigger(fn, inputs, outputs, show_progress_on=[status], **options)
 
         def show(session: h.Session, k: int | None = None, message: str = "") -> tuple[Any, ...]:
             """Values of the panel's widgets (and the status line) for ``session``, layer ``k`` selected."""
@@ -235,7 +251,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             height, width = session.photo.shape[:2]
             return session, h.photo_view(session, limits), "", f"Photo {width}x{height}: now click two corners."
 
-        photo_file.upload(on_photo, [state, photo_file], [state, photo_img, boxes_text, status],
+        wire(photo_file.upload, on_photo, [state, photo_file], [state, photo_img, boxes_text, status],
                           api_name="load_photo")
 
         @_guarded
@@ -249,7 +265,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             return (session, h.photo_view(session, limits), h.format_boxes(session.photo_pick.boxes),
                     "Example photo with its object's box: press 'Take apart into layers'.")
 
-        example_btn.click(on_example, [state], [state, photo_img, boxes_text, status], api_name="example_photo")
+        wire(example_btn.click, on_example, [state], [state, photo_img, boxes_text, status], api_name="example_photo")
 
         @_guarded
         def on_photo_click(state: Any, evt: gr.SelectData) -> tuple[Any, ...]:
@@ -261,7 +277,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                        f"Box {len(pick.boxes)} set; add another, or press 'Take apart into layers'.")
             return session, h.photo_view(session, limits), h.format_boxes(pick.boxes), message
 
-        photo_img.select(on_photo_click, [state], [state, photo_img, boxes_text, status],
+        wire(photo_img.select, on_photo_click, [state], [state, photo_img, boxes_text, status],
                          api_visibility="private")
 
         @_guarded
@@ -271,9 +287,9 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             return (session, h.photo_view(session, limits), h.format_boxes(session.photo_pick.boxes),
                     f"{len(session.photo_pick.boxes)} box(es) set.")
 
-        set_boxes_btn.click(on_set_boxes, [state, boxes_text], [state, photo_img, boxes_text, status],
+        wire(set_boxes_btn.click, on_set_boxes, [state, boxes_text], [state, photo_img, boxes_text, status],
                             api_name="set_boxes")
-        boxes_text.submit(on_set_boxes, [state, boxes_text], [state, photo_img, boxes_text, status],
+        wire(boxes_text.submit, on_set_boxes, [state, boxes_text], [state, photo_img, boxes_text, status],
                           api_visibility="private")
 
         @_guarded
@@ -282,7 +298,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             h.clear_boxes(session.photo_pick)
             return session, h.photo_view(session, limits), "", "Boxes cleared."
 
-        clear_boxes_btn.click(on_clear_boxes, [state], [state, photo_img, boxes_text, status],
+        wire(clear_boxes_btn.click, on_clear_boxes, [state], [state, photo_img, boxes_text, status],
                               api_name="clear_boxes")
 
         @_guarded
@@ -298,7 +314,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             return show(session, message=f"Done in {time.perf_counter() - start:.1f} s: {len(image.layers)} "
                                          f"object layer(s) over the completed background{note}.")
 
-        decompose_btn.click(on_decompose, [state, method, phrases, layer_count], [*panel, status],
+        wire(decompose_btn.click, on_decompose, [state, method, phrases, layer_count], [*panel, status],
                             api_name="decompose", concurrency_id=HEAVY, concurrency_limit=concurrency)
 
         # ---------------------------------------------------------------- BFS callbacks
@@ -313,7 +329,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             h.load_background(session, path, limits)
             return bfs_outputs(session, "Background set: click two corners for the first object's box.")
 
-        bg_file.upload(on_background, [state, bg_file], [*panel, status, bfs_img], api_name="bfs_background")
+        wire(bg_file.upload, on_background, [state, bg_file], [*panel, status, bfs_img], api_name="bfs_background")
 
         @_guarded
         def on_bg_example(state: Any) -> tuple[Any, ...]:
@@ -323,7 +339,8 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             h.use_background(session, generate_scene(3).background, "example_background", limits)
             return bfs_outputs(session, "Example background: click two corners for the first object's box.")
 
-        bg_example_btn.click(on_bg_example, [state], [*panel, status, bfs_img], api_name="bfs_example_background")
+        wire(bg_example_btn.click, on_bg_example, [state], [*panel, status, bfs_img],
+             api_name="bfs_example_background")
 
         @_guarded
         def on_bg_current(state: Any) -> tuple[Any, ...]:
@@ -331,7 +348,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             h.clear_boxes(session.bfs_pick)
             return bfs_outputs(session, "Click two corners for the new object's box.")
 
-        bg_current_btn.click(on_bg_current, [state], [*panel, status, bfs_img], api_visibility="private")
+        wire(bg_current_btn.click, on_bg_current, [state], [*panel, status, bfs_img], api_visibility="private")
 
         @_guarded
         def on_bfs_click(state: Any, evt: gr.SelectData) -> tuple[Any, ...]:
@@ -342,7 +359,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                        f"Box {h.format_boxes(session.bfs_pick.boxes)}: type a caption and press 'Add object'.")
             return session, h.bfs_view(session, limits), message
 
-        bfs_img.select(on_bfs_click, [state], [state, bfs_img, status], api_visibility="private")
+        wire(bfs_img.select, on_bfs_click, [state], [state, bfs_img, status], api_visibility="private")
 
         @_guarded
         def on_bfs_box(state: Any, text: str) -> tuple[Any, ...]:
@@ -357,7 +374,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
         with gr.Row(visible=False):
             bfs_box_text = gr.Textbox()
             bfs_box_btn = gr.Button()
-        bfs_box_btn.click(on_bfs_box, [state, bfs_box_text], [state, bfs_img, status], api_name="bfs_box")
+        wire(bfs_box_btn.click, on_bfs_box, [state, bfs_box_text], [state, bfs_img, status], api_name="bfs_box")
 
         @_guarded
         def on_bfs_add(state: Any, text: str, seed: float, progress: gr.Progress = PROGRESS) -> tuple[Any, ...]:
@@ -367,7 +384,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             return bfs_outputs(session, f"Added '{text.strip()}' in {time.perf_counter() - start:.1f} s "
                                         f"({len(session.image.layers)} object layer(s)).")
 
-        bfs_add_btn.click(on_bfs_add, [state, caption, bfs_seed], [*panel, status, bfs_img], api_name="bfs_add",
+        wire(bfs_add_btn.click, on_bfs_add, [state, caption, bfs_seed], [*panel, status, bfs_img], api_name="bfs_add",
                           concurrency_id=HEAVY, concurrency_limit=concurrency)
 
         @_guarded
@@ -376,7 +393,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             h.undo(session)
             return bfs_outputs(session, "Undone.")
 
-        bfs_undo_btn.click(on_bfs_undo, [state], [*panel, status, bfs_img], api_visibility="private")
+        wire(bfs_undo_btn.click, on_bfs_undo, [state], [*panel, status, bfs_img], api_visibility="private")
 
         # ---------------------------------------------------------------- FurryGAN callbacks
         @_guarded
@@ -388,7 +405,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                        for i, s in enumerate(session.samples)]
             return session, gallery, f"{len(session.samples)} samples: click one to edit its layers."
 
-        fg_sample_btn.click(on_fg_sample, [state, fg_count, fg_psi, fg_seed], [state, fg_gallery, status],
+        wire(fg_sample_btn.click, on_fg_sample, [state, fg_count, fg_psi, fg_seed], [state, fg_gallery, status],
                             api_name="furrygan_sample", concurrency_id=HEAVY, concurrency_limit=concurrency)
 
         @_guarded
@@ -397,7 +414,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             h.pick_sample(session, int(evt.index), limits)
             return show(session, message=f"Sample {evt.index} is in the layer panel.")
 
-        fg_gallery.select(on_fg_pick, [state], [*panel, status], api_visibility="private")
+        wire(fg_gallery.select, on_fg_pick, [state], [*panel, status], api_visibility="private")
 
         @_guarded
         def on_fg_segment(state: Any, path: str | None, steps: float,
@@ -407,7 +424,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             h.furrygan_segment(session, backend, path, int(steps), report=_reporter(progress), limits=limits)
             return show(session, message=f"Segmented in {time.perf_counter() - start:.1f} s.")
 
-        fg_segment_btn.click(on_fg_segment, [state, fg_file, fg_steps], [*panel, status],
+        wire(fg_segment_btn.click, on_fg_segment, [state, fg_file, fg_steps], [*panel, status],
                              api_name="furrygan_segment", concurrency_id=HEAVY, concurrency_limit=concurrency)
 
         # ---------------------------------------------------------------- text -> layers
@@ -419,7 +436,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                              limits=limits)
             return show(session, message="Generated.")
 
-        t2i_btn.click(on_t2i, [state, t2i_prompt, t2i_phrases, t2i_seed], [*panel, status],
+        wire(t2i_btn.click, on_t2i, [state, t2i_prompt, t2i_phrases, t2i_seed], [*panel, status],
                       api_name="text_to_layers", concurrency_id=HEAVY, concurrency_limit=concurrency)
 
         # ---------------------------------------------------------------- layer panel callbacks
@@ -429,7 +446,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             fields = h.layer_fields(session, k)
             return fields["name"], fields["opacity"], fields["left"], fields["top"]
 
-        layer_pick.input(on_pick, [state, layer_pick], [name_box, opacity, left, top], api_visibility="private")
+        wire(layer_pick.input, on_pick, [state, layer_pick], [name_box, opacity, left, top], api_visibility="private")
 
         def panel_op(op: Callable[..., Any], message: str, api_name: str) -> Callable[..., Any]:
             @_guarded
@@ -466,22 +483,22 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             h.undo(session)
 
         outputs = [*panel, status]
-        toggle_btn.click(panel_op(_toggle, "Visibility changed.", "toggle_layer"), [state, layer_pick], outputs,
+        wire(toggle_btn.click, panel_op(_toggle, "Visibility changed.", "toggle_layer"), [state, layer_pick], outputs,
                          api_name="toggle_layer")
-        rename_btn.click(panel_op(_rename, "Renamed.", "rename_layer"), [state, layer_pick, name_box], outputs,
+        wire(rename_btn.click, panel_op(_rename, "Renamed.", "rename_layer"), [state, layer_pick, name_box], outputs,
                          api_name="rename_layer")
-        name_box.submit(panel_op(_rename, "Renamed.", "rename_layer"), [state, layer_pick, name_box], outputs,
+        wire(name_box.submit, panel_op(_rename, "Renamed.", "rename_layer"), [state, layer_pick, name_box], outputs,
                         api_visibility="private")
-        opacity.release(panel_op(_opacity, "Opacity changed.", "set_opacity"), [state, layer_pick, opacity],
+        wire(opacity.release, panel_op(_opacity, "Opacity changed.", "set_opacity"), [state, layer_pick, opacity],
                         outputs, api_name="set_opacity")
-        move_btn.click(panel_op(_move, "Moved.", "move_layer"), [state, layer_pick, left, top], outputs,
+        wire(move_btn.click, panel_op(_move, "Moved.", "move_layer"), [state, layer_pick, left, top], outputs,
                        api_name="move_layer")
-        up_btn.click(panel_op(_up, "Moved up.", "layer_up"), [state, layer_pick], outputs, api_name="layer_up")
-        down_btn.click(panel_op(_down, "Moved down.", "layer_down"), [state, layer_pick], outputs,
+        wire(up_btn.click, panel_op(_up, "Moved up.", "layer_up"), [state, layer_pick], outputs, api_name="layer_up")
+        wire(down_btn.click, panel_op(_down, "Moved down.", "layer_down"), [state, layer_pick], outputs,
                        api_name="layer_down")
-        delete_btn.click(panel_op(_delete, "Deleted.", "delete_layer"), [state, layer_pick], outputs,
+        wire(delete_btn.click, panel_op(_delete, "Deleted.", "delete_layer"), [state, layer_pick], outputs,
                          api_name="delete_layer")
-        undo_btn.click(panel_op(_undo, "Undone.", "undo"), [state, layer_pick], outputs, api_name="undo")
+        wire(undo_btn.click, panel_op(_undo, "Undone.", "undo"), [state, layer_pick], outputs, api_name="undo")
 
         @_guarded
         def on_export(state: Any, key: str) -> tuple[Any, ...]:
@@ -489,7 +506,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
             path = h.export(session, key, out_root)
             return session, str(path), f"{h.EXPORT_FORMATS[key][0]} ready: {path.name} (click it to download)."
 
-        export_btn.click(on_export, [state, fmt], [state, download, status], api_name="export")
+        wire(export_btn.click, on_export, [state, fmt], [state, download, status], api_name="export")
 
         @_guarded
         def on_api_decompose(path: str | None, box_text: str, method_name: str, key: str) -> str:
