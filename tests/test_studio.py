@@ -350,6 +350,16 @@ def test_export_flattened_png_and_refusals(session_with_image, tmp_path):
         h.export(h.new_session(), "psd", tmp_path)
 
 
+def test_old_downloads_are_pruned(session_with_image, tmp_path):
+    import os
+
+    old = h.export(session_with_image, "png", tmp_path)
+    new = h.export(session_with_image, "png", tmp_path)
+    os.utime(old.parent, (1, 1))  # as if made long ago
+    assert h.prune_exports(tmp_path, max_age_s=60) == 1
+    assert not old.exists() and new.exists()
+
+
 def test_sessions_are_independent():
     a, b = h.new_session(), h.new_session()
     assert a.id != b.id and a.history is not b.history and a.photo_pick is not b.photo_pick

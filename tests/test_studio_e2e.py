@@ -5,7 +5,9 @@ does what a user does: upload a photo, draw a box with two clicks, take it apart
 layer, download the PSD and open it with psd-tools; upload a text file named .png and a
 20,000 x 20,000 image and see the message while the page keeps working; BFS: add two objects
 to a background and download (or see that BFS is not installed). A screenshot of each step
-goes to ``LAMINA_STUDIO_SCREENSHOTS`` (default: the test's tmp folder).
+goes to ``LAMINA_STUDIO_SCREENSHOTS`` (default: the test's tmp folder). ``LAMINA_STUDIO_PHOTO=PATH`` and
+``LAMINA_STUDIO_BOX=x0,y0,x1,y1`` run the photo test on your own photo (the README's screenshots
+come from it on scikit-image's ``coffee.png`` with box 75,15,482,390).
 
 Skipped, with the reason, where there is no Chromium binary (``LAMINA_CHROMIUM`` or ``chromium``
 on the PATH), no Playwright or no gradio; ``.ci/run`` installs Chromium so CI runs it.
@@ -111,6 +113,9 @@ def shots(tmp_path):
 
 
 def _photo(tmp_path: Path, seed: int = 1) -> tuple[Path, tuple[int, int, int, int]]:
+    if seed == 1 and os.environ.get("LAMINA_STUDIO_PHOTO"):
+        box = tuple(int(v) for v in os.environ["LAMINA_STUDIO_BOX"].split(","))
+        return Path(os.environ["LAMINA_STUDIO_PHOTO"]), box
     scene = generate_scene(seed)
     path = tmp_path / f"photo_{seed}.png"
     Image.fromarray((scene.composite * 255).round().astype(np.uint8)).save(path)
@@ -173,21 +178,22 @@ def test_photo_to_edited_psd_in_the_browser(studio_url, browser, shots, tmp_path
     from psd_tools import PSDImage
 
     photo, box = _photo(tmp_path)
+    width, height = Image.open(photo).size
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page.goto(studio_url)
     page.get_by_text("lamina studio").first.wait_for(timeout=60_000)
     shots(page, "01-start")
 
     _upload(page, "#lamina-photo-file", photo)
-    _status(page, "Photo 256x256")
-    # The photo is shown at its size (256 px fits the preview): shown pixels are photo pixels.
+    _status(page, f"Photo {width}x{height}")
+    # The photo fits the preview (1024 px), so the shown image's pixels are the photo's pixels.
     _click_image_pixel(page, "#lamina-photo", box[0], box[1])
     _status(page, "opposite corner")
     _click_image_pixel(page, "#lamina-photo", box[2], box[3])
     _status(page, "Box 1 set")
     typed = page.locator("#lamina-boxes textarea, #lamina-boxes input").first.input_value()
     drawn = [int(v) for v in typed.split(",")]
-    assert all(abs(a - b) <= 2 for a, b in zip(drawn, box, strict=True)), (drawn, box)
+    assert all(abs(a - b) <= 3 for a, b in zip(drawn, box, strict=True)), (drawn, box)
     shots(page, "02-box-drawn")
 
     page.locator("#lamina-decompose").click()
@@ -206,7 +212,7 @@ def test_photo_to_edited_psd_in_the_browser(studio_url, browser, shots, tmp_path
     layers = list(psd)
     assert [layer.name for layer in layers] == ["background", "object_1"]
     assert layers[0].visible and not layers[1].visible
-    assert (psd.width, psd.height) == (256, 256)
+    assert (psd.width, psd.height) == (width, height)
 
     # Bad uploads: a message in the page, and the page keeps working.
     fake = tmp_path / "holiday.png"

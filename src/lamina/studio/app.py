@@ -93,7 +93,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
         return state if isinstance(state, h.Session) else h.new_session()
 
     with gr.Blocks(title="lamina studio", delete_cache=(3600, 3600)) as app:
-        state = gr.State(None)
+        state = gr.State(None, time_to_live=limits.session_ttl_s)
         gr.Markdown(INTRO)
         status = gr.Markdown("", elem_id="lamina-status")
 
@@ -503,6 +503,7 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
         @_guarded
         def on_export(state: Any, key: str) -> tuple[Any, ...]:
             session = session_of(state)
+            h.prune_exports(out_root, limits.download_ttl_s)
             path = h.export(session, key, out_root)
             return session, str(path), f"{h.EXPORT_FORMATS[key][0]} ready: {path.name} (click it to download)."
 
@@ -533,6 +534,7 @@ def launch(backend: Backend, *, host: str = "127.0.0.1", port: int | None = None
         app.queue(max_size=64)
         app.launch(server_name=host, server_port=port, inbrowser=open_browser, show_error=True,
                    max_file_size=max_file_size, allowed_paths=[str(export_dir)], css=CSS,
+                   state_session_capacity=limits.sessions,
                    theme=gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                            font_mono=["ui-monospace", "monospace"]),
                    footer_links=["api"], ssr_mode=False)

@@ -42,6 +42,9 @@ class StudioLimits:
         tile_side: longest side of each layer's tile in the layer gallery.
         history: undo steps kept per session.
         max_objects: most boxes (objects) in one decomposition.
+        sessions: sessions (browser tabs) kept in memory; the least recently used beyond it is dropped.
+        session_ttl_s: a session untouched this long is dropped (its images freed).
+        download_ttl_s: prepared downloads are deleted from the server after this long.
     """
 
     max_pixels: int = 16_000_000
@@ -49,6 +52,9 @@ class StudioLimits:
     tile_side: int = 256
     history: int = 20
     max_objects: int = 8
+    sessions: int = 100
+    session_ttl_s: float = 6 * 3600
+    download_ttl_s: float = 3600
 
 
 DEFAULT_LIMITS = StudioLimits()
@@ -550,6 +556,18 @@ def layer_fields(session: Session, k: int | None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- downloads
+def prune_exports(out_dir: str | Path, max_age_s: float) -> int:
+    """Remove the download folders of :func:`export` older than ``max_age_s``; returns how many."""
+    import time
+
+    now, removed = time.time(), 0
+    for folder in Path(out_dir).iterdir() if Path(out_dir).is_dir() else ():
+        if folder.is_dir() and now - folder.stat().st_mtime > max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def export(session: Session, fmt: str, out_dir: str | Path) -> Path:
     """Write the current image to a new file in ``out_dir``: PSD, ORA, zipped PNG stack or flattened PNG."""
     image = need_image(session)
