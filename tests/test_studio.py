@@ -242,6 +242,35 @@ def test_bfs_missing_is_a_clear_message(monkeypatch):
         backend.bfs_add(image, (0, 0, 4, 4), "a star")
 
 
+def test_furrygan_samples_with_the_builtin_model():
+    backend = Backend(BackendConfig(device="cpu"))
+    session = h.new_session()
+    h.furrygan_sample(session, backend, 2, truncation=0.7, seed=0)
+    assert len(session.samples) == 2
+    with pytest.raises(LaminaError, match="no such sample"):
+        h.pick_sample(session, 5, LIMITS)
+    h.pick_sample(session, 1, LIMITS)
+    assert len(session.image.layers) == 1 and session.name == "furrygan_1"
+    h.toggle_visible(session, 1, LIMITS)
+    assert session.samples[1].layers[0].visible  # editing the panel's copy leaves the sample alone
+
+
+@pytest.mark.slow
+def test_furrygan_segmentation_with_the_builtin_model(scene, tmp_path):
+    session = h.new_session()
+    photo = save_png(tmp_path / "cat.png", scene.composite[:200, :240])
+    h.furrygan_segment(session, Backend(BackendConfig(device="cpu")), photo, steps=3, limits=LIMITS)
+    assert session.image.size == (240, 200) and len(session.image.layers) == 1 and session.name == "cat"
+
+
+def test_text_to_layers_needs_a_model():
+    session = h.new_session()
+    with pytest.raises(LaminaError, match="--t2i"):
+        h.text_to_layers(session, Backend(BackendConfig(device="cpu")), "a cat on a sofa", "the cat", limits=LIMITS)
+    with pytest.raises(LaminaError, match="type a prompt"):
+        h.text_to_layers(session, Backend(BackendConfig(device="cpu")), " ", "the cat", limits=LIMITS)
+
+
 # ----------------------------------------------------------------------------- the layer panel
 def test_layer_ops_change_a_copy_and_undo_restores_each_step(session_with_image):
     session = session_with_image
