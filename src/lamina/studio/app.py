@@ -107,7 +107,8 @@ def build_app(backend: Backend, limits: h.StudioLimits = h.DEFAULT_LIMITS, expor
                                                      elem_id="lamina-photo-file")
                         example_btn = gr.Button("Use an example photo", size="sm")
                         gr.Markdown("**The object**: click two opposite corners of a box around it on the "
-                                    "photo (repeat for more objects, front-most first), or type boxes.")
+                                    "photo (repeat for more objects, front-most first), or type boxes; with no "
+                                    "box, the most salient object(s) are found automatically.")
                         boxes_text = gr.Textbox(label="Boxes x0,y0,x1,y1; ... (front-most first)",
                                                 elem_id="lamina-boxes")
                         with gr.Row():

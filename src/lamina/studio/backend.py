@@ -1,14 +1,14 @@
 """The studio's one door to the methods: every call from the app to lamina's methods goes through here.
 
 The handlers (:mod:`.handlers`) and the page (:mod:`.app`) never import a method package;
-they call a :class:`Backend`. When a method's API changes, only this module changes. The
-places that will switch to newer lamina APIs are marked ``ADAPTER``:
+they call a :class:`Backend`. When a method's API changes, only this module changes:
 
-* devices: ``lamina.devices.resolve_device`` when present, else :func:`_resolve_device`;
-* decomposition: :func:`lamina.layeringdiff.decompose_image` with a cached decomposer;
-  the automatic mode (no box, no phrase) is used when :func:`_auto_decompose_available` says so;
+* devices: :mod:`lamina.devices` (``--device`` / ``--dtype`` as every command has them);
+* decomposition: :func:`lamina.layeringdiff.decompose_image` with a cached decomposer; with no
+  box and no phrase, its automatic mode finds the most salient object(s);
 * BFS: ``lamina.bfs.BFSPipeline.from_pretrained(model)(background=..., box=..., prompt=...)``,
-  returning a :class:`~lamina.LayeredImage` whose top layer is the new object;
+  returning a :class:`~lamina.LayeredImage` whose top layer is the new object (``ADAPTER``:
+  written against the planned API until ``lamina.bfs`` is merged);
 * FurryGAN: :mod:`lamina.furrygan.inference` (``generate``, ``invert``).
 
 Models are loaded on first use and kept for the life of the process (one copy shared by
@@ -40,35 +40,10 @@ def _no_report(fraction: float, message: str) -> None:
 
 
 def _resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` / ``mps`` / ``cpu`` (what is there); any other name is checked and returned."""
-    try:  # ADAPTER: the shared device option of ``lamina.cli_options`` once merged
-        from ..devices import resolve_device  # type: ignore[import-not-found]
+    """``auto`` -> ``cuda`` / ``mps`` / ``cpu`` (what is there); any other name is checked (:mod:`lamina.devices`)."""
+    from ..devices import resolve_device
 
-        return str(resolve_device(name))
-    except ImportError:
-        pass
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise LaminaError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LaminaError(f"device {name!r} asked for, but torch sees no CUDA GPU")
-    return name
-
-
-def _auto_decompose_available() -> bool:
-    """Whether :func:`~lamina.layeringdiff.decompose_image` picks the object itself when given no hint.
-
-    ADAPTER: the automatic mode of ``lamina decompose`` (issue 20) is not merged yet; switch this
-    to True (or to a feature check) when it is.
-    """
-    return False
+    return str(resolve_device(name))
 
 
 def bfs_available() -> bool:
@@ -89,6 +64,7 @@ class BackendConfig:
     Attributes:
         model: LayeringDiff FBDD model (folder, hub id, or ``None`` for the built-in one).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16`` (pretrained models on a GPU).
         grounding: ``{"detector": ID, "segmenter": ID, "matting": ID}`` for objects given by a phrase;
             empty: phrases are not offered.
         t2i: a diffusers text-to-image pipeline (hub id or folder) for Text -> layers; ``None``: tab off.
@@ -99,6 +75,7 @@ class BackendConfig:
 
     model: str | None = None
     device: str = "auto"
+    dtype: str = "auto"
     grounding: dict[str, str] = field(default_factory=dict)
     t2i: str | None = None
     furrygan: str = "builtin"
@@ -124,7 +101,7 @@ class Backend:
     @property
     def auto_available(self) -> bool:
         """Objects can be left out: the method finds them."""
-        return _auto_decompose_available()
+        return True
 
     @property
     def bfs_available(self) -> bool:
@@ -151,37 +128,39 @@ class Backend:
 
         def load() -> Any:
             options = {"num_inference_steps": self.config.steps} if self.config.steps else {}
-            decomposer = make_decomposer("layeringdiff", self.config.model, **options)
-            decomposer.pipeline.to(self.device)
-            return decomposer
+            return make_decomposer("layeringdiff", self.config.model, device=self.device, dtype=self.config.dtype,
+                                   **options)
 
         return self._cached("layeringdiff", load)
 
     def _grounder(self) -> Any:
         from ..layeringdiff.grounding import Grounder, GroundingConfig
 
-        return self._cached("grounder", lambda: Grounder(GroundingConfig(**self.config.grounding)))
+        config = {"device": self.device, "dtype": self.config.dtype} | self.config.grounding
+        return self._cached("grounder", lambda: Grounder(GroundingConfig(**config)))
 
     def decompose(self, rgb: np.ndarray, *, boxes: list[tuple[int, int, int, int]] | None = None,
                   phrases: list[str] | None = None, layers: int | None = None, method: str = "layeringdiff",
                   report: Report = _no_report) -> LayeredImage:
-        """Photo ``[H, W, 3]`` in ``[0, 1]`` -> background + one layer per object (boxes/phrases front-most first)."""
+        """Photo ``[H, W, 3]`` in ``[0, 1]`` -> background + one layer per object (boxes/phrases front-most first).
+
+        With neither boxes nor phrases, the ``layers`` most salient objects are found automatically
+        (SAM refines them when grounding models were given).
+        """
         from ..layeringdiff import decompose_image
 
         report(0.05, f"loading the {method} model")
         decomposer = self._decomposer(method)
         report(0.2, "decomposing")
+        grounder = self._grounder() if self.phrases_available else None
         if boxes:
-            return decompose_image(rgb, box=list(boxes), decomposer=decomposer)
+            return decompose_image(rgb, box=list(boxes), decomposer=decomposer, grounder=grounder)
         if phrases:
-            if not self.phrases_available:
+            if grounder is None:
                 raise LaminaError("objects by phrase need grounding models: start the studio with "
                                   "--grounding-model detector=ID --grounding-model segmenter=ID ...")
-            return decompose_image(rgb, prompt=list(phrases), decomposer=decomposer, grounder=self._grounder())
-        if not self.auto_available:
-            raise LaminaError("give the object: click two opposite corners of a box around it on the photo "
-                              "(this lamina has no automatic mode yet)")
-        return decompose_image(rgb, layers=layers, decomposer=decomposer)  # ADAPTER: automatic mode
+            return decompose_image(rgb, prompt=list(phrases), decomposer=decomposer, grounder=grounder)
+        return decompose_image(rgb, layers=layers or 1, decomposer=decomposer, grounder=grounder)
 
     # ------------------------------------------------------------------ background -> layers (BFS)
     def bfs_add(self, image: LayeredImage, box: tuple[int, int, int, int], prompt: str, seed: int = 0,
@@ -255,7 +234,8 @@ class Backend:
         from ..layeringdiff.grounding import generate_composite
 
         report(0.05, "generating the composite")
-        image = generate_composite(self.config.t2i, prompt, num_inference_steps=steps, seed=seed)
+        image = generate_composite(self.config.t2i, prompt, num_inference_steps=steps, seed=seed, device=self.device,
+                                   dtype=self.config.dtype)
         report(0.6, "peeling the layers")
         result = self.decompose(image, phrases=phrases)
         result.metadata["prompt"] = prompt

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import click
 
+from ..cli_options import runtime_options
 from ..errors import LaminaError
 from .backend import BackendConfig
-
-INSTALL_HINT = "lamina studio needs gradio: pip install 'lamina[studio]'"
 
 
 def _grounding(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -28,8 +25,7 @@ def _grounding(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="port (default: the first free one from 7860)")
 @click.option("--model", default=None, help="LayeringDiff FBDD model: folder, hub id, or builtin (the default)")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads")
+@runtime_options
 @click.option("--furrygan", "furrygan_checkpoint", default="builtin", show_default=True,
               help="FurryGAN checkpoint: builtin, builtin-64, a run or export folder")
 @click.option("--bfs-model", default="builtin", show_default=True, help="BFS model: builtin, folder or hub id")
@@ -42,21 +38,20 @@ def _grounding(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--concurrency", type=click.IntRange(1), default=1, show_default=True,
               help="model calls run at once; the others wait in a queue")
 @click.option("--open", "open_browser", is_flag=True, help="open the page in the default browser")
-def studio(host: str, port: int | None, model: str | None, device: str, threads: int | None,
+def studio(host: str, port: int | None, model: str | None, device: str, dtype: str, threads: int | None,
            furrygan_checkpoint: str, bfs_model: str, t2i: str | None, grounding: tuple[str, ...], steps: int | None,
            max_pixels: int, concurrency: int, open_browser: bool) -> None:
     """A local browser app: photo -> layers, background -> layers (BFS), FurryGAN, layer editing, downloads."""
-    if importlib.util.find_spec("gradio") is None:
-        raise LaminaError(INSTALL_HINT)
-    if threads is not None:
-        import torch
+    from ..devices import set_threads
+    from ..extras import require
 
-        torch.set_num_threads(threads)
+    require("gradio", "studio")  # a one-line error naming the extra when gradio is missing
+    set_threads(threads)
     from .app import launch
     from .backend import Backend
     from .handlers import StudioLimits
 
-    config = BackendConfig(model=model, device=device, grounding=_grounding(grounding), t2i=t2i,
+    config = BackendConfig(model=model, device=device, dtype=dtype, grounding=_grounding(grounding), t2i=t2i,
                            furrygan=furrygan_checkpoint, bfs_model=bfs_model, steps=steps)
     launch(Backend(config), host=host, port=port, limits=StudioLimits(max_pixels=max_pixels),
            concurrency=concurrency, open_browser=open_browser)

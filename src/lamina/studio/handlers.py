@@ -270,7 +270,8 @@ def bfs_view(session: Session, limits: StudioLimits = DEFAULT_LIMITS) -> np.ndar
 def decompose(session: Session, backend: Backend, *, method: str = "layeringdiff", phrases: str = "",
               layers: int | None = None, report: Report = _no_report,
               limits: StudioLimits = DEFAULT_LIMITS) -> Session:
-    """Photo -> layers with the clicked/typed boxes (front-most first), else phrases, else automatic."""
+    """Photo -> layers with the clicked/typed boxes (front-most first), else phrases, else automatically
+    (the ``layers`` most salient objects)."""
     photo = _need_photo(session)
     boxes = list(session.photo_pick.boxes)
     words = [p.strip() for p in re.split(r"[;\n]+", phrases or "") if p.strip()]
@@ -278,9 +279,6 @@ def decompose(session: Session, backend: Backend, *, method: str = "layeringdiff
         raise LaminaError(f"{len(words)} phrases given; the studio peels at most {limits.max_objects} objects")
     result = backend.decompose(photo, boxes=boxes or None, phrases=None if boxes else words or None,
                                layers=layers, method=method, report=report)
-    if words and not boxes:  # name the layers after the user's words (front-most phrase first)
-        for layer, word in zip(reversed(result.layers), words, strict=False):
-            layer.name = word[:64]
     result.metadata["studio_session"] = session.id
     set_image(session, result, limits)
     return session
