@@ -7,7 +7,8 @@ layer, download the PSD and open it with psd-tools; upload a text file named .pn
 to a background and download (or see that BFS is not installed). A screenshot of each step
 goes to ``LAMINA_STUDIO_SCREENSHOTS`` (default: the test's tmp folder). ``LAMINA_STUDIO_PHOTO=PATH`` and
 ``LAMINA_STUDIO_BOX=x0,y0,x1,y1`` run the photo test on your own photo (the README's screenshots
-come from it on scikit-image's ``coffee.png`` with box 75,15,482,390).
+come from it on scikit-image's ``coffee.png`` with box 75,15,482,390); ``LAMINA_STUDIO_ARGS`` adds
+options to the ``lamina studio`` command the test starts (e.g. ``--bfs-model DIR``).
 
 Skipped, with the reason, where there is no Chromium binary (``LAMINA_CHROMIUM`` or ``chromium``
 on the PATH), no Playwright or no gradio; ``.ci/run`` installs Chromium so CI runs it.
@@ -73,7 +74,8 @@ def studio_url(tmp_path_factory):
     log = tmp_path_factory.mktemp("studio") / "studio.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "LAMINA_PROGRESS": "0"}
     command = [sys.executable, "-c", "from lamina.cli import main; main()", "studio", "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu", "--max-pixels", "4000000"]
+               "--port", str(port), "--device", "cpu", "--max-pixels", "4000000",
+               *os.environ.get("LAMINA_STUDIO_ARGS", "").split()]  # e.g. --bfs-model DIR
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"

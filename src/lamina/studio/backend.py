@@ -31,6 +31,9 @@ from ..layers import Layer, LayeredImage
 #: ``report(fraction in [0, 1], message)``: progress of one long call.
 Report = Callable[[float, str], None]
 
+#: Name of the optional preview layer a BFS call may add on top (not an object layer).
+BFS_PREVIEW_LAYER = "bfs composite"
+
 #: Decomposition methods offered by the studio (``lamina decompose --method``).
 DECOMPOSE_METHODS = ("layeringdiff", "classical")
 
@@ -167,29 +170,37 @@ class Backend:
                 report: Report = _no_report) -> Layer:
         """The new object layer (with its shadow) that BFS draws onto ``image``'s composite in ``box``.
 
-        ADAPTER: written against the planned ``BFSPipeline.from_pretrained(...)(background=, box=, prompt=)``.
+        ADAPTER: written against the BFS branch as it stands (``lamina.bfs.train.load_model`` for
+        ``builtin`` / a folder / a hub id, else ``BFSPipeline.from_pretrained``; the pipeline's call
+        ``(background=, box=, prompt=, generator=)`` returns the background plus one layer).
         """
         if not self.bfs_available:
             raise LaminaError("BFS is not installed in this lamina (lamina.bfs is missing)")
-        from lamina.bfs import BFSPipeline  # type: ignore[import-not-found]
+        import torch
 
         report(0.05, "loading the BFS model")
-
-        def load() -> Any:
-            pipeline = BFSPipeline.from_pretrained(self.config.bfs_model)
-            return pipeline.to(self.device) if hasattr(pipeline, "to") else pipeline
-
-        pipeline = self._cached("bfs", load)
+        pipeline = self._cached("bfs", self._load_bfs)
         report(0.2, "drawing the object")
         background = image.composite()[:, :, :3]
-        result = pipeline(background=background, box=box, prompt=prompt, seed=seed)
-        if isinstance(result, LayeredImage):
-            if not result.layers:
-                raise LaminaError("BFS returned no layer")
-            return result.layers[-1]
-        if isinstance(result, Layer):
-            return result
-        raise LaminaError(f"BFS returned a {type(result).__name__}, expected a LayeredImage")
+        result = pipeline(background=background, box=box, prompt=prompt,
+                          generator=torch.Generator().manual_seed(int(seed)))
+        layers = [layer for layer in getattr(result, "layers", []) if layer.name != BFS_PREVIEW_LAYER]
+        if not isinstance(result, LayeredImage) or not layers:
+            raise LaminaError(f"BFS returned {type(result).__name__} without a layer")
+        return layers[0]
+
+    def _load_bfs(self) -> Any:
+        try:
+            from lamina.bfs.train import load_model  # type: ignore[import-not-found]
+        except ImportError:
+            from lamina.bfs import BFSPipeline  # type: ignore[import-not-found]
+
+            pipeline = BFSPipeline.from_pretrained(self.config.bfs_model)
+        else:
+            pipeline = load_model(self.config.bfs_model)
+        if hasattr(pipeline, "set_progress_bar_config"):
+            pipeline.set_progress_bar_config(disable=True)
+        return pipeline.to(self.device) if hasattr(pipeline, "to") else pipeline
 
     # ------------------------------------------------------------------ FurryGAN
     def _furrygan(self) -> Any:
