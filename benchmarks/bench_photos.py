@@ -32,7 +32,7 @@ Methods (``--methods``), each in a fresh process per size (peak memory counts it
 
 * ``telea``: today's classical path, its settings frozen here (:data:`TODAY_FOREGROUND`,
   :data:`TODAY_CLASSICAL`): GrabCut, a trimap 1/80 of the image wide, closed-form matting,
-  Telea inpainting of the object's hole grown by 1/100 of the image;
+  Telea inpainting of the object's hole grown by 1/100 of the image, effects by difference;
 * ``classical``: the classical path with lamina's current defaults;
 * ``layeringdiff``: the learned path (built-in FBDD) with lamina's current defaults;
 * ``layeringdiff-today``: the learned path with today's foreground stage and Telea prefill.
@@ -85,7 +85,7 @@ FIRST_SEED = {"validation": 810_000_000, "test": 910_000_000}
 PHOTO_SIDE = 1024
 #: Today's (2026-12-06) foreground stage and classical disassembly, frozen as the baseline.
 TODAY_FOREGROUND = dict(erode=None, dilate=None, matting="cf", grabcut_iterations=5)
-TODAY_CLASSICAL = dict(inpaint="telea", hole_margin=None, alpha_floor=0.01)
+TODAY_CLASSICAL = dict(inpaint="telea", hole_margin=None, alpha_floor=0.01, effects_model="difference")
 #: Recomposition PSNR above this is float32 rounding: exact.
 EXACT_RECOMPOSITION_DB = 120.0
 

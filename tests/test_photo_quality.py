@@ -77,3 +77,29 @@ def test_inpaint_methods_are_checked() -> None:
     assert ClassicalConfig().inpaint == "harmonic"
     with pytest.raises(LaminaError, match="unknown inpainting method"):
         inpaint_background(np.zeros((8, 8, 3), np.float32), np.eye(8, dtype=bool), "lama")
+
+
+def test_shadow_model_relights_the_texture_under_a_shadow() -> None:
+    from lamina.layeringdiff.classical import ClassicalDecomposer
+
+    size = 64
+    rng = np.random.default_rng(3)
+    background = np.clip(0.6 + 0.15 * rng.standard_normal((size, size, 3)), 0, 1).astype(np.float32)
+    alpha = np.zeros((size, size), np.float32)
+    alpha[10:30, 20:40] = 1.0
+    shadow = np.zeros_like(alpha)
+    shadow[30:44, 18:42] = 0.5  # a black shadow under the object, touching it
+    image = (1 - shadow[..., None]) * background
+    image = np.where(alpha[..., None] > 0, np.float32(0.1), image).astype(np.float32)
+    region = np.zeros((size, size), bool)
+    region[30:50, 10:50] = True
+    part = ClassicalDecomposer().decompose(image, alpha, region)
+    inner = (slice(32, 42), slice(22, 38))  # away from the shadow's edge (the model smooths over a few px)
+    assert part.effects_alpha[inner].mean() == pytest.approx(0.5, abs=0.1)
+    err_new = np.abs(part.background[inner] - background[inner]).mean()
+    assert err_new < 0.06
+    old = ClassicalDecomposer(ClassicalConfig(effects_model="difference")).decompose(image, alpha, region)
+    assert err_new < np.abs(old.background[inner] - background[inner]).mean()  # the texture is kept, not filled
+    np.testing.assert_allclose(part.composite(), image, atol=1e-4)  # still exact
+    with pytest.raises(LaminaError, match="effects model"):
+        ClassicalConfig(effects_model="magic")

@@ -9,9 +9,23 @@ Given the composite ``I`` and the object's alpha:
   object and its effects region leave: the pixels with ``alpha > alpha_floor``, grown by
   ``hole_margin`` pixels so that no colour of the object bleeds into the fill;
 * with an effects region, two passes: the background is first completed under the object
-  and the whole region, the effects found against it (``detect_effects``; by default only
-  those touching the object), and then completed again under the object and those effects
-  only, from nearer pixels;
+  and the whole region; then the effects are found against it, and the background is
+  completed again under the object only. How the effects are found (``effects_model``):
+
+  - ``"shadow"`` (the default since 2026-12-06, :func:`relight_shadows`): a shadow is a
+    smooth darkening of a background that still shows through it, so its opacity is one
+    minus the ratio of the *smoothed* brightness of the image without the object to that of
+    the completed background (a Gaussian of ``shadow_sigma`` of the image side, over the
+    region's visible pixels); above ``effects_threshold`` and touching the object, it becomes
+    a black layer of that opacity, and the background under it is the image *relit*,
+    ``E / (1 - s)``: the real texture under the shadow, not a fill. The object's hole is
+    then filled from the relit image, so the shadow's darkness does not bleed into it.
+    On real photographs with exact ground truth this halves the alpha error and gains about
+    1.3 dB on the hidden background over the difference model (``benchmarks/bench_photos.py``);
+  - ``"difference"`` (the only model before): per pixel, where every channel of the image is
+    darker (or brighter) than the completed background by ``effects_threshold``
+    (``detect_effects``), the background under those effects is completed again from nearer
+    pixels and the effects are the least opaque layer over it;
 * then :func:`~lamina.layeringdiff.decompose.finish_decomposition`: effects into the
   foreground layer, projection onto ``alpha F + (1 - alpha) B = I``.
 
@@ -41,10 +55,22 @@ from scipy import ndimage
 
 from ..errors import LaminaError
 from ._util import bbox_slices, import_cv2, import_pymatting
-from .decompose import Decomposition, check_alpha, detect_effects, finish_decomposition, touching_components
+from .decompose import (
+    ALPHA_EPS,
+    Decomposition,
+    check_alpha,
+    detect_effects,
+    finish_decomposition,
+    touching_components,
+)
 from .foreground import as_rgb
 
 INPAINT_METHODS = ("harmonic", "telea", "ns")
+EFFECTS_MODELS = ("shadow", "difference")
+#: Rec. 601 luma weights: the brightness a shadow scales.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+#: The shadow model's largest opacity (a relit pixel is divided by at least ``1 - MAX_SHADOW``).
+MAX_SHADOW = 0.95
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,8 @@ class ClassicalConfig:
         effects_attached: keep only effects that touch the object (contact shadows, reflections);
             detached blobs are more often inpainting error on a textured background than a shadow.
         foreground_regularization: smoothness of the estimated foreground colours.
+        effects_model: ``"shadow"`` (:func:`relight_shadows`) or ``"difference"`` (``detect_effects``).
+        shadow_sigma: the shadow model's smoothing, a fraction of the image's short side.
     """
 
     inpaint: str = "harmonic"
@@ -75,8 +103,14 @@ class ClassicalConfig:
     effects_threshold: float = 0.1
     effects_attached: bool = True
     foreground_regularization: float = 1e-5
+    effects_model: str = "shadow"
+    shadow_sigma: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.effects_model not in EFFECTS_MODELS:
+            raise LaminaError(f"unknown effects model {self.effects_model!r}; choose from {', '.join(EFFECTS_MODELS)}")
+        if not 0.0 < self.shadow_sigma <= 1.0:
+            raise LaminaError(f"ClassicalConfig.shadow_sigma must lie in (0, 1], got {self.shadow_sigma!r}")
         if self.inpaint not in INPAINT_METHODS:
             raise LaminaError(f"unknown inpainting method {self.inpaint!r}; choose from {', '.join(INPAINT_METHODS)}")
         if self.inpaint_max_side < 8:
@@ -179,6 +213,33 @@ def inpaint_background(image: np.ndarray, hole: np.ndarray, method: str = "telea
     return np.clip(out, 0.0, 1.0)
 
 
+def relight_shadows(unoccluded: np.ndarray, rough: np.ndarray, region: np.ndarray, sigma_px: float,
+                    threshold: float, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shadows in ``region`` as a smooth black layer, and the image relit under them.
+
+    Args:
+        unoccluded: ``[H, W, 3]`` the image without the object, ``E = (I - alpha F) / (1 - alpha)``.
+        rough: ``[H, W, 3]`` a background completed under the object and the whole region.
+        region: ``bool`` ``[H, W]`` where shadows may be (and the background shows through them).
+        sigma_px: Gaussian of the brightness ratio, in pixels.
+        threshold: least shadow opacity kept.
+        seed: ``bool`` ``[H, W]``; only shadows touching it are kept (the object, grown).
+    Returns:
+        ``(opacity [H, W], relit [H, W, 3])``: ``s = 1 - G(luma E) / G(luma rough)`` over the
+        region's pixels (clipped to ``[0, MAX_SHADOW]``) where it exceeds ``threshold`` in
+        components touching ``seed`` (0 elsewhere), and ``E / (1 - s)`` (clipped to ``[0, 1]``).
+    """
+    weight = region.astype(np.float32)
+    norm = ndimage.gaussian_filter(weight, sigma_px) + 1e-6
+    seen = ndimage.gaussian_filter((unoccluded @ LUMA) * weight, sigma_px) / norm
+    expected = ndimage.gaussian_filter((rough @ LUMA) * weight, sigma_px) / norm
+    opacity = np.clip(1.0 - seen / np.maximum(expected, 1e-3), 0.0, MAX_SHADOW) * region
+    found = touching_components(opacity > threshold, seed)
+    opacity = np.where(found, opacity, 0.0).astype(np.float32)
+    relit = np.clip(unoccluded / (1.0 - opacity[:, :, None]), 0.0, 1.0).astype(np.float32)
+    return opacity, relit
+
+
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, regularization: float = 1e-5) -> np.ndarray:
     """Foreground colours ``float32`` ``[H, W, 3]`` where ``alpha > 0`` (pymatting ``estimate_foreground_ml``).
 
@@ -217,6 +278,17 @@ class ClassicalDecomposer:
         radius, margin = self.widths(*image.shape[:2])
         hole = _grow(alpha > c.alpha_floor, margin)
         foreground = estimate_foreground(image, alpha, c.foreground_regularization)
+        if effects_region is not None and effects_region.any() and c.effects_model == "shadow":
+            rough = inpaint_background(image, hole | effects_region, c.inpaint, radius, c.inpaint_max_side)
+            a = alpha[:, :, None]
+            unoccluded = np.clip((image - a * foreground) / np.maximum(1.0 - a, ALPHA_EPS), 0.0, 1.0)
+            sigma = max(1.0, c.shadow_sigma * min(image.shape[:2]))
+            visible = effects_region & (alpha < 0.5)  # where the image shows the background (as detect_effects)
+            effects, relit = relight_shadows(unoccluded, rough, visible, sigma, c.effects_threshold,
+                                             _grow(alpha > c.alpha_floor, margin + 1))
+            source = np.where(effects[:, :, None] > 0, relit, image)
+            background = inpaint_background(source, hole, c.inpaint, radius, c.inpaint_max_side)
+            return finish_decomposition(image, alpha, foreground, background, effects=effects)
         if effects_region is not None and effects_region.any():
             # Two passes: find the effects against a background completed under the whole
             # region, then complete it again under the object and the effects found only,
