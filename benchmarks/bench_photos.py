@@ -84,7 +84,7 @@ FIRST_SEED = {"validation": 810_000_000, "test": 910_000_000}
 #: Photographs are decoded at about this short side (JPEG draft mode), then cropped.
 PHOTO_SIDE = 1024
 #: Today's (2026-12-06) foreground stage and classical disassembly, frozen as the baseline.
-TODAY_FOREGROUND = dict(erode=None, dilate=None, matting="cf", grabcut_iterations=5)
+TODAY_FOREGROUND = dict(erode=None, dilate=None, matting="cf", grabcut_iterations=5, grabcut_max_side=512)
 TODAY_CLASSICAL = dict(inpaint="telea", hole_margin=None, alpha_floor=0.01, effects_model="difference")
 #: Recomposition PSNR above this is float32 rounding: exact.
 EXACT_RECOMPOSITION_DB = 120.0
