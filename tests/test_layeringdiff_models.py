@@ -181,7 +181,7 @@ def test_hub_ids_without_network_fail_clearly(tmp_path) -> None:
     from lamina.layeringdiff.grounding import from_pretrained, generate_composite
 
     start = time.time()
-    with pytest.raises(LaminaError, match="not in the local Hugging Face cache"):
+    with pytest.raises(LaminaError, match="segmenter 'lamina-test/no-such-model'.*HF_HUB_OFFLINE is set"):
         from_pretrained(SamModel, "lamina-test/no-such-model", "segmenter")
     with pytest.raises(LaminaError, match="text-to-image pipeline"):
         generate_composite("lamina-test/no-such-pipeline", "a cat")
@@ -190,6 +190,30 @@ def test_hub_ids_without_network_fail_clearly(tmp_path) -> None:
     with pytest.raises(LaminaError, match="not a model folder"):
         from_pretrained(SamModel, tmp_path / "missing", "segmenter")
     assert time.time() - start < 10
+
+
+def test_unreachable_hub_endpoint_fails_fast(tmp_path) -> None:
+    """No probe of our own: with the hub client online but its endpoint refusing connections, loading
+    a hub id still ends within seconds in a one-line error naming the model."""
+    import subprocess
+    import sys
+
+    code = ("from transformers import SamModel\n"
+            "from lamina.errors import LaminaError\n"
+            "from lamina.hub import from_pretrained\n"
+            "import time\n"
+            "start = time.time()\n"
+            "try:\n"
+            "    from_pretrained(SamModel, 'lamina-test/no-such-model', 'segmenter')\n"
+            "except LaminaError as exc:\n"
+            "    print(time.time() - start)\n"
+            "    print('ERROR', exc)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("ERROR cannot load the segmenter 'lamina-test/no-such-model'"), out
+    assert "127.0.0.1:9 cannot be reached" in lines[-1] and "HF_HUB_OFFLINE" in lines[-1]
+    assert float(lines[0]) < 5.0  # the client alone retries a refused connection for ~25 s per file
 
 
 def test_text_to_layered_file_end_to_end(models, tmp_path) -> None:
@@ -231,8 +255,9 @@ def test_photo_to_layered_file_with_a_prompt_and_a_box(models, tmp_path) -> None
     result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--method", "classical",
                                        "--out", str(tmp_path / "c.psd")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(decompose, [str(image), "--out", str(tmp_path / "d.psd")])
-    assert result.exit_code != 0 and "exactly one of --box" in failure(result)
+    result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--prompt", "the cat",
+                                       "--out", str(tmp_path / "d.psd")])
+    assert result.exit_code != 0 and "not --box and --prompt" in failure(result)
 
 
 def test_training_runs_resumes_and_exports(tmp_path) -> None:
@@ -256,7 +281,13 @@ def test_training_runs_resumes_and_exports(tmp_path) -> None:
     out = pipe(np.random.rand(20, 24, 3).astype(np.float32), np.zeros((20, 24), np.float32), num_inference_steps=2)
     assert out.foreground.shape == (1, 20, 24, 3) and out.effects.shape == (1, 20, 24)
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--lr", "0.1"])
-    assert result.exit_code != 0 and "different options" in failure(result)
+    assert result.exit_code != 0 and "different configuration: lr (0.0005 -> 0.1)" in failure(result)
+    # A run folder of an earlier version (a config without today's keys, e.g. max_loss) still resumes.
+    old = {k: v for k, v in json.loads((run / "training-config.json").read_text()).items()
+           if k not in ("max_loss", "keep_snapshots")}
+    (run / "training-config.json").write_text(json.dumps(old))
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--steps", "4"])
+    assert result.exit_code == 0 and "resuming" in result.output, failure(result)
     # Fine-tuning: a new run starts from the exported weights (and refuses a different architecture).
     tuned = tmp_path / "tuned"
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(tuned), "--steps", "1", "--init",
@@ -269,6 +300,26 @@ def test_training_runs_resumes_and_exports(tmp_path) -> None:
     assert runner.invoke(train, ["--preset", "tiny", "--out", str(run), "-n"]).output.startswith("{")
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--max-minutes", "0"])
     assert result.exit_code == 2 and "--max-minutes" in result.output  # as in lamina furrygan train
+
+
+def test_training_divergence_guard_and_leftovers(tmp_path) -> None:
+    from lamina.errors import TrainingDivergedError
+    from lamina.layeringdiff.train import resolve_config, training_loop
+
+    run = tmp_path / "run"
+    training_loop(resolve_config("tiny", total_steps=2), run, echo=lambda _: None)
+    (run / ".training-state.pt.k9.lamina-tmp").mkdir()  # a save killed mid-write
+    (run / "export" / "model_index.json").unlink()  # an export that never finished (killed before it)
+    import shutil
+
+    shutil.rmtree(run / "export")
+    notices = []
+    training_loop(resolve_config("tiny", total_steps=2), run, echo=notices.append)  # finished: re-exports only
+    assert (run / "export" / "model_index.json").is_file() and not list(run.glob(".*lamina-tmp"))
+    assert any("temporary" in n for n in notices) and any("re-making the export of step 2" in n for n in notices)
+    with pytest.raises(TrainingDivergedError, match=r"step 3: loss .*exceeds max_loss=1e-09.*\(step 2\) is kept"):
+        training_loop(resolve_config("tiny", total_steps=4, max_loss=1e-9), run, echo=lambda _: None)
+    assert torch.load(run / "training-state.pt", weights_only=True)["step"] == 2
 
 
 def test_training_on_a_folder_of_layers(tmp_path) -> None:
@@ -294,7 +345,7 @@ def test_training_on_a_folder_of_layers(tmp_path) -> None:
 def test_builtin_model_is_the_default_and_small(tmp_path) -> None:
     from lamina.data import SCENE_PRESETS, generate_scene
     from lamina.layeringdiff import decompose_image
-    from lamina.layeringdiff.decompose import BUILTIN_MODEL
+    from lamina.layeringdiff._util import BUILTIN_MODEL
     from lamina.layeringdiff.fbdd import load_builtin
 
     size_mb = sum(p.stat().st_size for p in BUILTIN_MODEL.rglob("*") if p.is_file()) / 2**20

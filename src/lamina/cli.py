@@ -67,20 +67,28 @@ class LaminaGroup(click.Group):
 
 
 def _lazy_available(name: str) -> bool:
+    """Whether a method command's module is installed, found without importing its package (which needs torch)."""
     if name not in LAZY_COMMANDS:
         return False
+    package, _, module = LAZY_COMMANDS[name][0].rpartition(".")
     try:
-        return importlib.util.find_spec(LAZY_COMMANDS[name][0]) is not None
+        spec = importlib.util.find_spec(package)
     except ModuleNotFoundError:  # a parent package is missing
         return False
+    locations = [] if spec is None else list(spec.submodule_search_locations or [])
+    return any((Path(folder) / f"{module}.py").is_file() for folder in locations)
 
 
 def _seed_option(func: Any) -> Any:
-    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
+    from .cli_options import seed_option
+
+    return seed_option(func)
 
 
 def _overwrite_option(func: Any) -> Any:
-    return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(func)
+    from .cli_options import overwrite_option
+
+    return overwrite_option(func)
 
 
 @click.group(cls=LaminaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,7 +96,10 @@ def _overwrite_option(func: Any) -> Any:
 def main() -> None:
     """lamina: layered image synthesis (FurryGAN, LayeringDiff, BFS) on one layered-image core.
 
-    Layered files are .psd, .ora, or a PNG-stack folder (any path without a suffix).
+    Layered files are .psd, .ora, or a PNG-stack folder (any path without a suffix). Method
+    commands share --device (auto: the GPU when there is one), --dtype, --threads, --seed,
+    --out, --overwrite and --preview/--no-preview; decompose and furrygan segment take a
+    folder or a quoted glob of photos and resume a half-done output folder.
     """
 
 
@@ -164,8 +175,7 @@ def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Contact sheet: each layer over a checkerboard, then the composite."""
     from .io import load, save_contact_sheet
 
-    images = [load(path) for path in src]
-    save_contact_sheet(images, out, overwrite=overwrite)
+    save_contact_sheet((load(path) for path in src), out, overwrite=overwrite)  # one image in memory at a time
     click.echo(f"wrote {out}")
 
 

@@ -26,7 +26,7 @@ Given the composite ``I`` and the object's alpha:
     darker (or brighter) than the completed background by ``effects_threshold``
     (``detect_effects``), the background under those effects is completed again from nearer
     pixels and the effects are the least opaque layer over it;
-* then :func:`~lamina.layeringdiff.decompose.finish_decomposition`: effects into the
+* then :func:`~lamina.layeringdiff.disassembly.finish_decomposition`: effects into the
   foreground layer, projection onto ``alpha F + (1 - alpha) B = I``.
 
 What it can do: exact layers where the object is opaque and the background is visible
@@ -55,7 +55,7 @@ from scipy import ndimage
 
 from ..errors import LaminaError
 from ._util import bbox_slices, import_cv2, import_pymatting
-from .decompose import (
+from .disassembly import (
     ALPHA_EPS,
     Decomposition,
     check_alpha,
@@ -257,7 +257,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, regularization: fl
 
 
 class ClassicalDecomposer:
-    """Foreground estimation + inpainting: the weight-free :class:`~lamina.layeringdiff.decompose.Decomposer`."""
+    """Foreground estimation + inpainting: the weight-free :class:`~lamina.layeringdiff.disassembly.Decomposer`."""
 
     name = "classical"
 
