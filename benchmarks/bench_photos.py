@@ -35,7 +35,8 @@ Methods (``--methods``), each in a fresh process per size (peak memory counts it
   Telea inpainting of the object's hole grown by 1/100 of the image, effects by difference;
 * ``classical``: the classical path with lamina's current defaults;
 * ``layeringdiff``: the learned path (built-in FBDD) with lamina's current defaults;
-* ``layeringdiff-today``: the learned path with today's foreground stage and Telea prefill.
+* ``layeringdiff-today``: the learned path with today's foreground stage and Telea prefill
+  (``lamina.layeringdiff.fbdd.PREFILL_FILL``).
 
 Metrics (means over the scenes): alpha SAD / MSE / gradient of the foreground layer (object
 and effects, :func:`lamina.metrics.evaluate_layers`), background PSNR where the true layer
@@ -197,7 +198,10 @@ def method_setup(method: str) -> tuple[object, object]:
     if method == "layeringdiff":
         return ForegroundConfig(), make_decomposer("layeringdiff")
     if method == "layeringdiff-today":
-        return ForegroundConfig(**TODAY_FOREGROUND), make_decomposer("layeringdiff", prefill_fill="telea")
+        from lamina.layeringdiff import fbdd
+
+        fbdd.PREFILL_FILL = "telea"  # today's prefill (this process runs only this method)
+        return ForegroundConfig(**TODAY_FOREGROUND), make_decomposer("layeringdiff")
     sys.exit(f"unknown method {method!r}")
 
 
