@@ -214,7 +214,8 @@ def inpaint_background(image: np.ndarray, hole: np.ndarray, method: str = "telea
 
 
 def relight_shadows(unoccluded: np.ndarray, rough: np.ndarray, region: np.ndarray, sigma_px: float,
-                    threshold: float, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    threshold: float, seed: np.ndarray,
+                    neutral_spread: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Shadows in ``region`` as a smooth black layer, and the image relit under them.
 
     Args:
@@ -224,17 +225,29 @@ def relight_shadows(unoccluded: np.ndarray, rough: np.ndarray, region: np.ndarra
         sigma_px: Gaussian of the brightness ratio, in pixels.
         threshold: least shadow opacity kept.
         seed: ``bool`` ``[H, W]``; only shadows touching it are kept (the object, grown).
+        neutral_spread: a shadow darkens the three channels alike: the same ratio per channel,
+            ``s_c``, must be positive and spread by at most this share of ``s``.
     Returns:
         ``(opacity [H, W], relit [H, W, 3])``: ``s = 1 - G(luma E) / G(luma rough)`` over the
-        region's pixels (clipped to ``[0, MAX_SHADOW]``) where it exceeds ``threshold`` in
-        components touching ``seed`` (0 elsewhere), and ``E / (1 - s)`` (clipped to ``[0, 1]``).
+        region's pixels (clipped to ``[0, MAX_SHADOW]``) where it exceeds ``threshold`` and is
+        colour-neutral, in components touching ``seed`` (0 elsewhere), and ``E / (1 - s)``
+        (clipped to ``[0, 1]``).
     """
     weight = region.astype(np.float32)
     norm = ndimage.gaussian_filter(weight, sigma_px) + 1e-6
-    seen = ndimage.gaussian_filter((unoccluded @ LUMA) * weight, sigma_px) / norm
-    expected = ndimage.gaussian_filter((rough @ LUMA) * weight, sigma_px) / norm
-    opacity = np.clip(1.0 - seen / np.maximum(expected, 1e-3), 0.0, MAX_SHADOW) * region
-    found = touching_components(opacity > threshold, seed)
+
+    def smooth(values: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(values * weight, sigma_px) / norm
+
+    opacity = np.clip(1.0 - smooth(unoccluded @ LUMA) / np.maximum(smooth(rough @ LUMA), 1e-3), 0.0, MAX_SHADOW)
+    # A shadow darkens every channel by about the same factor; a darker *colour* (a red saucer on a
+    # brown table) darkens some channels much more than others and is not a shadow.
+    per_channel = np.stack([1.0 - smooth(unoccluded[:, :, c]) / np.maximum(smooth(rough[:, :, c]), 1e-3)
+                            for c in range(3)], axis=2)
+    spread = per_channel.max(axis=2) - per_channel.min(axis=2)
+    neutral = (per_channel.min(axis=2) > 0.0) & (spread <= neutral_spread * np.maximum(opacity, 1e-3))
+    opacity = opacity * region
+    found = touching_components((opacity > threshold) & neutral, seed)
     opacity = np.where(found, opacity, 0.0).astype(np.float32)
     relit = np.clip(unoccluded / (1.0 - opacity[:, :, None]), 0.0, 1.0).astype(np.float32)
     return opacity, relit
