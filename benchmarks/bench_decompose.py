@@ -28,7 +28,8 @@ the FBDD model's sampled foreground residual added to the closed-form ``F`` or n
 ``layeringdiff-hfa``: the learned path without the model's learned HFA (closed form only);
 ``classical-telea``: the classical path as it was before 2026-12-06 (Telea fill, the difference
 model of effects; issue 4's baseline); ``layeringdiff-selfsim``: without the self-similar
-completion of the hidden background's high frequencies (:mod:`lamina.layeringdiff.selfsim`); ``layeringdiff-hfa-selfsim``: without either.
+completion of the hidden background's high frequencies (:mod:`lamina.layeringdiff.selfsim`);
+``layeringdiff-hfa-selfsim``: without either.
 
     python benchmarks/bench_decompose.py [--count64 40] [--count256 16] [--model PATH] [--steps N]
     python benchmarks/bench_decompose.py --backgrounds skimage
