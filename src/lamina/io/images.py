@@ -137,6 +137,7 @@ def decode_image_depth(
                     budget = Budget(label, memory_budget)
                     budget.add(*image.size, what="canvas")
                 budget.add(*image.size)
+                budget.check()
                 if _is_deep_colour(image):
                     return _decode_16bit(source, image, label, alpha), 16
                 image.load()

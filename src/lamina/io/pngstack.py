@@ -81,6 +81,7 @@ def load_png_stack(path: Path, memory_budget: int | None = None) -> LayeredImage
         file = safe_member(path, entry.get("file"), label)
         budget.add(*image_size(file, str(file)), what=f"layer file {file.name}")
         files.append(file)
+    budget.check()  # the whole file, before decoding any layer
     layers, depths = [], [8]
     for entry, file in zip(record["layers"], files, strict=True):
         pixels, file_depth = decode_image_depth(file, str(file), alpha=True)

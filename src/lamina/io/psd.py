@@ -196,6 +196,7 @@ def _count(psd: PSDImage, budget: Budget, label: str) -> list[Any]:
         if mask is not None and mask.width > 0 and mask.height > 0:
             budget.add(mask.width, mask.height, what=f"mask of layer {str(psd_layer.name)[:80]!r}")
         layers.append(psd_layer)
+    budget.check()  # the whole file, before decoding any layer
     return layers
 
 
