@@ -222,7 +222,7 @@ def _load(archive: zipfile.ZipFile, label: str, memory_budget: int | None) -> La
     for element, (width, height) in zip(elements, sizes, strict=True):
         src, name = element.get("src"), element.get("name") or "layer"
         data = _member(archive, src, label, _layer_limit(width, height))
-        pixels, depth = decode_image_depth(io.BytesIO(data), f"{label}:{src}", alpha=True)
+        pixels, depth = decode_image_depth(io.BytesIO(data), f"{label}:{src}", alpha=True, raw=True)
         del data
         if pixels.shape[:2] != (height, width):
             raise InputFileError(f"{label}:{src}: image size changed while reading")
