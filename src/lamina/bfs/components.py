@@ -254,7 +254,7 @@ def build_text_encoders(config: BFSComponentsConfig) -> dict[str, Any]:
         d_ff=config.text_intermediate_size, num_layers=config.text_layers, num_heads=config.text_heads,
         relative_attention_num_buckets=8, relative_attention_max_distance=config.max_sequence_length,
         pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id, decoder_start_token_id=0,
-        feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+        feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False, dropout_rate=0.0,
     ))
     return {"text_encoder": clip, "tokenizer": tokenizer, "text_encoder_2": t5, "tokenizer_2": tokenizer_2}
 
@@ -298,8 +298,12 @@ def build_components(config: BFSComponentsConfig | str = "tiny", seed: int = 0) 
     transformer = build_transformer(config)
     parts = build_text_encoders(config)
     joint = build_joint(config, transformer)
-    return {"scheduler": build_scheduler(config), "vae": vae, "trans_vae": trans_vae, **parts,
-            "transformer": transformer, "joint": joint}
+    parts = {"scheduler": build_scheduler(config), "vae": vae, "trans_vae": trans_vae, **parts,
+             "transformer": transformer, "joint": joint}
+    for part in parts.values():
+        if isinstance(part, torch.nn.Module):
+            part.eval()  # as from_pretrained returns them; training switches what it trains to train()
+    return parts
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -12,20 +12,31 @@ Building blocks (pure functions on tensors; training uses the same ones):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 
 from ..errors import LaminaError
+from ..layers import Layer, LayeredImage, check_box
 
 try:
+    from diffusers import DiffusionPipeline
     from diffusers.utils import BaseOutput
 except ImportError as exc:  # pragma: no cover - exercised only without diffusers
     raise ImportError("lamina.bfs needs diffusers: pip install 'lamina[diffusion]'") from exc
 
 from .joint import BFSJointAdapter, BFSJointProcessor
+
+#: A pixel of a region mask is inside above this value (masks in [0, 1]; uint8 masks are scaled).
+MASK_THRESHOLD = 0.5
+#: A working-size mask cell is inside when more than this fraction of its full-size pixels are (0: any).
+REGION_COVERAGE = 0.0
 
 # ---------------------------------------------------------------------------- outputs
 
@@ -258,3 +269,373 @@ def predict_velocity(
     )[0]
     velocity_x, velocity_y = out.chunk(2)
     return VelocityOutput(velocity_x=velocity_x, velocity_y=velocity_y)
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+def working_size(height: int, width: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """``(h, w)`` the model runs at for a ``height x width`` image: short side ``resolution``, aspect kept,
+    both sides rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
+    scale = resolution / min(height, width)
+
+    def side(n: int) -> int:
+        return max(multiple, int(round(n * scale / multiple)) * multiple)
+
+    return side(height), side(width)
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+                    max_shift: float = 1.15) -> float:
+    """FLUX's resolution-dependent timestep shift ``mu``: linear in the number of image tokens."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * slope + base_shift - slope * base_seq_len
+
+
+def flux_sigmas(num_steps: int) -> list[float]:
+    """FLUX's sigma schedule before shifting: ``linspace(1, 1 / N, N)``."""
+    return torch.linspace(1.0, 1.0 / num_steps, num_steps).tolist()
+
+
+def resize_premultiplied(rgba: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize straight RGBA [B, 4, h, w] to ``size`` through premultiplied colour (no dark fringes); [0, 1].
+
+    Bilinear (antialiased when shrinking); colour is 0 where the resized alpha is 0.
+    """
+    from ..compositing import premultiply, unpremultiply
+
+    if tuple(rgba.shape[-2:]) == tuple(size):
+        return rgba
+    shrink = size[0] < rgba.shape[-2] or size[1] < rgba.shape[-1]
+    resized = nnf.interpolate(premultiply(rgba.float()), size=size, mode="bilinear", align_corners=False,
+                              antialias=shrink).clamp(0, 1)
+    return unpremultiply(resized)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _background_array(background: Any) -> np.ndarray:
+    """The caller's background as an ``[H, W, 3|4]`` array, unchanged where it already is one."""
+    if isinstance(background, np.ndarray):
+        array = background
+    elif isinstance(background, torch.Tensor):
+        tensor = background.detach().cpu()
+        if tensor.ndim == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tensor.ndim != 3 or tensor.shape[0] not in (3, 4):
+            raise LaminaError(f"background tensor must be [3, H, W] (or [1, 3, H, W]) in [0, 1], got "
+                              f"{tuple(background.shape)}")
+        array = tensor.permute(1, 2, 0).numpy()
+    elif hasattr(background, "mode") and hasattr(background, "size"):  # PIL image
+        array = np.asarray(background.convert("RGB") if background.mode not in ("RGB", "RGBA") else background)
+    else:
+        raise LaminaError(f"background must be a PIL image, an [H, W, 3] array or a [3, H, W] tensor, got "
+                          f"{type(background).__name__}")
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise LaminaError(f"background must be [H, W, 3], got shape {tuple(array.shape)}")
+    return array
+
+
+def _region_mask(box: Any, mask: Any, height: int, width: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The full-size region ``[H, W]`` (bool) of a box or a mask, and its bounding box."""
+    if (box is None) == (mask is None):
+        raise LaminaError("give exactly one of box=(x0, y0, x1, y1) and mask=[H, W]")
+    if box is not None:
+        x0, y0, x1, y1 = check_box(box, width, height)
+        region = np.zeros((height, width), dtype=bool)
+        region[y0:y1, x0:x1] = True
+        return region, (x0, y0, x1, y1)
+    region = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    if region.ndim == 3 and region.shape[-1] == 1:
+        region = region[..., 0]
+    if region.shape != (height, width):
+        raise LaminaError(f"mask must be [H, W] = [{height}, {width}] like the background, got {region.shape}")
+    region = region.astype(np.float32) > (MASK_THRESHOLD * (255 if region.dtype == np.uint8 else 1))
+    if not region.any():
+        raise LaminaError("the region mask is empty")
+    rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+    return region, (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+class BFSPipeline(DiffusionPipeline):
+    """BFS: one straight-alpha layer (object + shadows/reflections) for a background, a region and a caption.
+
+    Components (FLUX.1-Fill's, plus two): ``scheduler`` (flow-matching Euler), ``vae`` (RGB;
+    decodes the composite branch), ``trans_vae`` (RGBA, :mod:`.transparency`; decodes the layer),
+    ``text_encoder`` / ``tokenizer`` (CLIP), ``text_encoder_2`` / ``tokenizer_2`` (T5),
+    ``transformer`` (a stock Fill ``FluxTransformer2DModel``) and ``joint``
+    (:class:`~lamina.bfs.joint.BFSJointAdapter`, attached to the transformer here).
+
+    Config: ``resolution`` (short side the model works at), ``inference_steps``,
+    ``guidance_scale`` (the guidance embedding's value for guidance-distilled transformers, else the
+    true-CFG scale; 1 means no CFG), ``max_sequence_length`` (T5 tokens).
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae->trans_vae"
+    _optional_components: list[str] = []
+
+    def __init__(self, scheduler: Any, vae: Any, trans_vae: Any, text_encoder: Any, tokenizer: Any,
+                 text_encoder_2: Any, tokenizer_2: Any, transformer: Any, joint: BFSJointAdapter,
+                 resolution: int = 512, inference_steps: int = 50, guidance_scale: float = 30.0,
+                 max_sequence_length: int = 512) -> None:
+        super().__init__()
+        self.register_modules(scheduler=scheduler, vae=vae, trans_vae=trans_vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                              transformer=transformer, joint=joint)
+        self.register_to_config(resolution=int(resolution), inference_steps=int(inference_steps),
+                                guidance_scale=float(guidance_scale), max_sequence_length=int(max_sequence_length))
+        multiple = self.packing_multiple
+        if resolution % multiple:
+            raise LaminaError(f"BFS resolution {resolution} must be a multiple of {multiple} (VAE factor x 2)")
+        if int(trans_vae.config.latent_channels) != int(vae.config.latent_channels):
+            raise LaminaError(f"trans_vae has {trans_vae.config.latent_channels} latent channels, the VAE "
+                              f"{vae.config.latent_channels}")
+        joint.attach(transformer)
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_components(cls, components: dict[str, Any], resolution: int = 64, inference_steps: int = 20,
+                        guidance_scale: float = 1.0, max_sequence_length: int = 24) -> BFSPipeline:
+        """A pipeline from a dict of components (e.g. :func:`~lamina.bfs.components.build_components`)."""
+        names = ("scheduler", "vae", "trans_vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                 "transformer", "joint")
+        missing = [n for n in names if n not in components]
+        if missing:
+            raise LaminaError(f"BFS components missing: {missing}")
+        return cls(**{n: components[n] for n in names}, resolution=resolution, inference_steps=inference_steps,
+                   guidance_scale=guidance_scale, max_sequence_length=max_sequence_length)
+
+    @classmethod
+    def from_fill(
+        cls,
+        model: str | Path,
+        trans_vae: Any = None,
+        joint: Any = None,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        rank: int = 4,
+        share_base: bool = True,
+        resolution: int | None = None,
+        inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        max_sequence_length: int = 512,
+        **kwargs: Any,
+    ) -> BFSPipeline:
+        """BFS on a FLUX.1-Fill-style model (hub id, e.g. ``black-forest-labs/FLUX.1-Fill-dev``, or folder).
+
+        Args:
+            trans_vae: the RGBA VAE: a folder / hub id, an ``AutoencoderKL``, or ``None`` for the Fill VAE
+                widened to RGBA (:func:`~lamina.bfs.transparency.widen_vae`; untrained: opaque layers).
+            joint: a :class:`BFSJointAdapter`, a folder / hub id saved by it, or ``None`` for a new one
+                (``rank``, ``share_base``; zero ``post``: the layer branch then equals the composite branch).
+            torch_dtype, device: for every component (e.g. ``torch.bfloat16``, ``"cuda"``).
+            resolution: short side to work at; default ``64 x`` the VAE factor (512 for FLUX).
+            guidance_scale: default 30 for a guidance-distilled transformer (Fill-dev), else 1 (no CFG).
+            kwargs: more ``from_pretrained`` options (``revision``, ``local_files_only``...).
+        """
+        from diffusers import AutoencoderKL, FluxFillPipeline
+
+        path = Path(model).expanduser()
+        if path.is_dir():
+            kwargs.setdefault("local_files_only", True)
+            model = str(path)
+        elif path.exists() or path.is_absolute() or str(model).startswith((".", "~")):
+            raise LaminaError(f"Fill model {model}: not a folder with a FLUX.1-Fill-style model_index.json")
+        try:
+            fill = FluxFillPipeline.from_pretrained(str(model), torch_dtype=torch_dtype, **kwargs)
+            if isinstance(trans_vae, (str, Path)):
+                trans_vae = AutoencoderKL.from_pretrained(str(trans_vae), torch_dtype=torch_dtype)
+            if isinstance(joint, (str, Path)):
+                joint = BFSJointAdapter.from_pretrained(str(joint), torch_dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            raise LaminaError(f"cannot load the Fill model {str(model)!r}: {_first_line(exc)}") from None
+        from .transparency import widen_vae
+
+        parts = dict(fill.components)
+        transformer = parts["transformer"]
+        if trans_vae is None:
+            trans_vae = widen_vae(parts["vae"])
+        if joint is None:
+            joint = BFSJointAdapter.for_transformer(transformer, rank=rank, lora_alpha=float(rank),
+                                                    share_base=share_base)
+        factor = vae_scale_factor(parts["vae"])
+        guided = bool(transformer.config.guidance_embeds)
+        pipe = cls(scheduler=parts["scheduler"], vae=parts["vae"], trans_vae=trans_vae,
+                   text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                   text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"],
+                   transformer=transformer, joint=joint, resolution=resolution or 64 * factor,
+                   inference_steps=inference_steps,
+                   guidance_scale=guidance_scale if guidance_scale is not None else (30.0 if guided else 1.0),
+                   max_sequence_length=max_sequence_length)
+        if torch_dtype is not None:
+            pipe.trans_vae.to(dtype=torch_dtype)
+            pipe.joint.to(dtype=torch_dtype)
+        if device is not None:
+            pipe.to(device)
+        return pipe
+
+    # ------------------------------------------------------------ geometry
+    @property
+    def vae_scale_factor(self) -> int:
+        return vae_scale_factor(self.vae)
+
+    @property
+    def packing_multiple(self) -> int:
+        """Working sizes are multiples of this: the VAE factor times FLUX's 2x2 packing."""
+        return 2 * self.vae_scale_factor
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` the model runs at for a ``height x width`` background (:func:`working_size`)."""
+        return working_size(height, width, int(self.config.resolution), self.packing_multiple)
+
+    # ------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        background: Any,
+        box: Sequence[int] | None = None,
+        mask: Any = None,
+        prompt: str = "",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        return_composite: bool = False,
+    ) -> LayeredImage:
+        """Synthesise one layer for ``prompt`` in the region (``box`` or ``mask``) over ``background``.
+
+        Args:
+            background: PIL image, NumPy ``[H, W, 3]`` (float in ``[0, 1]`` or uint8) or torch ``[3, H, W]``
+                in ``[0, 1]``; any size (the model works at :meth:`working_size`).
+            box: ``(x0, y0, x1, y1)`` pixel box of the object (exclusive end), or
+            mask: ``[H, W]`` region mask (> 0.5 inside).
+            prompt: the object's caption (names the layer).
+            num_inference_steps, guidance_scale: default to the pipeline's config.
+            generator: for the initial noise of both branches.
+            return_composite: add the decoded composite branch as a hidden top layer ``"bfs composite"``
+                (a preview; BFS's output composite is the layer over the untouched background).
+        Returns:
+            ``LayeredImage(background, [Layer(F, name=prompt)])``: the background is the caller's, untouched;
+            ``F`` is straight RGBA at the background's full size.
+        """
+        array = _background_array(background)
+        height, width = array.shape[:2]
+        region, bbox = _region_mask(box, mask, height, width)
+        steps = int(num_inference_steps or self.config.inference_steps)
+        if steps < 1:
+            raise LaminaError(f"num_inference_steps must be >= 1, got {steps}")
+        scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
+        device = self._execution_device
+        dtype = self.transformer.dtype
+
+        # 1. background and region at the working size
+        h, w = self.working_size(height, width)
+        rgb = torch.from_numpy(np.ascontiguousarray(_to_unit_float(array)[..., :3])).permute(2, 0, 1)[None]
+        small = nnf.interpolate(rgb, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        small_mask = nnf.interpolate(torch.from_numpy(region.astype(np.float32))[None, None], size=(h, w),
+                                     mode="area") > REGION_COVERAGE
+        small_mask = small_mask.float()
+        vae_dtype = self.vae.dtype
+        condition = prepare_fill_condition(self.vae, (small * 2 - 1).to(device, vae_dtype),
+                                           small_mask.to(device, vae_dtype))
+
+        # 2. text
+        guided = bool(self.transformer.config.guidance_embeds)
+        cfg = not guided and scale > 1.0
+        texts = [prompt, ""] if cfg else [prompt]
+        text = encode_prompts(texts, self.tokenizer, self.text_encoder, self.tokenizer_2, self.text_encoder_2,
+                              int(self.config.max_sequence_length), device=device, dtype=dtype)
+
+        # 3. noise and schedule
+        lh, lw = h // self.vae_scale_factor, w // self.vae_scale_factor
+        channels = int(self.vae.config.latent_channels)
+        tokens = (lh // 2) * (lw // 2)
+        noise = torch.randn((2, tokens, 4 * channels), generator=generator, dtype=torch.float32)
+        latents = noise.to(device=device, dtype=dtype)  # rows: [x; y]
+        img_ids = latent_image_ids(lh, lw, device=device, dtype=dtype)
+        sched = self.scheduler.config
+        mu = calculate_shift(tokens, sched.get("base_image_seq_len", 256), sched.get("max_image_seq_len", 4096),
+                             sched.get("base_shift", 0.5), sched.get("max_shift", 1.15))
+        self.scheduler.set_timesteps(sigmas=flux_sigmas(steps), device=device, mu=mu)
+
+        # 4. denoise both branches together
+        repeat = len(texts)
+        cond = condition.repeat(repeat, 1, 1)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            lx, ly = latents[:1].repeat(repeat, 1, 1), latents[1:].repeat(repeat, 1, 1)
+            sigma = (t / self.scheduler.config.num_train_timesteps).to(dtype)
+            out = predict_velocity(self.transformer, self.joint, lx, ly, cond, text.prompt_embeds, text.pooled,
+                                   text.text_ids, img_ids, sigma, guidance=scale if guided else None)
+            velocity = torch.cat([out.velocity_x, out.velocity_y])  # [x_c, (x_u), y_c, (y_u)]
+            if cfg:
+                v = velocity.view(2, 2, *velocity.shape[1:])
+                velocity = v[:, 1] + scale * (v[:, 0] - v[:, 1])
+            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+        # 5. decode: the layer with the RGBA VAE, the composite (preview only) with the RGB VAE
+        from .transparency import decode_layer
+
+        grid = unpack_latents(latents.float(), lh, lw)
+        layer_small = decode_layer(self.trans_vae, grid[1:].to(self.trans_vae.dtype)).float().cpu()
+        layer_full = resize_premultiplied(layer_small, (height, width))[0].permute(1, 2, 0).numpy()
+        name = prompt.strip() or "layer"
+        meta = {"caption": prompt, "box": list(bbox), "method": "bfs"}
+        layers = [Layer(np.ascontiguousarray(layer_full), name=name, metadata=meta)]
+        if return_composite:
+            composite = decode_latents(self.vae, grid[:1].to(self.vae.dtype)).float().cpu()
+            composite = ((composite + 1) / 2).clamp(0, 1)
+            composite = nnf.interpolate(composite, size=(height, width), mode="bilinear", align_corners=False)
+            layers.append(Layer(composite[0].clamp(0, 1).permute(1, 2, 0).numpy(), name="bfs composite",
+                                visible=False, metadata={"preview": "decoded composite branch"}))
+        metadata = {"method": "bfs", "prompt": prompt, "box": list(bbox), "steps": steps, "guidance_scale": scale,
+                    "working_size": [h, w]}
+        return LayeredImage(array, layers, metadata=metadata)
+
+
+def _to_unit_float(array: np.ndarray) -> np.ndarray:
+    """``[H, W, C]`` as float32 in ``[0, 1]`` (integers rescaled)."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    out = array.astype(np.float32)
+    if not np.isfinite(out).all() or out.min() < -1e-4 or out.max() > 1 + 1e-4:
+        raise LaminaError("background floats must be finite and in [0, 1]")
+    return out.clip(0, 1)
+
+
+def load_pipeline(model: str | Path, **kwargs: Any) -> BFSPipeline:
+    """A saved :class:`BFSPipeline` (folder or hub id), or BFS on a FLUX.1-Fill-style model (``from_fill``).
+
+    The folder's (or hub repo's) ``model_index.json`` decides; errors are one line.
+    """
+    import json
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise LaminaError(f"BFS model {model}: no model_index.json (not a saved pipeline or Fill model)")
+        name = json.loads(index.read_text()).get("_class_name")
+        kwargs.setdefault("local_files_only", True)
+    else:
+        if path.exists() or path.is_absolute() or str(model).startswith((".", "~")):
+            raise LaminaError(f"BFS model {model}: not a folder saved by BFSPipeline.save_pretrained")
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index = hf_hub_download(str(model), "model_index.json", revision=kwargs.get("revision"),
+                                    local_files_only=kwargs.get("local_files_only", False))
+        except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+            raise LaminaError(f"cannot find the BFS model {str(model)!r}: {_first_line(exc)}") from None
+        name = json.loads(Path(index).read_text()).get("_class_name")
+    if name == "BFSPipeline":
+        try:
+            return BFSPipeline.from_pretrained(str(model), **kwargs)
+        except (OSError, ValueError) as exc:
+            raise LaminaError(f"cannot load the BFS model {str(model)!r}: {_first_line(exc)}") from None
+    if name == "FluxFillPipeline":
+        return BFSPipeline.from_fill(model, **kwargs)
+    raise LaminaError(f"{model}: a {name}, neither a BFSPipeline nor a FluxFillPipeline")
