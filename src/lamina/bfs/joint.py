@@ -310,7 +310,8 @@ class BFSJointAdapter(ModelMixin, ConfigMixin):
         for block in self.blocks.values():
             block.make_copies(float(self.config.eps))
         self.register_to_config(share_base=False)
-        self.to(device=param.device, dtype=param.dtype)
+        if (param.device, param.dtype) != (torch.device("cpu"), torch.float32):
+            self.to(device=param.device, dtype=param.dtype)
         self.copy_base(transformer)
 
     # ------------------------------------------------------------ attaching
