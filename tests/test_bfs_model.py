@@ -224,6 +224,7 @@ def test_forward_backward_reaches_only_the_adapter_with_checkpointing(parts, sha
         joint.detach(transformer)
     torch.testing.assert_close(out.velocity_x, plain.velocity_x, rtol=1e-5, atol=1e-6)
     assert all(p.grad is None for p in transformer.parameters())
+    assert joint.blocks["d0"].post.weight.grad.abs().sum() > 0
     missing = [n for n, p in joint.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
 
@@ -399,6 +400,15 @@ def test_two_stacked_calls_equal_the_layered_composite(pipe):
     stacked = LayeredImage(background, [first.layers[0], second.layers[0]])
     np.testing.assert_allclose(stacked.composite(), second.composite(), rtol=0, atol=1e-6)
     assert [layer.name for layer in stacked.layers] == ["a blue circle", CAPTION]
+
+
+def test_true_cfg_without_guidance_embedding(pipe):
+    background = np.random.default_rng(4).random((32, 32, 3)).astype(np.float32)
+    plain = pipe(background, box=(4, 4, 28, 28), prompt=CAPTION, generator=torch.Generator().manual_seed(4))
+    cfg = pipe(background, box=(4, 4, 28, 28), prompt=CAPTION, guidance_scale=3.0,
+               generator=torch.Generator().manual_seed(4))
+    assert cfg.metadata["guidance_scale"] == 3.0
+    assert not np.array_equal(cfg.layers[0].pixels, plain.layers[0].pixels)
 
 
 def test_pipeline_rejects_bad_regions(pipe):

@@ -24,7 +24,12 @@ _LAZY = {
     "BFSPipeline": "pipeline",
     "PromptEmbeddings": "pipeline",
     "VelocityOutput": "pipeline",
+    "calculate_shift": "pipeline",
     "decode_latents": "pipeline",
+    "flux_sigmas": "pipeline",
+    "load_pipeline": "pipeline",
+    "resize_premultiplied": "pipeline",
+    "working_size": "pipeline",
     "encode_image": "pipeline",
     "encode_prompts": "pipeline",
     "latent_image_ids": "pipeline",
@@ -43,9 +48,12 @@ _LAZY = {
     "BFSComponentsConfig": "components",
     "PRESETS": "components",
     "build_components": "components",
+    "caption_vocabulary": "components",
     "get_preset": "components",
     # official checkpoints
+    "CheckpointReport": "checkpoint",
     "load_bfs_checkpoint": "checkpoint",
+    "to_official_state_dict": "checkpoint",
 }
 
 

@@ -189,13 +189,27 @@ class BFSJointProcessor:
     adapter's ``single_tokens`` is ``"image"``).
     """
 
-    _attention_backend = None
-    _parallel_config = None
-
     def __init__(self, adapter: BFSJointAdapter, key: str, base: Any) -> None:
         self.adapter = adapter
         self.key = key
         self.base = base
+
+    # diffusers sets these on every processor (``set_attention_backend``, context parallelism): share the base's
+    @property
+    def _attention_backend(self) -> Any:
+        return getattr(self.base, "_attention_backend", None)
+
+    @_attention_backend.setter
+    def _attention_backend(self, value: Any) -> None:
+        self.base._attention_backend = value
+
+    @property
+    def _parallel_config(self) -> Any:
+        return getattr(self.base, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, value: Any) -> None:
+        self.base._parallel_config = value
 
     def __call__(
         self,

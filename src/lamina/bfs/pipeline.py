@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import LaminaError
 from ..layers import Layer, LayeredImage, check_box
+from ..progress import progress
 
 try:
     from diffusers import DiffusionPipeline
@@ -563,7 +564,8 @@ class BFSPipeline(DiffusionPipeline):
         # 4. denoise both branches together
         repeat = len(texts)
         cond = condition.repeat(repeat, 1, 1)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        disable = getattr(self, "_progress_bar_config", {}).get("disable")
+        for t in progress(self.scheduler.timesteps, desc="BFS sampling", disable=disable):
             lx, ly = latents[:1].repeat(repeat, 1, 1), latents[1:].repeat(repeat, 1, 1)
             sigma = (t / self.scheduler.config.num_train_timesteps).to(dtype)
             out = predict_velocity(self.transformer, self.joint, lx, ly, cond, text.prompt_embeds, text.pooled,
