@@ -28,6 +28,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "layeringdiff": ("lamina.layeringdiff.cli", "layeringdiff", "LayeringDiff: train the FBDD decomposition model."),
     "decompose": ("lamina.layeringdiff.cli", "decompose", "Split a photo into foreground layer(s) and a background."),
     "generate": ("lamina.layeringdiff.cli", "generate", "Text -> composite -> layers with a text-to-image model."),
+    "bfs": ("lamina.bfs.cli", "bfs", "BFS: train and evaluate the layered synthesis model."),
+    "synthesize": ("lamina.bfs.cli", "synthesize", "BFS: captioned objects, with shadows, as layers on an image."),
 }
 
 LAYERED_SUFFIXES = (".psd", ".ora")
