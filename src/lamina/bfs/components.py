@@ -20,6 +20,7 @@ weights are FLUX.1-Fill-dev's, which users bring themselves).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +49,11 @@ class BFSComponentsConfig:
     #: Working resolution (short side, pixels) of the model.
     resolution: int = 64
     # --- VAE (both ``vae`` and ``trans_vae``)
-    vae_block_out_channels: tuple[int, ...] = (32, 64, 64)
+    vae_block_out_channels: tuple[int, ...] = (16, 32, 32)
     vae_layers_per_block: int = 1
-    vae_norm_num_groups: int = 16
+    vae_norm_num_groups: int = 8
+    #: Self-attention in the VAE's mid block (diffusers' ``mid_block_add_attention``; FLUX's VAE has it).
+    vae_mid_block_attention: bool = False
     latent_channels: int = 8
     vae_scaling_factor: float = 1.0
     vae_shift_factor: float = 0.0
@@ -119,6 +122,7 @@ PRESETS: dict[str, BFSComponentsConfig] = {
     "flux-fill": BFSComponentsConfig(
         name="flux-fill", source="black-forest-labs/FLUX.1-Fill-dev", resolution=512,
         vae_block_out_channels=(128, 256, 512, 512), vae_layers_per_block=2, vae_norm_num_groups=32,
+        vae_mid_block_attention=True,
         latent_channels=16, vae_scaling_factor=0.3611, vae_shift_factor=0.1159,
         num_layers=19, num_single_layers=38, num_attention_heads=24, attention_head_dim=128,
         joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56), guidance_embeds=True,
@@ -154,7 +158,16 @@ def caption_vocabulary() -> list[str]:
 
 
 def build_clip_tokenizer(max_length: int) -> Any:
-    """A CLIP BPE tokenizer over :func:`caption_vocabulary` (one token per word, letters as fallback), built offline.
+    """A CLIP BPE tokenizer over :func:`caption_vocabulary` (one token per word, letters as fallback); offline."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_vocabulary()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), unk_token="<unk>", model_max_length=max_length)
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_vocabulary() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """Vocabulary and merges of :func:`build_clip_tokenizer` (computed once per process).
 
     Merges are added left to right per word, then repaired until every vocabulary word is one token
     (a merge of one word can fire first inside another and split it).
@@ -180,11 +193,10 @@ def build_clip_tokenizer(max_length: int) -> Any:
     for word in words:
         add_chain(list(word[:-1]) + [word[-1] + "</w>"])
     for _ in range(_TOKENIZER_REPAIR_ROUNDS):
-        tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), unk_token="<unk>",
-                                  model_max_length=max_length)
+        tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), unk_token="<unk>")
         split = [pieces for pieces in (tokenizer.tokenize(w) for w in words) if len(pieces) > 1]
         if not split:
-            return tokenizer
+            return vocab, tuple(merges)
         for pieces in split:
             add_chain(pieces)
     raise LaminaError("could not build a whole-word CLIP tokenizer over the caption vocabulary")
@@ -215,7 +227,7 @@ def build_vae(config: BFSComponentsConfig, channels: int = 3) -> Any:
         block_out_channels=tuple(config.vae_block_out_channels), layers_per_block=config.vae_layers_per_block,
         latent_channels=config.latent_channels, norm_num_groups=config.vae_norm_num_groups,
         sample_size=config.resolution, scaling_factor=config.vae_scaling_factor, shift_factor=config.vae_shift_factor,
-        use_quant_conv=False, use_post_quant_conv=False,
+        use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=config.vae_mid_block_attention,
     )
 
 
