@@ -19,6 +19,7 @@ from lamina.bfs.pipeline import (  # noqa: E402
     BFSPipeline,
     encode_prompts,
     latent_image_ids,
+    load_pipeline,
     pack_latents,
     pack_mask,
     predict_velocity,
@@ -359,7 +360,8 @@ def test_pipeline_save_load_round_trip(pipe, tmp_path):
     background = np.random.default_rng(0).random((40, 40, 3)).astype(np.float32)
     first = pipe(background, box=(8, 8, 30, 30), prompt=CAPTION, generator=torch.Generator().manual_seed(0))
     pipe.save_pretrained(tmp_path / "bfs")
-    loaded = BFSPipeline.from_pretrained(tmp_path / "bfs")
+    loaded = load_pipeline(tmp_path / "bfs")  # dispatches on model_index.json
+    assert isinstance(loaded, BFSPipeline)
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.joint, BFSJointAdapter) and loaded.joint.is_attached(loaded.transformer)
     assert loaded.config.resolution == SMALL.resolution
@@ -430,7 +432,7 @@ def test_from_fill_on_a_saved_tiny_fill_folder(parts, tmp_path):
                             tokenizer=parts["tokenizer"], text_encoder_2=parts["text_encoder_2"],
                             tokenizer_2=parts["tokenizer_2"], transformer=comp.build_transformer(config))
     fill.save_pretrained(tmp_path / "fill")
-    pipe = BFSPipeline.from_fill(tmp_path / "fill", resolution=32, inference_steps=1, max_sequence_length=24)
+    pipe = load_pipeline(tmp_path / "fill", resolution=32, inference_steps=1, max_sequence_length=24)  # from_fill
     pipe.set_progress_bar_config(disable=True)
     assert pipe.config.guidance_scale == 30.0 and pipe.joint.config.share_base
     assert pipe.trans_vae.config.in_channels == 4 and pipe.joint.is_attached(pipe.transformer)
@@ -439,3 +441,5 @@ def test_from_fill_on_a_saved_tiny_fill_folder(parts, tmp_path):
     assert out.layers[0].pixels.shape == (30, 34, 4) and out.metadata["box"] == [5, 5, 15, 15]
     with pytest.raises(LaminaError, match="cannot load the Fill model"):
         BFSPipeline.from_fill(tmp_path)
+    with pytest.raises(LaminaError, match="no model_index.json"):
+        load_pipeline(tmp_path)
