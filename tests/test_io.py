@@ -19,7 +19,16 @@ import lamina.io.ora
 import lamina.io.pngstack
 from lamina import Layer, LayeredImage
 from lamina.errors import InputFileError, LaminaError, LayerError, OutputExistsError
-from lamina.io import checkerboard, contact_sheet, layered_format, load, read_rgba, save, save_contact_sheet
+from lamina.io import (
+    checkerboard,
+    contact_sheet,
+    file_format,
+    layered_format,
+    load,
+    read_rgba,
+    save,
+    save_contact_sheet,
+)
 from lamina.io.common import layer_file_name
 from lamina.io.preview import GAP, LABEL_HEIGHT, SEPARATOR_GREY
 
@@ -108,9 +117,10 @@ def test_layered_format(tmp_path):
     assert layered_format(tmp_path / "out") == "png-stack" and layered_format(tmp_path / "folder.v2") == "png-stack"
     with pytest.raises(LaminaError, match=r"unknown layered format '\.png'"):
         layered_format("x.png")
-    with pytest.raises(LaminaError, match="x.tiff"):
-        save(make_image(), tmp_path / "x.tiff")
+    with pytest.raises(LaminaError, match=r"x\.xcf: unknown format"):
+        save(make_image(), tmp_path / "x.xcf")
     assert contents(tmp_path) == ["folder.v2"]
+    assert file_format("x.TIFF") == "image" and file_format("a.jpg") == "image" and file_format("a.psd") == "psd"
 
 
 def test_load_missing_path(tmp_path):
@@ -316,3 +326,117 @@ def test_contact_sheet_layout(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(path)), sheet)
     with pytest.raises(OutputExistsError):
         save_contact_sheet(images, path)
+
+
+# ------------------------------------------------------ blend modes, 16-bit, the object API
+def blended_image() -> LayeredImage:
+    rng = np.random.default_rng(5)
+    background = Layer(rng.random((12, 16, 3), dtype=np.float32), name="background")
+    shadow = Layer(rng.random((6, 8, 4), dtype=np.float32), name="shadow", offset=(2, 3), blend_mode="multiply")
+    glow = Layer(rng.random((12, 16, 4), dtype=np.float32), name="glow", opacity=0.5, blend_mode="screen")
+    return LayeredImage(background, [shadow, glow])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_blend_modes_round_trip(tmp_path, name):
+    image = blended_image()
+    back = load(save(image, tmp_path / name))
+    assert [layer.blend_mode for layer in back.all_layers] == ["normal", "multiply", "screen"]
+    np.testing.assert_allclose(back.composite(), image.composite(), atol=2 / 255)
+
+
+def test_blend_modes_seen_by_other_readers(tmp_path):
+    image = blended_image()
+    psd = PSDImage.open(save(image, tmp_path / "b.psd"))
+    assert [layer.blend_mode for layer in psd] == [b"norm", b"mul ", b"scrn"]  # BlendMode is a bytes enum
+    # psd-tools' own compositor agrees with ours (its merged preview, written on save)
+    theirs = np.asarray(psd.composite(force=True).convert("RGBA"), np.float32) / 255
+    np.testing.assert_allclose(theirs, image.composite(), atol=3 / 255)
+    with zipfile.ZipFile(save(image, tmp_path / "b.ora")) as archive:
+        ops = [e.get("composite-op") for e in ET.fromstring(archive.read("stack.xml")).iter("layer")]
+    assert ops == ["svg:screen", "svg:multiply", "svg:src-over"]  # top first
+    record = json.loads((save(image, tmp_path / "stack") / "layers.json").read_text())
+    assert [entry["blend_mode"] for entry in record["layers"]] == ["normal", "multiply", "screen"]
+
+
+def test_unknown_editor_blend_mode_reads_as_normal(tmp_path):
+    path = save(blended_image(), tmp_path / "b.ora")
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    members["stack.xml"] = members["stack.xml"].replace(b"svg:screen", b"svg:overlay")
+    with zipfile.ZipFile(tmp_path / "c.ora", "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+    glow = load(tmp_path / "c.ora").layers[-1]
+    assert glow.blend_mode == "normal" and glow.metadata["ora_composite_op"] == "svg:overlay"
+
+
+def deep_image() -> LayeredImage:
+    rng = np.random.default_rng(6)
+    background = (rng.random((9, 11, 3)) * 65535).astype(np.uint16)
+    layer = Layer((rng.random((5, 4, 4)) * 65535).astype(np.uint16), name="fg", offset=(3, 2))
+    return LayeredImage(background, [layer], bit_depth=16)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_16bit_round_trip(tmp_path, name):
+    image = deep_image()
+    back = load(save(image, tmp_path / name))
+    assert back.bit_depth == 16
+    for ours, theirs in zip(image.all_layers, back.all_layers, strict=True):
+        np.testing.assert_allclose(theirs.pixels, ours.pixels, atol=0.5 / 65535 + 1e-7)  # not just 8 bits
+    back8 = load(save(image, tmp_path / f"8_{name}", bit_depth=8))
+    assert back8.bit_depth == 8
+    assert np.abs(back8.layers[0].pixels - image.layers[0].pixels).max() > 1 / 65535
+
+
+def test_16bit_files_opened_by_other_readers(tmp_path):
+    image = deep_image()
+    psd = PSDImage.open(save(image, tmp_path / "d.psd"))
+    assert psd.depth == 16 and [layer.name for layer in psd] == ["background", "fg"]
+    np.testing.assert_allclose(psd[1].numpy()[..., :4], image.layers[0].pixels, atol=1 / 65535)
+    stack = save(image, tmp_path / "stack")
+    png = Image.open(next(stack.glob("01_*.png")))
+    assert png.tile[0].args in ("RGBA;16B", ("RGBA;16B",)) or ";16" in str(png.tile[0].args)
+    import cv2
+
+    raw = cv2.imread(str(next(stack.glob("01_*.png"))), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.shape == (5, 4, 4)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_plain_16bit_image_keeps_precision(tmp_path, suffix):
+    import cv2
+
+    rng = np.random.default_rng(7)
+    pixels = (rng.random((6, 5, 3)) * 65535).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / f"p{suffix}"), pixels[:, :, ::-1])
+    image = load(tmp_path / f"p{suffix}")
+    assert image.bit_depth == 16 and len(image) == 0 and image.background.name == "background"
+    np.testing.assert_array_equal(np.round(image.background.rgb * 65535).astype(np.uint16), pixels)
+    flat = image.save(tmp_path / f"out{suffix}")
+    again = load(flat)
+    assert again.bit_depth == 16
+    np.testing.assert_allclose(again.background.rgb, image.background.rgb, atol=0.5 / 65535 + 1e-7)
+
+
+def test_object_api_save_load_to_pil(tmp_path):
+    import lamina
+
+    image = make_image()
+    for name in ("a.psd", "a.ora", "stack", "flat.png", "flat.jpg"):
+        assert image.save(tmp_path / name) == tmp_path / name
+    back = lamina.load(tmp_path / "a.psd")
+    assert isinstance(back, LayeredImage) and [layer.name for layer in back.layers] == ["fg/ü 1", "top"]
+    assert LayeredImage.from_file(tmp_path / "stack").metadata == image.metadata
+    flat = lamina.load(tmp_path / "flat.png")
+    assert len(flat) == 0 and flat.size == image.size
+    np.testing.assert_array_equal(flat.to_pil(), image.to_pil())
+    jpg = lamina.load(tmp_path / "flat.jpg")
+    assert jpg.size == image.size  # random noise: JPEG keeps only the mean colour well
+    np.testing.assert_allclose(jpg.background.rgb.mean((0, 1)), image.composite()[..., :3].mean((0, 1)), atol=0.02)
+    with pytest.raises(OutputExistsError):
+        image.save(tmp_path / "flat.png")
+    image.save(tmp_path / "flat.png", overwrite=True)
+    with pytest.raises(InputFileError, match="not an image file"):
+        lamina.load(tmp_path / "stack" / "layers.json")

@@ -19,7 +19,8 @@ from lamina.layeringdiff import (
     project_recomposition,
     trimap_from_mask,
 )
-from lamina.layeringdiff.decompose import minimum_alpha, psnr, regions_from_args
+from lamina.layeringdiff.decompose import regions_from_args
+from lamina.layeringdiff.disassembly import minimum_alpha, psnr
 from lamina.layeringdiff.foreground import effects_region
 
 torch.set_num_threads(1)

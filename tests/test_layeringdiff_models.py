@@ -181,7 +181,7 @@ def test_hub_ids_without_network_fail_clearly(tmp_path) -> None:
     from lamina.layeringdiff.grounding import from_pretrained, generate_composite
 
     start = time.time()
-    with pytest.raises(LaminaError, match="not in the local Hugging Face cache"):
+    with pytest.raises(LaminaError, match="segmenter 'lamina-test/no-such-model'.*HF_HUB_OFFLINE is set"):
         from_pretrained(SamModel, "lamina-test/no-such-model", "segmenter")
     with pytest.raises(LaminaError, match="text-to-image pipeline"):
         generate_composite("lamina-test/no-such-pipeline", "a cat")
@@ -190,6 +190,30 @@ def test_hub_ids_without_network_fail_clearly(tmp_path) -> None:
     with pytest.raises(LaminaError, match="not a model folder"):
         from_pretrained(SamModel, tmp_path / "missing", "segmenter")
     assert time.time() - start < 10
+
+
+def test_unreachable_hub_endpoint_fails_fast(tmp_path) -> None:
+    """No probe of our own: with the hub client online but its endpoint refusing connections, loading
+    a hub id still ends within seconds in a one-line error naming the model."""
+    import subprocess
+    import sys
+
+    code = ("from transformers import SamModel\n"
+            "from lamina.errors import LaminaError\n"
+            "from lamina.hub import from_pretrained\n"
+            "import time\n"
+            "start = time.time()\n"
+            "try:\n"
+            "    from_pretrained(SamModel, 'lamina-test/no-such-model', 'segmenter')\n"
+            "except LaminaError as exc:\n"
+            "    print(time.time() - start)\n"
+            "    print('ERROR', exc)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("ERROR cannot load the segmenter 'lamina-test/no-such-model'"), out
+    assert "127.0.0.1:9 cannot be reached" in lines[-1] and "HF_HUB_OFFLINE" in lines[-1]
+    assert float(lines[0]) < 5.0  # the client alone retries a refused connection for ~25 s per file
 
 
 def test_text_to_layered_file_end_to_end(models, tmp_path) -> None:
@@ -294,7 +318,7 @@ def test_training_on_a_folder_of_layers(tmp_path) -> None:
 def test_builtin_model_is_the_default_and_small(tmp_path) -> None:
     from lamina.data import SCENE_PRESETS, generate_scene
     from lamina.layeringdiff import decompose_image
-    from lamina.layeringdiff.decompose import BUILTIN_MODEL
+    from lamina.layeringdiff._util import BUILTIN_MODEL
     from lamina.layeringdiff.fbdd import load_builtin
 
     size_mb = sum(p.stat().st_size for p in BUILTIN_MODEL.rglob("*") if p.is_file()) / 2**20

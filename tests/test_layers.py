@@ -166,7 +166,7 @@ def test_uint8_and_uint16_inputs_are_rescaled() -> None:
         (np.zeros((2, 2, 5), np.float32), "expected shape"),
         (np.zeros((0, 2, 4), np.float32), "empty"),
         (np.zeros((2, 2, 4), np.int32), "unsupported dtype"),
-        ("not an array", "expected a NumPy array"),
+        ("not an array", "expected a PIL image, NumPy array or torch tensor"),
     ],
 )
 def test_bad_pixels_are_named(pixels: object, message: str) -> None:
@@ -221,3 +221,106 @@ def test_crop_and_box_validation() -> None:
     with pytest.raises(LayerError, match="four integers"):
         parse_box("1,2,3")
     assert parse_box(" 1, 2,3,4") == (1, 2, 3, 4)
+
+
+# ------------------------------------------------------------------ blend modes
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [  # backdrop Cb = 0.5 (ab = 0.8), source Cs = 0.4 (as = 0.5), by hand from the W3C formulas
+        # normal:   C'_s = 0.4;                                co = 0.5*0.4 + 0.5*0.8*0.5 = 0.40
+        ("normal", 0.40),
+        # multiply: C'_s = 0.2*0.4 + 0.8*(0.5*0.4) = 0.24;     co = 0.5*0.24 + 0.20 = 0.32
+        ("multiply", 0.32),
+        # screen:   C'_s = 0.2*0.4 + 0.8*(0.5+0.4-0.2) = 0.64; co = 0.5*0.64 + 0.20 = 0.52
+        ("screen", 0.52),
+    ],
+)
+def test_blend_modes_golden(mode: str, expected: float) -> None:
+    backdrop = np.full((2, 3, 4), [0.5, 0.5, 0.5, 0.8], np.float32)
+    source = np.full((2, 3, 4), [0.4, 0.4, 0.4, 0.5], np.float32)
+    image = LayeredImage(Layer(backdrop, "background"), [Layer(source, "s", blend_mode=mode)])
+    ao = 0.5 + 0.8 * 0.5
+    out = image.composite()
+    np.testing.assert_allclose(out[..., 3], ao, atol=1e-6)
+    np.testing.assert_allclose(out[..., 0], expected / ao, atol=1e-6)  # straight colour = co / ao
+    stacked = composite_stack(torch.from_numpy(np.stack([backdrop, source])), dim=-1, blend_modes=["normal", mode])
+    np.testing.assert_allclose(stacked.numpy(), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["multiply", "screen"])
+def test_blend_modes_opaque_fast_path_matches_general(mode: str) -> None:
+    rng = np.random.default_rng(1)
+    background = rng.random((6, 7, 3), dtype=np.float32)
+    layers = [Layer(rng.random((4, 5, 4), dtype=np.float32), "a", offset=(1, 2), opacity=0.6, blend_mode=mode),
+              Layer(rng.random((6, 7, 4), dtype=np.float32), "b", blend_mode="screen")]
+    image = LayeredImage(background, layers)
+    opaque = image.composite()  # opaque background: the lerp fast path
+    stack = [torch.from_numpy(image.canvas(k)) for k in (None, 0, 1)]
+    general = composite_stack(stack, dim=-1, blend_modes=["normal", mode, "screen"]).numpy()
+    np.testing.assert_allclose(opaque, general, atol=1e-6)
+    # multiply with white and screen with black change nothing
+    white = LayeredImage(background, [Layer(np.ones((6, 7, 4), np.float32), "w", blend_mode="multiply")])
+    np.testing.assert_allclose(white.composite()[..., :3], background, atol=1e-6)
+
+
+def test_blend_mode_refused_and_kept() -> None:
+    with pytest.raises(LayerError, match="blend_mode must be one of normal, multiply, screen"):
+        Layer(np.zeros((2, 2, 4), np.float32), "x", blend_mode="overlay")
+    layer = Layer(np.zeros((2, 2, 4), np.float32), "x", blend_mode="screen")
+    assert layer.copy().blend_mode == "screen" and "screen" in repr(layer)
+
+
+# ------------------------------------------------------------------ inputs
+def test_inputs_pil_numpy_torch_agree() -> None:
+    rng = np.random.default_rng(2)
+    rgba = (rng.random((5, 6, 4)) * 255).astype(np.uint8)
+    want = rgba.astype(np.float32) / 255
+    sources = [rgba, Image.fromarray(rgba, "RGBA"), torch.from_numpy(want).permute(2, 0, 1),
+               torch.from_numpy(want).permute(2, 0, 1)[None], (rgba.astype(np.uint16) * 257)]
+    for source in sources:
+        np.testing.assert_allclose(Layer(source, "x").pixels, want, atol=1e-6)
+    grey16 = Image.fromarray(np.full((3, 4), 65535 // 3, np.uint16))  # mode I;16
+    assert np.allclose(Layer(grey16, "g").pixels[..., 0], (65535 // 3) / 65535)
+    image = LayeredImage(Image.fromarray(rgba[..., :3], "RGB"))
+    assert image.size == (6, 5) and image.background.alpha.min() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (torch.zeros(2, 4, 3, 3), r"expected a tensor \[4, H, W\] or \[3, H, W\]"),
+        (torch.zeros(5, 3, 3), r"got shape \(5, 3, 3\)"),
+        (torch.full((3, 2, 2), 2.0), r"must lie in \[0, 1\]"),
+        (torch.zeros(3, 2, 2, dtype=torch.int64), "unsupported tensor dtype"),
+        (np.zeros((3, 8, 8), np.float32), r"expected shape \[H, W, 4\] or \[H, W, 3\] \(channel-last\)"),
+        (np.zeros((2, 2, 3), np.int16), "unsupported dtype int16"),
+        (Image.new("RGB", (0, 3)), "empty"),
+    ],
+)
+def test_bad_inputs_named(source: object, message: str) -> None:
+    with pytest.raises(LayerError, match=message):
+        LayeredImage(source)  # type: ignore[arg-type]
+
+
+def test_offsets_must_fit_int32() -> None:
+    with pytest.raises(LayerError, match="out of range"):
+        Layer(np.zeros((2, 2, 4), np.float32), "x", offset=(10**20, 0))
+    with pytest.raises(LayerError, match="out of range"):
+        Layer(np.zeros((2, 2, 4), np.float32), "x", offset=(2**31 - 2, 0))
+    with pytest.raises(LayerError, match="metadata must be a dict"):
+        LayeredImage(np.zeros((2, 2, 3), np.float32), metadata=[1, 2])  # type: ignore[arg-type]
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(LayerError, match="nested too deeply"):
+        Layer(np.zeros((2, 2, 4), np.float32), "x", metadata={"a": nested})
+
+
+def test_to_pil_and_bit_depth() -> None:
+    image = LayeredImage(np.full((3, 4, 3), 0.5, np.float32), [Layer(np.ones((1, 1, 4), np.float32), "dot")])
+    pil = image.to_pil()
+    assert pil.mode == "RGBA" and pil.size == (4, 3) and pil.getpixel((0, 0)) == (255, 255, 255, 255)
+    assert pil.getpixel((1, 1)) == (128, 128, 128, 255)
+    assert image.layers[0].to_pil().size == (1, 1) and image.bit_depth == 8
+    with pytest.raises(LayerError, match="bit_depth must be 8 or 16"):
+        LayeredImage(np.zeros((2, 2, 3), np.float32), bit_depth=12)

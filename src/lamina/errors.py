@@ -21,3 +21,15 @@ class InputFileError(LaminaError, OSError):
 
 class OutputExistsError(LaminaError, FileExistsError):
     """The output path exists and overwriting was not asked for."""
+
+
+class ConfigError(LaminaError, ValueError):
+    """A configuration is invalid (unknown preset or key, wrong type or range) or does not match a run's."""
+
+
+class MissingDependencyError(LaminaError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install (``lamina[prompt]``)."""
+
+
+class TrainingDivergedError(LaminaError, RuntimeError):
+    """A training loss became NaN/Inf or exceeded its bound; the last good training state is kept."""

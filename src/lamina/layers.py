@@ -14,19 +14,30 @@ Conventions shared by the whole library:
   (:mod:`lamina.compositing`).
 * ``metadata`` is free JSON-serialisable data: ``method``, ``prompt``, ``seed``, ``box``...
   Each layer has its own ``metadata`` too (e.g. the caption of the object it holds).
+* Each layer has a ``blend_mode``: ``"normal"``, ``"multiply"`` or ``"screen"`` (W3C
+  Compositing and Blending, separable modes), stored by every file format.
+* :attr:`LayeredImage.bit_depth` (8 or 16) is the precision of the source and the depth
+  the writers use by default: a 16-bit PNG/TIFF/PSD reads back as 16 and is written as
+  16-bit PSD/PNG again. Pixels are float32 in memory, which holds 16-bit values exactly.
+* Every image input (:func:`as_float_image`) may be a PIL image, a NumPy ``[H, W, C]``
+  array (uint8, uint16, bool or float in ``[0, 1]``) or a torch ``[C, H, W]`` /
+  ``[1, C, H, W]`` float tensor in ``[0, 1]``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .compositing import premultiply, unpremultiply
+from .compositing import BLEND_MODES, blend_function, blended_source, premultiply, unpremultiply
 from .errors import LayerError
 
 #: Tolerance on the ``[0, 1]`` range check of float pixels (rounding from other libraries).
@@ -36,31 +47,76 @@ RANGE_TOLERANCE = 1e-4
 #: Scale from an integer dtype to ``[0, 1]``.
 _INTEGER_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
+#: Bit depths a layered image records and its writers store.
+BIT_DEPTHS = (8, 16)
+
+#: Pillow modes holding more than 8 bits of grey; ``I`` is read as 16-bit (clipped to 0..65535).
+DEEP_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def pil_to_array(image: Image.Image, channels: Sequence[int] = (3, 4)) -> np.ndarray:
+    """PIL image of any mode -> ``[H, W, C]`` array (uint8, uint16 for deep grey, float32 for ``F``).
+
+    ``C`` is 4 when 4 is allowed and the image has transparency (an alpha band or a
+    transparent palette/colour entry), or when 3 is not allowed; else 3, or 1 when only 1 is allowed.
+    """
+    has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+    want = 4 if 4 in channels and (has_alpha or 3 not in channels) else 3 if 3 in channels else 1
+    if image.mode in DEEP_GREY_MODES:
+        grey = np.asarray(image)
+        if image.mode == "F":
+            grey = np.clip(np.nan_to_num(grey.astype(np.float32)), 0.0, 1.0)
+            opaque: Any = np.float32(1.0)
+        else:
+            grey, opaque = np.clip(grey, 0, 65535).astype(np.uint16), np.uint16(65535)
+        if want == 1:
+            return grey[:, :, None]
+        planes = [grey] * 3 + ([np.full_like(grey, opaque)] if want == 4 else [])
+        return np.stack(planes, axis=2)
+    if want == 1:
+        return np.asarray(image.convert("L"))[:, :, None]
+    return np.asarray(image.convert("RGBA" if want == 4 else "RGB"))
+
 
 def _as_hwc_array(array: Any, what: str, channels: Sequence[int]) -> np.ndarray:
-    """Shape check shared by the float and planar converters; tensors ``[C, H, W]`` become HWC."""
+    """Shape check shared by the float and planar converters: PIL images and tensors become HWC arrays."""
+    if isinstance(array, Image.Image):
+        if array.width == 0 or array.height == 0:
+            raise LayerError(f"{what}: image is empty ({array.width}x{array.height})")
+        array = pil_to_array(array, channels)
     if isinstance(array, torch.Tensor):
-        if array.ndim != 3:
-            raise LayerError(f"{what}: expected a [C, H, W] tensor, got shape {tuple(array.shape)}")
-        array = array.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
+        shape = tuple(array.shape)
+        if array.ndim == 4 and shape[0] == 1:
+            array = array[0]
+        if array.ndim != 3 or array.shape[0] not in channels:
+            want = " or ".join(f"[{c}, H, W]" for c in channels)
+            raise LayerError(f"{what}: expected a tensor {want} (or with a batch of 1 in front), got shape {shape}")
+        if array.is_complex() or not (array.is_floating_point() or array.dtype in (torch.uint8, torch.bool)):
+            raise LayerError(f"{what}: unsupported tensor dtype {array.dtype} (use float in [0, 1] or uint8)")
+        array = array.detach().to("cpu").permute(1, 2, 0).numpy()
+        if array.dtype == np.float16 or array.dtype == np.float64:
+            array = array.astype(np.float32)
     if not isinstance(array, np.ndarray):
-        raise LayerError(f"{what}: expected a NumPy array or torch tensor, got {type(array).__name__}")
+        raise LayerError(f"{what}: expected a PIL image, NumPy array or torch tensor, got {type(array).__name__}")
     if array.ndim == 2 and 1 in channels:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in channels:
         want = " or ".join(f"[H, W, {c}]" for c in channels)
-        raise LayerError(f"{what}: expected shape {want}, got {tuple(array.shape)}")
+        raise LayerError(f"{what}: expected shape {want} (channel-last), got {tuple(array.shape)}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise LayerError(f"{what}: image is empty (shape {tuple(array.shape)})")
     return array
 
 
 def as_float_image(array: Any, what: str, channels: Sequence[int] = (4,)) -> np.ndarray:
-    """Validate an image array and return it as ``float32`` ``[H, W, C]`` in ``[0, 1]``.
+    """Validate any image input and return it as ``float32`` ``[H, W, C]`` in ``[0, 1]``.
 
-    Accepts ``uint8`` (scaled by 1/255), ``uint16`` (scaled by 1/65535), ``bool`` and float
-    arrays, or a torch tensor ``[C, H, W]`` (moved to channel-last). Raises
-    :class:`LayerError` naming ``what`` for a wrong shape, dtype, NaN/Inf or out-of-range value.
+    The one converter of image inputs in lamina. Accepts a PIL image of any mode, a NumPy
+    array ``[H, W, C]`` (``uint8`` scaled by 1/255, ``uint16`` by 1/65535, ``bool``, or
+    float in ``[0, 1]``), or a torch tensor ``[C, H, W]`` / ``[1, C, H, W]`` (float in
+    ``[0, 1]``, or uint8), with ``C`` one of ``channels``. Raises :class:`LayerError`
+    naming ``what`` for a wrong type, shape, dtype, NaN/Inf or out-of-range value.
     """
     array = _as_hwc_array(array, what, channels)
     if array.dtype in _INTEGER_SCALE:
@@ -95,14 +151,18 @@ def _as_planes(array: Any, what: str) -> np.ndarray:
     return planes
 
 
-def _check_json(metadata: dict[str, Any], what: str) -> dict[str, Any]:
+def _check_json(metadata: Any, what: str) -> dict[str, Any]:
+    """A copy of ``metadata`` (None -> ``{}``) after checking it is a JSON-serialisable dict."""
+    if metadata is None:
+        return {}
     if not isinstance(metadata, dict):
         raise LayerError(f"{what}: metadata must be a dict, got {type(metadata).__name__}")
     try:
         json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
-        raise LayerError(f"{what}: metadata is not JSON-serialisable ({exc})") from None
-    return metadata
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise LayerError(f"{what}: metadata is not JSON-serialisable ({reason})") from None
+    return dict(metadata)
 
 
 class Layer:
@@ -116,6 +176,8 @@ class Layer:
         opacity: layer opacity in ``[0, 1]``, multiplied into alpha when compositing.
         visible: hidden layers are kept in files but skipped by :meth:`LayeredImage.composite`.
         metadata: free JSON-serialisable data about this layer (caption, box, ...).
+        blend_mode: ``"normal"`` (source-over), ``"multiply"`` or ``"screen"``: how the
+            layer's colour mixes with what is below it (W3C separable blending, then over).
 
     The pixels are stored planar (``float32`` ``[4, h, w]``, :attr:`planes`) because every
     per-pixel operation on planes vectorises; :attr:`pixels` is a channel-last view of them.
@@ -129,6 +191,7 @@ class Layer:
         opacity: float = 1.0,
         visible: bool = True,
         metadata: dict[str, Any] | None = None,
+        blend_mode: str = "normal",
     ) -> None:
         if not isinstance(name, str) or not name:
             raise LayerError(f"layer name must be a non-empty string, got {name!r}")
@@ -137,14 +200,18 @@ class Layer:
         self.pixels = pixels
         try:
             left, top = offset
+            if any(isinstance(v, float) and not float(v).is_integer() for v in (left, top)):
+                raise ValueError
             self.offset = (int(left), int(top))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise LayerError(f"{what}: offset must be (left, top) integers, got {offset!r}") from None
+        _check_offset(self)
         if isinstance(opacity, bool) or not (isinstance(opacity, (int, float)) and 0.0 <= float(opacity) <= 1.0):
             raise LayerError(f"{what}: opacity must be a number in [0, 1], got {opacity!r}")
         self.opacity = float(opacity)
         self.visible = bool(visible)
-        self.metadata = _check_json(dict(metadata or {}), what)
+        self.metadata = _check_json(metadata, what)
+        self.blend_mode = check_blend_mode(blend_mode, what)
 
     @property
     def pixels(self) -> np.ndarray:
@@ -184,9 +251,32 @@ class Layer:
     def copy(self) -> Layer:
         return copy.deepcopy(self)
 
+    def to_pil(self) -> Image.Image:
+        """The layer's own pixels (not placed on the canvas) as a PIL ``RGBA`` image, straight alpha."""
+        return Image.fromarray(to_uint8(self.pixels), "RGBA")
+
     def __repr__(self) -> str:
+        blend = f", blend_mode={self.blend_mode!r}" if self.blend_mode != "normal" else ""
         return (f"Layer({self.name!r}, {self.width}x{self.height}, offset={self.offset}, "
-                f"opacity={self.opacity:g}, visible={self.visible})")
+                f"opacity={self.opacity:g}, visible={self.visible}{blend})")
+
+
+#: Offsets and layer edges must fit the int32 fields of the PSD writer.
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _check_offset(layer: Layer) -> None:
+    (left, top), (w, h) = layer.offset, (layer.width, layer.height)
+    if not (INT32_MIN <= left and left + w <= INT32_MAX and INT32_MIN <= top and top + h <= INT32_MAX):
+        raise LayerError(f"layer {layer.name!r}: offset {layer.offset} out of range "
+                         "(the layer's edges must fit in 32-bit integers, as PSD stores them)")
+
+
+def check_blend_mode(mode: Any, what: str = "layer") -> str:
+    """``mode`` if it is one of :data:`~lamina.compositing.BLEND_MODES`, else :class:`LayerError`."""
+    if mode not in BLEND_MODES:
+        raise LayerError(f"{what}: blend_mode must be one of {', '.join(BLEND_MODES)}, got {mode!r}")
+    return str(mode)
 
 
 def check_box(box: Sequence[Any], width: int, height: int) -> tuple[int, int, int, int]:
@@ -236,13 +326,16 @@ class LayeredImage:
         layers: foreground layers, back to front. Arrays are wrapped as full-canvas layers
             named ``layer_1``, ``layer_2``...
         metadata: free JSON-serialisable data (``method``, ``prompt``, ``seed``, ``box``...).
+        bit_depth: 8 or 16, the precision of the source; the writers store this depth
+            unless told otherwise (16-bit PSD, 16-bit PNGs in ORA / PNG stacks).
     """
 
     def __init__(
         self,
-        background: Layer | np.ndarray,
-        layers: Iterable[Layer | np.ndarray] = (),
+        background: Layer | np.ndarray | torch.Tensor | Image.Image,
+        layers: Iterable[Layer | np.ndarray | torch.Tensor | Image.Image] = (),
         metadata: dict[str, Any] | None = None,
+        bit_depth: int = 8,
     ) -> None:
         if not isinstance(background, Layer):
             background = Layer(background, name="background")
@@ -252,7 +345,8 @@ class LayeredImage:
         self.layers: list[Layer] = []
         for i, layer in enumerate(layers):
             self.layers.append(layer if isinstance(layer, Layer) else Layer(layer, name=f"layer_{i + 1}"))
-        self.metadata = _check_json(dict(metadata or {}), "layered image")
+        self.metadata = _check_json(metadata, "layered image")
+        self.bit_depth = bit_depth
         self.validate()
 
     # ------------------------------------------------------------------ basics
@@ -294,6 +388,11 @@ class LayeredImage:
                 raise LayerError(f"layer {layer.name!r}: contains NaN/Inf values")
         if self.background.offset != (0, 0):
             raise LayerError(f"background layer {self.background.name!r} must be at offset (0, 0)")
+        if self.bit_depth not in BIT_DEPTHS or isinstance(self.bit_depth, bool):
+            raise LayerError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
+        for layer in self.all_layers:
+            check_blend_mode(layer.blend_mode, f"layer {layer.name!r}")
+            _check_offset(layer)
         names = [layer.name for layer in self.all_layers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -376,25 +475,35 @@ class LayeredImage:
             acc = premultiply(torch.from_numpy(self._canvas_planes(self.background)))
         else:
             acc = torch.zeros((4, self.height, self.width), dtype=torch.float32)
-        # General case, premultiplied and in place: C' <- C'_s + C' (1 - a_s) on each layer's region.
-        for cy, cx, src, a in self._regions(draw):
+        # General case, premultiplied and in place, on each layer's region (backdrop c_b, a_b
+        # premultiplied; source C_s straight with alpha a_s): C' <- a_s C'_s + c_b (1 - a_s),
+        # where C'_s = (1 - a_b) C_s + a_b B(C_b, C_s) is the blended source (W3C compositing);
+        # see lamina.compositing.blended_source for a_s C'_s without division.
+        for cy, cx, src, a, mode in self._regions(draw):
             region = acc[:, cy, cx]
-            region.mul_(1.0 - a)
-            region[:3].addcmul_(src[:3], a)
+            if mode == "normal":
+                region.mul_(1.0 - a)
+                region[:3].addcmul_(src[:3], a)
+            else:
+                source = blended_source(src[:3], region[:3], region[3:], mode)
+                region.mul_(1.0 - a)
+                region[:3].addcmul_(source, a)
             region[3:].add_(a)
         return unpremultiply(acc)
 
     def _composite_opaque(self, bg: torch.Tensor, draw: list[Layer]) -> torch.Tensor:
         # Over an opaque destination the result stays opaque and "over" reduces to a lerp
-        # of straight colour, C <- C + a_s (C_s - C): one fused pass per layer with no
-        # premultiplication or division.
+        # of straight colour, C <- C + a_s (B(C, C_s) - C): one fused pass per layer with no
+        # premultiplication or division (B(C_b, C_s) = C_s for normal).
         acc = bg.clone()
-        for cy, cx, src, a in self._regions(draw):
-            acc[:3, cy, cx].lerp_(src[:3], a)
+        for cy, cx, src, a, mode in self._regions(draw):
+            region = acc[:3, cy, cx]
+            target = src[:3] if mode == "normal" else blend_function(mode)(region, src[:3])
+            region.lerp_(target, a)
         return acc
 
-    def _regions(self, draw: list[Layer]) -> Iterable[tuple[slice, slice, torch.Tensor, torch.Tensor]]:
-        """For each drawn layer: canvas slices, its overlapping ``[4, h, w]`` planes, effective alpha."""
+    def _regions(self, draw: list[Layer]) -> Iterable[tuple[slice, slice, torch.Tensor, torch.Tensor, str]]:
+        """For each drawn layer: canvas slices, its overlapping ``[4, h, w]`` planes, effective alpha, blend mode."""
         for layer in draw:
             place = _placement(layer, self.width, self.height)
             if place is None:
@@ -402,7 +511,41 @@ class LayeredImage:
             cy, cx, ly, lx = place
             src = torch.from_numpy(layer.planes)[:, ly, lx]
             a = src[3:] * layer.opacity if layer.opacity != 1.0 else src[3:]
-            yield cy, cx, src, a
+            yield cy, cx, src, a, layer.blend_mode
+
+    def to_pil(self) -> Image.Image:
+        """The composite (:meth:`composite_uint8`) as a PIL ``RGBA`` image."""
+        return Image.fromarray(self.composite_uint8(), "RGBA")
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        overwrite: bool = False,
+        *,
+        bit_depth: int | None = None,
+    ) -> Path:
+        """Write to ``path``, the format chosen by its suffix (atomically; see :func:`lamina.io.save`).
+
+        ``.psd`` / ``.ora`` layered files, a path without suffix (or an existing folder) for a
+        PNG stack, ``.png`` / ``.jpg`` / ``.tif`` / ``.webp`` for the flattened composite.
+        ``bit_depth`` (8 or 16) defaults to :attr:`bit_depth`. Raises
+        :class:`~lamina.errors.OutputExistsError` if ``path`` exists and not ``overwrite``.
+        """
+        from .io import save  # lamina.io imports psd-tools: only when writing
+
+        return save(self, path, overwrite=overwrite, bit_depth=bit_depth)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, memory_budget: int | None = None) -> LayeredImage:
+        """Read a layered file (PSD, ORA, PNG stack) or a plain image (one opaque-or-not background layer).
+
+        The whole decoded size is checked against ``memory_budget`` bytes first (default
+        :func:`lamina.io.memory_budget`, set by ``LAMINA_MEMORY_BUDGET``). Raises
+        :class:`~lamina.errors.InputFileError` naming the file for anything unreadable.
+        """
+        from .io import load
+
+        return load(path, memory_budget=memory_budget)
 
     def merge(self, keys: Sequence[int | str], name: str | None = None) -> LayeredImage:
         """Return a copy with the given foreground layers merged into one full-canvas layer.

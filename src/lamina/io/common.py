@@ -13,11 +13,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputFileError, LayerError
-from ..layers import Layer, LayeredImage, _placement
+from ..layers import BIT_DEPTHS, Layer, LayeredImage, _placement
+from .budget import check_size
 from .images import MAX_IMAGE_PIXELS
 
 #: Version of the JSON record written next to the layers (``layers.json``, ORA ``lamina.json``).
 FORMAT_VERSION = 1
+#: Largest JSON record read (``layers.json``, ``lamina.json``, a PSD's XMP record).
+MAX_JSON_BYTES = 16 << 20
 
 
 def layer_file_name(index: int, name: str) -> str:
@@ -34,11 +37,12 @@ def layer_file_name(index: int, name: str) -> str:
 def layer_record(layer: Layer, file: str | None = None) -> dict[str, Any]:
     """JSON description of one layer (everything but its pixels, which live in ``file`` if given)."""
     record = {"name": layer.name, "file": file, "offset": list(layer.offset), "opacity": layer.opacity,
-              "visible": layer.visible, "metadata": layer.metadata}
+              "visible": layer.visible, "blend_mode": layer.blend_mode, "metadata": layer.metadata}
     return record if file is not None else {k: v for k, v in record.items() if k != "file"}
 
 
-def image_record(image: LayeredImage, files: Sequence[str] | None = None) -> dict[str, Any]:
+def image_record(image: LayeredImage, files: Sequence[str] | None = None, bit_depth: int | None = None
+                 ) -> dict[str, Any]:
     """JSON description of a layered image whose layers (background first) are stored in ``files``."""
     files = files if files is not None else [None] * len(image.all_layers)
     return {
@@ -46,6 +50,7 @@ def image_record(image: LayeredImage, files: Sequence[str] | None = None) -> dic
         "version": FORMAT_VERSION,
         "width": image.width,
         "height": image.height,
+        "bit_depth": bit_depth or image.bit_depth,
         "metadata": image.metadata,
         "layers": [layer_record(layer, file) for layer, file in zip(image.all_layers, files, strict=True)],
     }
@@ -53,8 +58,9 @@ def image_record(image: LayeredImage, files: Sequence[str] | None = None) -> dic
 
 def layer_metadata(record: dict[str, Any]) -> dict[str, Any]:
     """Per-layer metadata of a record by layer name (for formats whose own layer list is authoritative)."""
-    entries = [e for e in record.get("layers", []) if isinstance(e, dict) and isinstance(e.get("name"), str)]
-    return {e["name"]: e.get("metadata") for e in entries}
+    layers = record.get("layers", [])
+    entries = [e for e in (layers if isinstance(layers, list) else []) if isinstance(e, dict)]
+    return {e["name"]: e.get("metadata") for e in entries if isinstance(e.get("name"), str)}
 
 
 def dump_json(record: dict[str, Any]) -> bytes:
@@ -63,16 +69,30 @@ def dump_json(record: dict[str, Any]) -> bytes:
 
 def load_json(data: bytes, label: str) -> dict[str, Any]:
     """Parse a lamina JSON record; :class:`InputFileError` naming ``label`` when it is not one."""
+    if len(data) > MAX_JSON_BYTES:
+        raise InputFileError(f"{label}: JSON record too large ({len(data):,} bytes, at most {MAX_JSON_BYTES:,})")
     try:
         record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise InputFileError(f"{label}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputFileError(f"{label}: JSON nested too deeply") from None
     if not isinstance(record, dict) or not isinstance(record.get("layers"), list):
         raise InputFileError(f"{label}: not a lamina layer record (no 'layers' list)")
     version = record.get("version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputFileError(f"{label}: unsupported format version {version!r} (this lamina reads {FORMAT_VERSION})")
+    if record.get("metadata") is not None and not isinstance(record["metadata"], dict):
+        raise InputFileError(f"{label}: 'metadata' must be an object, got {type(record['metadata']).__name__}")
     return record
+
+
+def record_bit_depth(record: dict[str, Any], label: str) -> int | None:
+    """The ``bit_depth`` a record names (8 or 16), None if it names none."""
+    depth = record.get("bit_depth")
+    if depth is not None and (depth not in BIT_DEPTHS or isinstance(depth, bool)):
+        raise InputFileError(f"{label}: 'bit_depth' must be 8 or 16, got {depth!r}")
+    return depth
 
 
 def _unique_names(layers: list[Layer]) -> None:
@@ -97,11 +117,11 @@ def _as_background(layer: Layer, width: int, height: int) -> Layer:
         cy, cx, ly, lx = place
         planes[:, cy, cx] = layer.planes[:, ly, lx]
     return Layer(planes.transpose(1, 2, 0), name=layer.name, opacity=layer.opacity, visible=layer.visible,
-                 metadata=layer.metadata)
+                 metadata=layer.metadata, blend_mode=layer.blend_mode)
 
 
 def assemble(
-    layers: list[Layer], size: tuple[int, int], metadata: dict[str, Any] | None, label: str
+    layers: list[Layer], size: tuple[int, int], metadata: Any, label: str, bit_depth: int = 8
 ) -> LayeredImage:
     """Build a :class:`LayeredImage` from layers read back to front on a ``(width, height)`` canvas.
 
@@ -111,11 +131,12 @@ def assemble(
     width, height = size
     if not layers:
         raise InputFileError(f"{label}: the file holds no layers")
-    if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
+    check_size(width, height, f"{label}: canvas")
+    if width * height > MAX_IMAGE_PIXELS:
         raise InputFileError(f"{label}: bad canvas size {width}x{height} (at most {MAX_IMAGE_PIXELS:,} pixels)")
     try:
         _unique_names(layers)
-        return LayeredImage(_as_background(layers[0], width, height), layers[1:], metadata)
+        return LayeredImage(_as_background(layers[0], width, height), layers[1:], metadata, bit_depth=bit_depth)
     except LayerError as exc:
         raise InputFileError(f"{label}: {exc}") from None
 
@@ -123,11 +144,14 @@ def assemble(
 def stored_layer(pixels: np.ndarray, entry: dict[str, Any], label: str) -> Layer:
     """A :class:`Layer` from its pixels and a :func:`layer_record`-like dict (missing keys get defaults)."""
     try:
-        return Layer(pixels, name=str(entry.get("name") or "layer"), offset=tuple(entry.get("offset", (0, 0))),
+        offset = entry.get("offset", (0, 0))
+        if not isinstance(offset, (list, tuple)) or len(offset) != 2:
+            raise LayerError(f"offset must be [left, top], got {offset!r}")
+        return Layer(pixels, name=str(entry.get("name") or "layer"), offset=tuple(offset),
                      opacity=entry.get("opacity", 1.0), visible=entry.get("visible", True),
-                     metadata=entry.get("metadata"))
-    except (LayerError, TypeError, ValueError) as exc:
-        raise InputFileError(f"{label}: bad layer entry {entry.get('name')!r} ({exc})") from None
+                     metadata=entry.get("metadata"), blend_mode=entry.get("blend_mode", "normal"))
+    except (LayerError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise InputFileError(f"{label}: bad layer entry {str(entry.get('name'))[:80]!r} ({exc})") from None
 
 
 def safe_member(base: Path, name: Any, label: str) -> Path:

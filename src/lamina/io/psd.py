@@ -1,19 +1,25 @@
 """Photoshop ``.psd`` through psd-tools.
 
-Written as an 8-bit RGBA document (alpha stays layer transparency, not a mask): one pixel
-layer per :class:`~lamina.layers.Layer`, background first, with name, offset, opacity
-(stored as 0..255, so it comes back to within 1/255) and visibility, plus a transparent
-merged preview. The image and per-layer metadata go into the document's XMP packet as a
+Written as an RGBA document of 8 or 16 bits per channel (``bit_depth``; alpha stays layer
+transparency, not a mask): one pixel layer per :class:`~lamina.layers.Layer`, background
+first, with name, offset, opacity (stored as 0..255, so it comes back to within 1/255),
+visibility and blend mode (``'norm'``, ``'mul '``, ``'scrn'``), plus a transparent merged
+preview. The image and per-layer metadata go into the document's XMP packet as a
 ``lamina:record`` JSON string (matched back to layers by name).
 
-Reading takes every non-group layer back to front: pixel layers exactly, other kinds
-(text, shapes, smart objects) rendered by psd-tools. A pixel mask multiplies the alpha
-(psd-tools keeps layer transparency there in RGB and CMYK documents); vector masks, clipping,
-blend modes, effects and group opacity are ignored; a layer inside a hidden group reads as hidden.
+Reading takes every non-group layer back to front: pixel layers exactly (16-bit documents
+at full precision), other kinds (text, shapes, smart objects) rendered by psd-tools. A
+pixel mask multiplies the alpha (psd-tools keeps layer transparency there in RGB and CMYK
+documents); normal, multiply and screen blend modes are kept, other modes read as normal
+(the mode is kept in the layer's metadata as ``psd_blend_mode``); vector masks, clipping,
+effects and group opacity are ignored; a layer inside a hidden group reads as hidden.
+Every layer's size (and mask) is counted against the memory budget before any is decoded
+(:mod:`lamina.io.budget`); a channel that fails to decompress is an error, not black pixels.
 """
 
 from __future__ import annotations
 
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -22,14 +28,20 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image
 from psd_tools import PSDImage
-from psd_tools.constants import Resource
+from psd_tools.compression import PSDDecompressionWarning
+from psd_tools.constants import BlendMode, Resource
 from psd_tools.psd.image_resources import ImageResource
 
-from ..errors import InputFileError
-from ..layers import Layer, LayeredImage, to_uint8
+from ..errors import InputFileError, LaminaError
+from ..layers import Layer, LayeredImage, as_float_image, to_uint8
 from .atomic import atomic_output
-from .common import assemble, dump_json, image_record, layer_metadata, load_json, stored_layer
-from .images import MAX_IMAGE_PIXELS, pil_to_float
+from .budget import Budget
+from .common import MAX_JSON_BYTES, assemble, dump_json, image_record, layer_metadata, load_json, stored_layer
+from .images import MAX_IMAGE_PIXELS, pil_to_float, to_uint16
+
+#: PSD blend key of each blend mode.
+BLEND_KEYS = {"normal": BlendMode.NORMAL, "multiply": BlendMode.MULTIPLY, "screen": BlendMode.SCREEN}
+_BLEND_MODES = {key: mode for mode, key in BLEND_KEYS.items()}
 
 XMP_NAMESPACE = "urn:lamina:xmp:1.0/"
 _XMP_TEMPLATE = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
@@ -43,16 +55,19 @@ _XMP_TEMPLATE = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <?xpacket end="w"?>"""
 
 
-def save_psd(image: LayeredImage, path: Path, overwrite: bool = False) -> Path:
-    """Write ``image`` as a layered RGBA PSD at ``path``."""
-    psd = PSDImage.new("RGBA", image.size)
+def save_psd(image: LayeredImage, path: Path, overwrite: bool = False, bit_depth: int | None = None) -> Path:
+    """Write ``image`` as a layered RGBA PSD at ``path``, 16 bits per channel when ``bit_depth`` is 16."""
+    depth = bit_depth or image.bit_depth
+    psd = PSDImage.new("RGBA", image.size, depth=depth)
     psd.background_color = None  # merged preview over transparency, not black
+    quantise = to_uint16 if depth == 16 else to_uint8
     for layer in image.all_layers:
         left, top = layer.offset
-        added = psd.create_pixel_layer(Image.fromarray(to_uint8(layer.pixels), "RGBA"), name=layer.name,
-                                       top=top, left=left, opacity=round(layer.opacity * 255))
+        added = psd.create_pixel_layer_from_array(quantise(layer.pixels), name=layer.name, top=top, left=left,
+                                                  opacity=round(layer.opacity * 255),
+                                                  blend_mode=BLEND_KEYS[layer.blend_mode])
         added.visible = layer.visible
-    record = dump_json(image_record(image)).decode("utf-8")
+    record = dump_json(image_record(image, bit_depth=depth)).decode("utf-8")
     xmp = _XMP_TEMPLATE.format(namespace=XMP_NAMESPACE, record=escape(record)).encode("utf-8")
     psd.image_resources[Resource.XMP_METADATA] = ImageResource(key=Resource.XMP_METADATA, data=xmp)
     with atomic_output(path, overwrite) as tmp:
@@ -63,11 +78,11 @@ def save_psd(image: LayeredImage, path: Path, overwrite: bool = False) -> Path:
 def _xmp_record(psd: PSDImage, label: str) -> dict[str, Any]:
     """The lamina record in the XMP packet, or ``{}`` when there is none."""
     xmp = psd.image_resources.get_data(Resource.XMP_METADATA)
-    if not isinstance(xmp, bytes):
+    if not isinstance(xmp, bytes) or len(xmp) > 2 * MAX_JSON_BYTES:
         return {}
     try:
         node = ET.fromstring(xmp.strip(b"\x00 \r\n\t")).find(f".//{{{XMP_NAMESPACE}}}record")
-    except ET.ParseError:
+    except (ET.ParseError, ValueError, SyntaxError):
         return {}  # another program's malformed XMP: ignore it, it is not ours
     return load_json((node.text or "").encode("utf-8"), f"{label} (XMP lamina:record)") if node is not None else {}
 
@@ -84,47 +99,104 @@ def _apply_mask(psd_layer: Any, pixels: np.ndarray, left: int, top: int) -> None
     pixels[:, :, 3] *= np.asarray(canvas, np.float32) / 255.0
 
 
-def _layer(psd_layer: Any, metadata: dict[str, Any], label: str) -> Layer | None:
-    what = f"{label}: layer {psd_layer.name!r}"
+def _blend_mode(psd_layer: Any) -> tuple[str, dict[str, Any]]:
+    """Our blend mode of a PSD layer and extra metadata (the PSD mode when we read it as normal)."""
+    key = psd_layer.blend_mode
+    if key in _BLEND_MODES:
+        return _BLEND_MODES[key], {}
+    return "normal", {"psd_blend_mode": getattr(key, "name", str(key)).lower()}
+
+
+def _layer(psd_layer: Any, metadata: dict[str, Any], label: str, depth: int) -> Layer | None:
+    what = f"{label}: layer {str(psd_layer.name)[:80]!r}"
     try:
         if psd_layer.kind == "pixel":
-            pil, left, top = psd_layer.topil(), psd_layer.left, psd_layer.top
+            left, top = psd_layer.left, psd_layer.top
+            if psd_layer.width * psd_layer.height == 0:
+                return None  # an empty layer: nothing to keep
+            if depth == 16:  # full precision: PIL would cut it to 8 bits
+                array = psd_layer.numpy()
+                if array.ndim == 2:
+                    array = array[:, :, None]
+                if array.shape[2] in (1, 2):  # greyscale documents
+                    array = np.concatenate([np.repeat(array[:, :, :1], 3, axis=2), array[:, :, 1:]], axis=2)
+                if array.shape[2] == 3:
+                    array = np.concatenate([array, np.ones_like(array[:, :, :1])], axis=2)
+                pixels = as_float_image(np.clip(array[:, :, :4], 0.0, 1.0), what, channels=(4,))
+            else:
+                pil = psd_layer.topil()
+                if pil is None or pil.width * pil.height == 0:
+                    return None
+                pixels = pil_to_float(pil, alpha=True, what=what)
+            _apply_mask(psd_layer, pixels, left, top)
         else:
             pil, (left, top) = psd_layer.composite(layer_filter=lambda _: True), psd_layer.bbox[:2]
-        if pil is None or pil.width * pil.height == 0:
-            return None  # an empty layer: nothing to keep
-        if pil.width * pil.height > MAX_IMAGE_PIXELS:
-            raise InputFileError(f"{what}: more than {MAX_IMAGE_PIXELS:,} pixels")
-        pixels = pil_to_float(pil, alpha=True, what=what)
-        if psd_layer.kind == "pixel":
-            _apply_mask(psd_layer, pixels, left, top)
-    except InputFileError:
+            if pil is None or pil.width * pil.height == 0:
+                return None  # an empty layer: nothing to keep
+            if pil.width * pil.height > MAX_IMAGE_PIXELS:
+                raise InputFileError(f"{what}: more than {MAX_IMAGE_PIXELS:,} pixels")
+            pixels = pil_to_float(pil, alpha=True, what=what)
+    except LaminaError:
         raise
-    except Exception as exc:  # psd-tools raises many kinds on malformed data
-        raise InputFileError(f"{what}: cannot decode ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 -- psd-tools raises many kinds on malformed data
+        raise InputFileError(f"{what}: cannot decode ({type(exc).__name__}: {_one_line(exc)})") from None
+    blend_mode, extra = _blend_mode(psd_layer)
+    layer_metadata_ = metadata.get(psd_layer.name)
+    if extra:
+        layer_metadata_ = {**(layer_metadata_ if isinstance(layer_metadata_, dict) else {}), **extra}
     entry = {"name": psd_layer.name, "offset": (left, top), "opacity": psd_layer.opacity / 255,
-             "visible": psd_layer.is_visible(), "metadata": metadata.get(psd_layer.name)}
+             "visible": psd_layer.is_visible(), "metadata": layer_metadata_, "blend_mode": blend_mode}
     return stored_layer(pixels, entry, label)
 
 
-def load_psd(path: Path) -> LayeredImage:
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _count(psd: PSDImage, budget: Budget, label: str) -> list[Any]:
+    """The non-group layers, each counted (with its mask) against ``budget`` before anything is decoded."""
+    budget.add(psd.width, psd.height, what="canvas")
+    layers = []
+    for psd_layer in psd.descendants():
+        if psd_layer.is_group():
+            continue
+        left, top, right, bottom = psd_layer.bbox if psd_layer.kind != "pixel" else (
+            psd_layer.left, psd_layer.top, psd_layer.right, psd_layer.bottom)
+        if right > left and bottom > top:
+            budget.add(right - left, bottom - top, what=f"layer {str(psd_layer.name)[:80]!r}")
+        mask = psd_layer.mask if psd_layer.has_mask() else None
+        if mask is not None and mask.width > 0 and mask.height > 0:
+            budget.add(mask.width, mask.height, what=f"mask of layer {str(psd_layer.name)[:80]!r}")
+        layers.append(psd_layer)
+    return layers
+
+
+def load_psd(path: Path, memory_budget: int | None = None) -> LayeredImage:
     """Read a PSD (ours or an editor's); a document without layers gives its merged image as background."""
     label = str(path)
     try:
         psd = PSDImage.open(path)
     except FileNotFoundError:
         raise InputFileError(f"{label}: no such file") from None
-    except Exception as exc:  # psd-tools raises many kinds on malformed data
-        raise InputFileError(f"{label}: not a readable PSD file ({type(exc).__name__}: {exc})") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{label}: is a folder, not a PSD file") from None
+    except Exception as exc:  # noqa: BLE001 -- psd-tools raises many kinds on malformed data
+        raise InputFileError(f"{label}: not a readable PSD file ({type(exc).__name__}: {_one_line(exc)})") from None
     if psd.width * psd.height > MAX_IMAGE_PIXELS:
         raise InputFileError(f"{label}: {psd.width}x{psd.height} canvas has more than {MAX_IMAGE_PIXELS:,} pixels")
-    record = _xmp_record(psd, label)
-    metadata = layer_metadata(record)
-    layers = [layer for psd_layer in psd.descendants() if not psd_layer.is_group()
-              if (layer := _layer(psd_layer, metadata, label)) is not None]
-    if not layers:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PSDDecompressionWarning)  # corrupt channel data: an error, not black
         try:
-            layers = [Layer(pil_to_float(psd.composite(), alpha=True), name="background")]
-        except Exception as exc:
-            raise InputFileError(f"{label}: cannot render the merged image ({type(exc).__name__}: {exc})") from None
-    return assemble(layers, psd.size, record.get("metadata"), label)
+            record = _xmp_record(psd, label)
+            metadata = layer_metadata(record)
+            depth = 16 if psd.depth == 16 else 8
+            layers = [layer for psd_layer in _count(psd, Budget(label, memory_budget), label)
+                      if (layer := _layer(psd_layer, metadata, label, depth)) is not None]
+            if not layers:
+                layers = [Layer(pil_to_float(psd.composite(), alpha=True), name="background")]
+        except LaminaError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- psd-tools raises many kinds on malformed data
+            raise InputFileError(f"{label}: cannot decode ({type(exc).__name__}: {_one_line(exc)})") from None
+    return assemble(layers, psd.size, record.get("metadata"), label, bit_depth=depth)

@@ -4,7 +4,8 @@ Stages: (1) a composite from any text-to-image model (optional), (2) the foregro
 (:mod:`.foreground`: box -> GrabCut -> trimap -> matting, or a user mask), (3) disassembly
 into the foreground layer and the completed background, by the classical path
 (:mod:`.classical`: pymatting + OpenCV inpainting) or by FBDD (:mod:`.fbdd`, a conditional
-diffusion model), both behind the :class:`Decomposer` interface (:mod:`.decompose`).
+diffusion model), both behind the :class:`Decomposer` interface (:mod:`.disassembly`, the layer maths); the entry
+points (:func:`decompose_image`, :func:`peel`, :func:`make_decomposer`) are in :mod:`.decompose`.
 
 FBDD comes in two forms: :mod:`.fbdd`, a small pixel-space model trained from scratch (the
 built-in one), and :mod:`.latent`, the latent model on a pretrained VAE and inpainting UNet;
@@ -19,15 +20,8 @@ text-to-image pipeline) in :mod:`.grounding`, the commands in :mod:`.cli`.
 from typing import Any
 
 from .classical import ClassicalConfig, ClassicalDecomposer
-from .decompose import (
-    Decomposer,
-    Decomposition,
-    decompose_image,
-    finish_decomposition,
-    make_decomposer,
-    peel,
-    project_recomposition,
-)
+from .decompose import decompose_image, make_decomposer, peel, regions_from_args
+from .disassembly import Decomposer, Decomposition, finish_decomposition, project_recomposition
 from .foreground import (
     ForegroundConfig,
     ForegroundEstimate,
@@ -95,6 +89,7 @@ __all__ = [
     "make_unet",
     "peel",
     "project_recomposition",
+    "regions_from_args",
     "telea_prefill",
     "trimap_from_mask",
     "widen_unet",

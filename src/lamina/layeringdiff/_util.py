@@ -1,7 +1,9 @@
-"""Small helpers shared by the LayeringDiff stages: optional imports, bounding boxes, resizing."""
+"""Small helpers shared by the LayeringDiff stages: optional imports, bounding boxes, the built-in model's place,
+and the plumbing of the FBDD pipelines (tensor helpers shared with other methods are in :mod:`lamina.tensors`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,12 +37,29 @@ def bbox_slices(select: np.ndarray, margin: int) -> tuple[slice, slice]:
             slice(max(int(cols.min()) - margin, 0), min(int(cols.max()) + margin + 1, w)))
 
 
-def resize_array(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[H, W]`` or ``[H, W, C]`` -> ``[h, w(, C)]`` ``float32``, bilinear (antialiased when shrinking)."""
-    import torch
-    import torch.nn.functional as nnf
+#: The built-in FBDD model (trained on procedural scenes, see ``lamina layeringdiff train --preset builtin``).
+BUILTIN_MODEL = Path(__file__).parent / "assets" / "builtin"
+#: The name that selects :data:`BUILTIN_MODEL` wherever a model is given (``--model builtin``).
+BUILTIN_NAME = "builtin"
 
-    t = torch.from_numpy(np.ascontiguousarray(array, np.float32))
-    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    t = nnf.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return t[0, 0].numpy() if array.ndim == 2 else t[0].permute(1, 2, 0).numpy()
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:
+    """``{"generator": generator}`` for schedulers whose ``step`` takes one (DDIM with eta > 0), else ``{}``."""
+    import inspect
+
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+def pipeline_inputs(image: Any, alpha: Any, output_type: str, device: Any) -> tuple[Any, Any]:
+    """An FBDD pipeline call's checked inputs: image ``[N, 3, H, W]`` and alpha ``[N, 1, H, W]`` on ``device``."""
+    from ..tensors import image_and_alpha
+
+    if output_type not in ("np", "pt"):
+        raise LaminaError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+    return image_and_alpha(image, alpha, device)

@@ -12,7 +12,7 @@ Given the composite ``I`` and the object's alpha:
   and the whole region, the effects found against it (``detect_effects``; by default only
   those touching the object), and then completed again under the object and those effects
   only, from nearer pixels;
-* then :func:`~lamina.layeringdiff.decompose.finish_decomposition`: effects into the
+* then :func:`~lamina.layeringdiff.disassembly.finish_decomposition`: effects into the
   foreground layer, projection onto ``alpha F + (1 - alpha) B = I``.
 
 What it can do: exact layers where the object is opaque and the background is visible
@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from ..errors import LaminaError
 from ._util import bbox_slices, import_cv2, import_pymatting
-from .decompose import Decomposition, check_alpha, detect_effects, finish_decomposition, touching_components
+from .disassembly import Decomposition, check_alpha, detect_effects, finish_decomposition, touching_components
 from .foreground import as_rgb
 
 INPAINT_METHODS = ("telea", "ns")
@@ -139,7 +139,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, regularization: fl
 
 
 class ClassicalDecomposer:
-    """Foreground estimation + inpainting: the weight-free :class:`~lamina.layeringdiff.decompose.Decomposer`."""
+    """Foreground estimation + inpainting: the weight-free :class:`~lamina.layeringdiff.disassembly.Decomposer`."""
 
     name = "classical"
 

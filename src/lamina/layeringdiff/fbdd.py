@@ -6,7 +6,7 @@ This module holds the pixel-space model for small networks trained from scratch:
 diffusers :class:`~diffusers.UNet2DModel`, the :class:`FBDDPipeline` that samples it (with
 ``save_pretrained`` / ``from_pretrained``), the training loss :func:`fbdd_loss`, and
 :class:`FBDDDecomposer`, which plugs the pipeline into the common
-:class:`~lamina.layeringdiff.decompose.Decomposer` interface.
+:class:`~lamina.layeringdiff.disassembly.Decomposer` interface.
 
 What the paper says (abstract and third-party summaries; its method sections are not
 public): FBDD adapts a large pretrained generative prior to estimate ``F`` and ``B`` from
@@ -53,7 +53,7 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   large photo is not lost; the UNet runs on it at its ``sample_size``, the layers are
   resized back, pasted into the image (outside the window ``B = I`` and no effects), then
   projected onto the recomposition constraint at full resolution
-  (:func:`~lamina.layeringdiff.decompose.project_recomposition`).
+  (:func:`~lamina.layeringdiff.disassembly.project_recomposition`).
 * **High-frequency alignment (HFA).** The paper trains HFA modules to restore the detail the
   low-resolution FBDD loses. Here it has a parameter-free part, always on, in two places:
   a residual model adds its *upsampled* residuals to *full-resolution* estimates (``P_F``,
@@ -75,7 +75,7 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
 * **Effects.** Trained on scenes whose ground-truth background has no shadows or
   reflections of the object (they belong to the foreground layer), FBDD learns to remove
   them from ``B`` and, with the ``E`` channel, their opacity;
-  :func:`~lamina.layeringdiff.decompose.finish_decomposition` then puts them under the
+  :func:`~lamina.layeringdiff.disassembly.finish_decomposition` then puts them under the
   object in the foreground layer, coloured so that the layers recompose the image. Without
   ``E`` the difference between the image and ``B`` in the foreground stage's effects region
   is used instead.
@@ -83,17 +83,17 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as nnf
 
 from ..errors import LaminaError
-from .decompose import (
+from ..tensors import grow_mask, resize, to_signed
+from ._util import BUILTIN_MODEL, first_line, pipeline_inputs, step_kwargs
+from .disassembly import (
     Decomposition,
     check_alpha,
     finish_decomposition,
@@ -239,66 +239,6 @@ def make_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "v_pr
                          clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True)
 
 
-# ------------------------------------------------------------------ tensors
-def _to_nchw(array: Any, channels: int, what: str) -> torch.Tensor:
-    """``[H, W(, C)]`` / ``[N, H, W(, C)]`` arrays or ``[N, C, H, W]`` tensors -> float ``[N, C, H, W]`` in [0, 1]."""
-    if isinstance(array, torch.Tensor):
-        tensor = array.detach().float()
-        if tensor.ndim == 3:
-            tensor = tensor[None]
-        if tensor.ndim != 4 or tensor.shape[1] != channels:
-            raise LaminaError(f"{what}: expected a [N, {channels}, H, W] tensor, got {tuple(tensor.shape)}")
-        return tensor
-    array = np.asarray(array)
-    if channels == 1 and array.ndim in (2, 3) and array.shape[-1] != 1:
-        array = array[..., None]
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] != channels:
-        raise LaminaError(f"{what}: expected [H, W, {channels}] or [N, H, W, {channels}], got {array.shape}")
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
-    return torch.from_numpy(np.ascontiguousarray(array, np.float32)).permute(0, 3, 1, 2)
-
-
-def _pipeline_inputs(image: Any, alpha: Any, output_type: str, device: torch.device
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A pipeline call's checked inputs: image ``[N, 3, H, W]`` and alpha ``[N, 1, H, W]`` on ``device``."""
-    if output_type not in ("np", "pt"):
-        raise LaminaError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-    image_t = _to_nchw(image, 3, "image").to(device)
-    alpha_t = _to_nchw(alpha, 1, "alpha").to(device)
-    if image_t.shape[0] != alpha_t.shape[0] or image_t.shape[-2:] != alpha_t.shape[-2:]:
-        raise LaminaError(f"image {tuple(image_t.shape)} and alpha {tuple(alpha_t.shape)} do not match")
-    return image_t, alpha_t
-
-
-def _step_kwargs(scheduler: SchedulerMixin, generator: Any) -> dict[str, Any]:
-    """``{"generator": generator}`` for schedulers whose ``step`` takes one (DDIM with eta > 0), else ``{}``."""
-    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(tensor.shape[-2:]) == tuple(size):
-        return tensor
-    return nnf.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
-def _signed(x: torch.Tensor) -> torch.Tensor:
-    return x * 2.0 - 1.0
-
-
-def _grow(mask: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Binary dilation of ``[N, 1, H, W]`` by a ``(2 p + 1)^2`` square."""
-    return nnf.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels) if pixels else mask
-
-
 # ---------------------------------------------------------------- the loss
 def fbdd_loss(
     unet: UNet2DModel,
@@ -335,12 +275,12 @@ def fbdd_loss(
     with_effects = sample_channels(unet, kind) == EFFECTS_SAMPLE_CHANNELS
     effects = torch.zeros_like(alpha) if effects is None else effects
     if prefill is None:
-        parts = [_signed(foreground), _signed(background)] + ([_signed(effects)] if with_effects else [])
-        condition = [_signed(image), _signed(alpha)]
+        parts = [to_signed(foreground), to_signed(background)] + ([to_signed(effects)] if with_effects else [])
+        condition = [to_signed(image), to_signed(alpha)]
     else:  # residuals, and E itself (0: no effect), so that a zero sample is the classical estimate
         base_f, base_b = residual_bases(image, prefill)
         parts = [foreground - base_f, background - base_b] + ([effects] if with_effects else [])
-        condition = [_signed(image), _signed(alpha), _signed(prefill)]
+        condition = [to_signed(image), to_signed(alpha), to_signed(prefill)]
     x0 = torch.cat(parts, dim=1)
     n = x0.shape[0]
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -352,15 +292,15 @@ def fbdd_loss(
     target = x0 if predicts_x0 else scheduler.get_velocity(x0, noise, t)
     v = unet(torch.cat([xt, *condition], dim=1), t).sample
     # F has no colour where alpha = 0: its channels count only on the (grown) object.
-    hole = _grow(((alpha > 0) | (effects > 0)).float(), 2)
+    hole = grow_mask(((alpha > 0) | (effects > 0)).float(), 2)
     rest = (1.0 + hole_weight * hole).expand(-1, x0.shape[1] - 3, -1, -1)
-    weight = torch.cat([_grow((alpha > 0).float(), 2).expand(-1, 3, -1, -1), rest], dim=1)
+    weight = torch.cat([grow_mask((alpha > 0).float(), 2).expand(-1, 3, -1, -1), rest], dim=1)
     v_loss = (weight * (v - target).square()).sum() / weight.sum()
     ab = scheduler.alphas_cumprod.to(x0.device)[t].view(n, 1, 1, 1)
     x0_hat = v if predicts_x0 else ab.sqrt() * xt - (1.0 - ab).sqrt() * v
     f_hat, b_hat = (x0_hat[:, :3], x0_hat[:, 3:6]) if prefill is None else (
-        _signed(x0_hat[:, :3] + base_f), _signed(x0_hat[:, 3:6] + base_b))
-    recomposition = (alpha * f_hat + (1.0 - alpha) * b_hat - _signed(image)).square().mean()
+        to_signed(x0_hat[:, :3] + base_f), to_signed(x0_hat[:, 3:6] + base_b))
+    recomposition = (alpha * f_hat + (1.0 - alpha) * b_hat - to_signed(image)).square().mean()
     return {"loss": v_loss + recomposition_weight * recomposition, "v": v_loss.detach(),
             "recomposition": recomposition.detach()}
 
@@ -447,13 +387,13 @@ class FBDDPipeline(DiffusionPipeline):
         """
         if foreground_residual is None:
             foreground_residual = bool(self.config.get("foreground_residual", True))
-        image_t, alpha_t = _pipeline_inputs(image, alpha, output_type, self.device)
+        image_t, alpha_t = pipeline_inputs(image, alpha, output_type, self.device)
         kind = self.config.get("prefill")
         prefill = None if kind is None else compute_prefill(kind, image_t, alpha_t)
         channels = sample_channels(self.unet, kind)
         size = self.working_size()
-        condition = torch.cat([_signed(_resize(image_t, size)), _signed(_resize(alpha_t, size))]
-                              + ([] if prefill is None else [_signed(_resize(prefill, size))]), dim=1)
+        condition = torch.cat([to_signed(resize(image_t, size)), to_signed(resize(alpha_t, size))]
+                              + ([] if prefill is None else [to_signed(resize(prefill, size))]), dim=1)
         dtype = self.unet.dtype
         condition = condition.to(dtype)
 
@@ -461,19 +401,19 @@ class FBDDPipeline(DiffusionPipeline):
         x = randn_tensor((image_t.shape[0], channels, *size), generator=generator, device=self.device,
                          dtype=dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        step_kwargs = _step_kwargs(self.scheduler, generator)
+        extra = step_kwargs(self.scheduler, generator)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([self.scheduler.scale_model_input(x, t), condition], dim=1)
             v = self.unet(model_input, t).sample
-            x = self.scheduler.step(v, t, x, **step_kwargs).prev_sample
+            x = self.scheduler.step(v, t, x, **extra).prev_sample
 
         # Back to [0, 1] at the input's resolution, then onto the recomposition constraint.
         full = tuple(image_t.shape[-2:])
         if prefill is None:
-            layers = _resize(((x.float() + 1.0) / 2.0).clamp(0.0, 1.0), full)
+            layers = resize(((x.float() + 1.0) / 2.0).clamp(0.0, 1.0), full)
             foreground, background = layers[:, :3], layers[:, 3:6]
         else:  # full-resolution classical estimate + the upsampled residuals
-            layers = _resize(x.float(), full)
+            layers = resize(x.float(), full)
             base_f, base_b = residual_bases(image_t, prefill)
             foreground = (base_f + layers[:, :3] if foreground_residual else base_f).clamp(0.0, 1.0)
             background = (base_b + layers[:, 3:6]).clamp(0.0, 1.0)
@@ -510,7 +450,7 @@ def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline | Any:
     try:
         return _pipeline_class(model, kwargs).from_pretrained(str(model), **kwargs)
     except (OSError, ValueError) as exc:
-        raise LaminaError(f"cannot load the FBDD model {str(model)!r}: {_first_line(exc)}") from None
+        raise LaminaError(f"cannot load the FBDD model {str(model)!r}: {first_line(exc)}") from None
 
 
 def _pipeline_class(model: str | Path, kwargs: dict[str, Any]) -> type[DiffusionPipeline]:
@@ -541,8 +481,6 @@ def load_builtin(**kwargs: Any) -> FBDDPipeline:
     procedural scenes with ``lamina layeringdiff train --preset builtin`` and then fine-tuned
     seven times (``--init``); its ``README.md`` and ``training-config.json`` say how. Works offline on CPU.
     """
-    from .decompose import BUILTIN_MODEL
-
     if not (BUILTIN_MODEL / "model_index.json").exists():
         raise LaminaError(f"the built-in FBDD model is missing ({BUILTIN_MODEL}); reinstall lamina, pass a model "
                           "folder, or use method='classical'")
@@ -573,7 +511,7 @@ def object_window(alpha: np.ndarray, factor: float, min_side: int = 0) -> tuple[
 
 
 class FBDDDecomposer:
-    """FBDD behind the common :class:`~lamina.layeringdiff.decompose.Decomposer` interface.
+    """FBDD behind the common :class:`~lamina.layeringdiff.disassembly.Decomposer` interface.
 
     The UNet sees a window around the object (:func:`object_window`, ``window`` times the
     object's box), so photos of any size work and a small object keeps its detail; outside

@@ -20,7 +20,7 @@ object. So the trimap is left about the object alone, and this stage instead mar
 **effects region** where shadows and reflections of the object may lie: the object grown
 by ``effects_around`` object sizes in every direction, and below that down to
 ``effects_below`` object heights (cast shadows and reflections fall on the ground, towards
-the viewer). The disassembly stage (:mod:`lamina.layeringdiff.decompose`) completes the
+the viewer). The disassembly stage (:mod:`lamina.layeringdiff.disassembly`) completes the
 background under that region too and moves whatever the region shows on top of the
 completed background into the foreground layer. Effects outside the region (a long shadow
 cast far behind the object) stay in the background. The defaults are a compromise measured

@@ -7,16 +7,15 @@
 * :func:`generate_composite`: any diffusers text-to-image pipeline (``DiffusionPipeline``
   by hub id or folder) -> the composite ``[H, W, 3]``.
 
-Loading never hangs on a missing network: a folder is read locally; a hub id is first
-looked up in the local cache, and the hub is only asked when it answers on its port within
-a few seconds (and ``HF_HUB_OFFLINE`` is not set); otherwise a one-line
-:class:`~lamina.errors.LaminaError` says what to do.
+Loading (:func:`lamina.hub.from_pretrained`): a folder is read locally; a hub id is first
+looked up in the local cache, then asked of the hub through the Hugging Face client (which
+honours ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and its timeouts); a failure is a one-line
+:class:`~lamina.errors.LaminaError` that says what to do.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LaminaError
+from ..hub import from_pretrained
 from ..layers import to_uint8
 from .foreground import (
     TRIMAP_BACKGROUND,
@@ -40,41 +40,6 @@ from .foreground import (
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
 DEFAULT_SEGMENTER = "facebook/sam-vit-base"
 DEFAULT_MATTING = "hustvl/vitmatte-small-composition-1k"
-HUB_HOST, HUB_TIMEOUT_S = "huggingface.co", 3.0
-
-
-def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=HUB_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
-def from_pretrained(cls: Any, ident: str | Path, what: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(ident)`` for a folder or a hub id, with a one-line :class:`LaminaError` on failure."""
-    path = Path(ident).expanduser()
-    if path.is_dir():
-        attempts = [{"local_files_only": True}]
-        ident = str(path)
-    elif path.exists() or path.is_absolute() or str(ident).startswith((".", "~")):
-        raise LaminaError(f"{what} {ident}: not a model folder (saved with save_pretrained)")
-    else:
-        attempts = [{"local_files_only": True}, {}]
-    error: Exception | None = None
-    for extra in attempts:
-        if not extra and not _hub_reachable():
-            raise LaminaError(f"{what} {str(ident)!r} is not in the local Hugging Face cache and the hub cannot be "
-                              "reached (offline, or HF_HUB_OFFLINE=1); download it once with network access or "
-                              "pass a local folder") from None
-        try:
-            return cls.from_pretrained(str(ident), **extra, **kwargs)
-        except (OSError, ValueError, KeyError) as exc:
-            error = exc
-    first = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else "unknown error"
-    raise LaminaError(f"cannot load the {what} {str(ident)!r}: {first}") from None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ inpainting. Our design (the paper's sections are not public):
   decoded layers come back at the input's size through the same closed-form high-frequency
   alignment as the pixel model: ``F`` gets the composite's own detail, ``B`` gets it
   outside the hole, i.e. ``X_full = up(X_low) + (I - up(down(I)))`` (``B``: times ``1 - hole``);
-  the recomposition projection of :func:`~lamina.layeringdiff.decompose.finish_decomposition`
+  the recomposition projection of :func:`~lamina.layeringdiff.disassembly.finish_decomposition`
   then makes the layers reproduce the image exactly.
 * **Effects** (shadows, reflections) are not a sampled channel here; :class:`FBDDDecomposer`
   finds them in the foreground stage's region by comparing the image with the completed
@@ -51,7 +51,9 @@ import torch
 import torch.nn.functional as nnf
 
 from ..errors import LaminaError
-from .fbdd import _first_line, _pipeline_inputs, _resize, _signed, _step_kwargs
+from ..tensors import resize, to_signed
+from ._util import first_line, pipeline_inputs, step_kwargs
+from .disassembly import project_recomposition
 
 try:
     from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
@@ -160,7 +162,7 @@ class LatentFBDDPipeline(DiffusionPipeline):
                 text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **kwargs)
                 tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **kwargs)
         except (OSError, ValueError) as exc:
-            raise LaminaError(f"cannot load the FBDD backbone {str(model)!r}: {_first_line(exc)}") from None
+            raise LaminaError(f"cannot load the FBDD backbone {str(model)!r}: {first_line(exc)}") from None
         if base.config.get("addition_embed_type") is not None:
             raise LaminaError(f"the backbone {str(model)!r} needs added conditioning (SDXL-style "
                               f"{base.config.addition_embed_type!r}); use a Stable Diffusion 1.x/2.x inpainting model")
@@ -195,7 +197,7 @@ class LatentFBDDPipeline(DiffusionPipeline):
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """VAE latents ``[N, c, H/f, W/f]`` of ``[N, 3, H, W]`` images in [0, 1] (posterior mean if no generator)."""
-        posterior = self.vae.encode(_signed(images).to(self.vae.dtype)).latent_dist
+        posterior = self.vae.encode(to_signed(images).to(self.vae.dtype)).latent_dist
         z = posterior.sample(generator) if generator is not None else posterior.mode()
         shift = self.vae.config.get("shift_factor") or 0.0
         return (z - shift) * self.vae.config.scaling_factor
@@ -232,11 +234,9 @@ class LatentFBDDPipeline(DiffusionPipeline):
         Returns foreground colours and completed background at the input's size (see
         :class:`~lamina.layeringdiff.fbdd.FBDDPipeline` for the arguments and output shapes).
         """
-        from .decompose import project_recomposition
-
-        image_t, alpha_t = _pipeline_inputs(image, alpha, output_type, self.device)
+        image_t, alpha_t = pipeline_inputs(image, alpha, output_type, self.device)
         n, size, full = image_t.shape[0], self.working_size(), tuple(image_t.shape[-2:])
-        image_w, alpha_w = _resize(image_t, size), _resize(alpha_t, size)
+        image_w, alpha_w = resize(image_t, size), resize(alpha_t, size)
         condition = self.condition(image_w, alpha_w)
         embeddings = self.encode_prompt(prompt, n)
 
@@ -244,19 +244,19 @@ class LatentFBDDPipeline(DiffusionPipeline):
         z = randn_tensor((n, 2 * c, size[0] // f, size[1] // f), generator=generator, device=self.device,
                          dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps or int(self.config.inference_steps), device=self.device)
-        step_kwargs = _step_kwargs(self.scheduler, generator)
+        extra = step_kwargs(self.scheduler, generator)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([self.scheduler.scale_model_input(z, t), condition], dim=1)
             out = self.unet(model_input, t, encoder_hidden_states=embeddings).sample
-            z = self.scheduler.step(out, t, z, **step_kwargs).prev_sample
+            z = self.scheduler.step(out, t, z, **extra).prev_sample
 
         # Decode at the working size; back to full size with the composite's own high frequencies (HFA).
         layers = self.decode(torch.cat([z[:, :c], z[:, c:]], dim=0))
         background_w, foreground_w = layers[:n], layers[n:]
-        detail = image_t - _resize(image_w, full)
+        detail = image_t - resize(image_w, full)
         hole = hole_mask(alpha_t, 1)[0]
-        foreground = (_resize(foreground_w, full) + detail).clamp(0.0, 1.0)
-        background = (_resize(background_w, full) + (1.0 - hole) * detail).clamp(0.0, 1.0)
+        foreground = (resize(foreground_w, full) + detail).clamp(0.0, 1.0)
+        background = (resize(background_w, full) + (1.0 - hole) * detail).clamp(0.0, 1.0)
         if projection:
             foreground, background = project_recomposition(image_t, alpha_t, foreground, background)
         if output_type == "np":

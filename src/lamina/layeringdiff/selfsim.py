@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from ..errors import LaminaError
-from ._util import resize_array
+from ..tensors import resize_array
 
 #: Offset multiples tried per offset, in this order.
 MULTIPLES = (1, -1, 2, -2, 3, -3)

@@ -387,7 +387,7 @@ def _check_resumable(run_dir: Path, config: TrainingConfig) -> None:
 
 def _write_preview(pipeline: Any, config: TrainingConfig, path: Path) -> None:
     """Contact sheet of held-out scenes: ground truth, then the EMA model's layers, one row each."""
-    from .decompose import finish_decomposition
+    from .disassembly import finish_decomposition
 
     pipeline.set_progress_bar_config(disable=True)
     source = make_source(replace(config, resolution=max(config.hfa_sizes)) if config.stage == "hfa" else config)
