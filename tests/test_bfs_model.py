@@ -441,5 +441,7 @@ def test_from_fill_on_a_saved_tiny_fill_folder(parts, tmp_path):
     assert out.layers[0].pixels.shape == (30, 34, 4) and out.metadata["box"] == [5, 5, 15, 15]
     with pytest.raises(LaminaError, match="cannot load the Fill model"):
         BFSPipeline.from_fill(tmp_path)
+    with pytest.raises(LaminaError, match="not a model folder"):
+        BFSPipeline.from_fill(tmp_path / "missing")
     with pytest.raises(LaminaError, match="no model_index.json"):
         load_pipeline(tmp_path)

@@ -313,11 +313,6 @@ def resize_premultiplied(rgba: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return unpremultiply(resized)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _background_array(background: Any) -> np.ndarray:
     """The caller's background as an ``[H, W, 3|4]`` array, unchanged where it already is one."""
     if isinstance(background, np.ndarray):
@@ -439,21 +434,15 @@ class BFSPipeline(DiffusionPipeline):
         """
         from diffusers import AutoencoderKL, FluxFillPipeline
 
-        path = Path(model).expanduser()
-        if path.is_dir():
-            kwargs.setdefault("local_files_only", True)
-            model = str(path)
-        elif path.exists() or path.is_absolute() or str(model).startswith((".", "~")):
-            raise LaminaError(f"Fill model {model}: not a folder with a FLUX.1-Fill-style model_index.json")
-        try:
-            fill = FluxFillPipeline.from_pretrained(str(model), torch_dtype=torch_dtype, **kwargs)
-            if isinstance(trans_vae, (str, Path)):
-                trans_vae = AutoencoderKL.from_pretrained(str(trans_vae), torch_dtype=torch_dtype)
-            if isinstance(joint, (str, Path)):
-                joint = BFSJointAdapter.from_pretrained(str(joint), torch_dtype=torch_dtype)
-        except (OSError, ValueError) as exc:
-            raise LaminaError(f"cannot load the Fill model {str(model)!r}: {_first_line(exc)}") from None
+        from ..hub import from_pretrained
         from .transparency import widen_vae
+
+        kwargs.pop("local_files_only", None)  # lamina.hub decides: folders and the cache first
+        fill = from_pretrained(FluxFillPipeline, model, "Fill model", torch_dtype=torch_dtype, **kwargs)
+        if isinstance(trans_vae, (str, Path)):
+            trans_vae = from_pretrained(AutoencoderKL, trans_vae, "transparency VAE", torch_dtype=torch_dtype)
+        if isinstance(joint, (str, Path)):
+            joint = from_pretrained(BFSJointAdapter, joint, "BFS joint adapter", torch_dtype=torch_dtype)
 
         parts = dict(fill.components)
         transformer = parts["transformer"]
@@ -611,33 +600,38 @@ def _to_unit_float(array: np.ndarray) -> np.ndarray:
 def load_pipeline(model: str | Path, **kwargs: Any) -> BFSPipeline:
     """A saved :class:`BFSPipeline` (folder or hub id), or BFS on a FLUX.1-Fill-style model (``from_fill``).
 
-    The folder's (or hub repo's) ``model_index.json`` decides; errors are one line.
+    The folder's (or hub repo's) ``model_index.json`` decides; errors are one line (:mod:`lamina.hub`).
+    ``kwargs`` go to ``from_pretrained`` / :meth:`BFSPipeline.from_fill`.
     """
     import json
+
+    from ..hub import from_pretrained, hub_errors, hub_unreachable, is_local, load_error
 
     path = Path(model).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
         if not index.is_file():
             raise LaminaError(f"BFS model {model}: no model_index.json (not a saved pipeline or Fill model)")
-        name = json.loads(index.read_text()).get("_class_name")
-        kwargs.setdefault("local_files_only", True)
+    elif is_local(model):
+        raise LaminaError(f"BFS model {model}: not a folder saved by BFSPipeline.save_pretrained")
     else:
-        if path.exists() or path.is_absolute() or str(model).startswith((".", "~")):
-            raise LaminaError(f"BFS model {model}: not a folder saved by BFSPipeline.save_pretrained")
-        try:
-            from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download
 
-            index = hf_hub_download(str(model), "model_index.json", revision=kwargs.get("revision"),
-                                    local_files_only=kwargs.get("local_files_only", False))
-        except Exception as exc:  # noqa: BLE001 - hub errors come in many types
-            raise LaminaError(f"cannot find the BFS model {str(model)!r}: {_first_line(exc)}") from None
-        name = json.loads(Path(index).read_text()).get("_class_name")
-    if name == "BFSPipeline":
+        revision = kwargs.get("revision")
         try:
-            return BFSPipeline.from_pretrained(str(model), **kwargs)
-        except (OSError, ValueError) as exc:
-            raise LaminaError(f"cannot load the BFS model {str(model)!r}: {_first_line(exc)}") from None
+            index = Path(hf_hub_download(str(model), "model_index.json", revision=revision, local_files_only=True))
+        except hub_errors():
+            reason = hub_unreachable()
+            if reason is not None:
+                raise LaminaError(f"cannot load the BFS model {str(model)!r}: it is not in the local Hugging Face "
+                                  f"cache and {reason}") from None
+            try:
+                index = Path(hf_hub_download(str(model), "model_index.json", revision=revision))
+            except hub_errors() as exc:
+                raise load_error("BFS model", model, exc) from None
+    name = json.loads(index.read_text()).get("_class_name")
+    if name == "BFSPipeline":
+        return from_pretrained(BFSPipeline, model, "BFS model", **kwargs)
     if name == "FluxFillPipeline":
         return BFSPipeline.from_fill(model, **kwargs)
     raise LaminaError(f"{model}: a {name}, neither a BFSPipeline nor a FluxFillPipeline")
