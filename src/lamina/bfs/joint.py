@@ -134,41 +134,40 @@ class JointBlock(nn.Module):
                 mine.weight.copy_(theirs.weight)
 
     # ------------------------------------------------------------ math
-    def _project(self, attn: nn.Module, name: str, branch: str, h: torch.Tensor) -> torch.Tensor:
+    def _project(self, attn: nn.Module, name: str, h: torch.Tensor) -> torch.Tensor:
+        """``W_P h + b_P + LoRA_{branch(row)}(h)`` for the [x; y] rows ``h`` [2B, S, d_in]."""
         if self.proj is not None:
             base = self.proj[name]
         else:
             base = attn.to_out[0] if name == "out" else getattr(attn, f"to_{name}")
-        return base(h) + self.lora[branch][name](h)
+        x, y = h.chunk(2)
+        low_rank = torch.cat([self.lora["x"][name](x), self.lora["y"][name](y)])
+        return base(h) + low_rank
 
-    def attend(self, attn: nn.Module, queries: torch.Tensor, keys: torch.Tensor, query_branch: str,
-               key_branch: str, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-               backend: Any = None) -> torch.Tensor:
-        """Joint attention of ``queries`` [B, S, d] (branch ``query_branch``) over ``keys`` [B, S, d]; [B, S, d]."""
-        q = self._project(attn, "q", query_branch, queries).unflatten(-1, (-1, self.head_dim))
-        k = self._project(attn, "k", key_branch, keys).unflatten(-1, (-1, self.head_dim))
-        v = self._project(attn, "v", key_branch, keys).unflatten(-1, (-1, self.head_dim))
+    def delta(self, attn: nn.Module, tokens: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+              scale: float, backend: Any = None) -> torch.Tensor:
+        """``scale * post([J_x; J_y])`` [2B, S, d] for the block's tokens [2B, S, d] (first half x, second half y).
+
+        Every row is projected with its own branch's LoRA (so the ``x`` LoRA acts on the composite rows
+        whether they serve as queries or as keys/values); then the keys and values of the two halves
+        are swapped, so that the x rows attend to the y rows and the y rows to the x rows.
+        """
+        if tokens.shape[0] % 2:
+            raise LaminaError(f"BFS joint attention needs a batch of [composite; foreground] pairs, got an odd "
+                              f"batch of {tokens.shape[0]}")
+        h = tokens.detach()
+        q = self._project(attn, "q", h).unflatten(-1, (-1, self.head_dim))
+        k = self._project(attn, "k", h).unflatten(-1, (-1, self.head_dim))
+        v = self._project(attn, "v", h).unflatten(-1, (-1, self.head_dim))
         q = (self.norm_q or attn.norm_q)(q)
         k = (self.norm_k or attn.norm_k)(k)
         if rotary is not None:
             q = apply_rotary_emb(q, rotary, sequence_dim=1)
             k = apply_rotary_emb(k, rotary, sequence_dim=1)
-        out = dispatch_attention_fn(q, k, v, backend=backend).flatten(2, 3).to(q.dtype)
+        k, v = (torch.cat(t.chunk(2)[::-1]) for t in (k, v))  # [y; x]
+        joint = dispatch_attention_fn(q, k, v, backend=backend).flatten(2, 3).to(q.dtype)
         if self.dual:
-            out = self._project(attn, "out", query_branch, out)
-        return out
-
-    def delta(self, attn: nn.Module, tokens: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-              scale: float, backend: Any = None) -> torch.Tensor:
-        """``scale * post([J_x; J_y])`` for the block's tokens [2B, S, d] (first half x, second half y)."""
-        if tokens.shape[0] % 2:
-            raise LaminaError(f"BFS joint attention needs a batch of [composite; foreground] pairs, got an odd "
-                              f"batch of {tokens.shape[0]}")
-        h = tokens.detach()
-        x, y = h.chunk(2)
-        joint_x = self.attend(attn, x, y, "x", "y", rotary, backend)
-        joint_y = self.attend(attn, y, x, "y", "x", rotary, backend)
-        joint = torch.cat([joint_x, joint_y])
+            joint = self._project(attn, "out", joint)
         return (self.post(joint.to(self.post.weight.dtype)) * scale).to(tokens.dtype)
 
 
