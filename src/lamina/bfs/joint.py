@@ -34,7 +34,6 @@ transformer is called with ``joint_attention_kwargs={"bfs_joint": False}``.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -289,7 +288,6 @@ class BFSJointAdapter(ModelMixin, ConfigMixin):
         self.blocks = nn.ModuleDict(blocks)
         #: Switch for the joint path (not saved); False makes an attached transformer behave as stock.
         self.enabled = True
-        self.__dict__["_attached"] = None
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -353,7 +351,6 @@ class BFSJointAdapter(ModelMixin, ConfigMixin):
             if isinstance(base, BFSJointProcessor):
                 base = base.base
             attn.set_processor(BFSJointProcessor(self, key, base))
-        self.__dict__["_attached"] = weakref.ref(transformer)
         return transformer
 
     def detach(self, transformer: nn.Module) -> nn.Module:
@@ -361,8 +358,6 @@ class BFSJointAdapter(ModelMixin, ConfigMixin):
         for _, attn in self._attentions(transformer):
             if isinstance(attn.processor, BFSJointProcessor):
                 attn.set_processor(attn.processor.base)
-        if self.is_attached(transformer):
-            self.__dict__["_attached"] = None
         return transformer
 
     def is_attached(self, transformer: nn.Module) -> bool:

@@ -217,7 +217,7 @@ def predict_velocity(
     """Velocities of both branches from one call of ``transformer`` on the batch ``[x; y]``.
 
     Args:
-        transformer: a stock Fill-style ``FluxTransformer2DModel``.
+        transformer: a stock Fill-style ``FluxTransformer2DModel`` (or a DDP / accelerate wrapper of one).
         joint: the coupling; attached to ``transformer`` here if it is not yet. ``None`` runs the
             branches uncoupled (any attached joint processors are switched off for this call).
         latents_x, latents_y: packed noisy latents [B, N, 4c] of the composite and foreground branches.
@@ -228,16 +228,17 @@ def predict_velocity(
     Returns:
         :class:`VelocityOutput` with ``velocity_x``, ``velocity_y`` [B, N, 4c] (``noise - clean``).
     """
+    model = getattr(transformer, "module", transformer)  # the model inside a DDP / accelerate wrapper
     if latents_x.shape != latents_y.shape:
         raise LaminaError(f"branch latents differ in shape: {tuple(latents_x.shape)} vs {tuple(latents_y.shape)}")
     b, n, _ = latents_x.shape
     if condition.shape[:2] != (b, n):
         raise LaminaError(f"condition {tuple(condition.shape)} does not match latents {tuple(latents_x.shape)}")
-    expected = int(transformer.config.in_channels)
+    expected = int(model.config.in_channels)
     if latents_x.shape[-1] + condition.shape[-1] != expected:
         raise LaminaError(f"latents ({latents_x.shape[-1]}) + condition ({condition.shape[-1]}) channels != the "
                           f"transformer's in_channels {expected}")
-    dtype = transformer.dtype
+    dtype = model.dtype
     device = latents_x.device
     hidden = torch.cat([torch.cat([latents_x, condition], -1), torch.cat([latents_y, condition], -1)]).to(dtype)
 
@@ -249,12 +250,13 @@ def predict_velocity(
 
     kwargs: dict[str, Any] | None = None
     if joint is not None:
-        if not joint.is_attached(transformer):
-            joint.attach(transformer)
+        joint = getattr(joint, "module", joint)
+        if not joint.is_attached(model):
+            joint.attach(model)
         kwargs = {"bfs_image_tokens": n}
-    elif _has_joint_processors(transformer):
+    elif _has_joint_processors(model):
         kwargs = {"bfs_joint": False}
-    guided = bool(transformer.config.guidance_embeds)
+    guided = bool(model.config.guidance_embeds)
     if guided and guidance is None:
         raise LaminaError("this transformer has a guidance embedding (guidance_embeds=True): pass guidance")
     out = transformer(
