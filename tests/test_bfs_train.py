@@ -200,7 +200,7 @@ def test_stage_runs_resumes_and_exports(stage, tiny_model, tmp_path):
                   echo=lines.append)
     assert any("resuming" in line and "step 2" in line for line in lines)
     assert [json.loads(r)["step"] for r in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
-    with pytest.raises(LaminaError, match="different options.*lr"):
+    with pytest.raises(LaminaError, match="different configuration: lr"):
         training_loop(resolve_config("test", stage=stage, init=tiny_model, lr=0.5), run)
 
     pipe = BFSPipeline.from_pretrained(export)

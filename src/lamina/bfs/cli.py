@@ -145,8 +145,9 @@ def train(data: str, preset: str, stage: str, run_dir: Path, init: str | None, b
 def evaluate(model: str, count: int, mode: str, steps: int | None, seed: int, as_json: bool,
              threads: int | None) -> None:
     """Evaluate a BFS model (RUN, RUN/export, a folder, a hub id or builtin) on held-out procedural scenes."""
+    from ..training import EXPORT_DIR
     from .evaluate import bfs_method, evaluate_method, held_out_cases
-    from .train import EXPORT_DIR, load_model
+    from .train import load_model
 
     path = Path(model).expanduser()
     if path.is_dir() and (path / EXPORT_DIR / "model_index.json").is_file():

@@ -77,6 +77,7 @@ class BFSTrainConfig:
     # Bookkeeping.
     seed: int = 0
     log_every: int = 10
+    max_loss: float = 1e4  # divergence guard: stop when a loss is not finite or exceeds this
     checkpoint_every: int = 100
     preview_every: int = 500
     preview_count: int = 4
@@ -133,7 +134,7 @@ TRAINING_PRESETS: dict[str, BFSTrainConfig] = {
 
 #: Options that may change when a run is resumed.
 RESUMABLE_CHANGES = ("total_steps", "log_every", "checkpoint_every", "preview_every", "preview_count",
-                     "inference_steps")
+                     "inference_steps", "max_loss")
 
 
 def resolve_config(preset: str = "tiny", **overrides: Any) -> BFSTrainConfig:

@@ -2,7 +2,9 @@
 :mod:`lamina.metrics.synthesis`.
 
 A *method* is a callable ``(background [H, W, 3], box, caption) -> layer [H, W, 4]`` (straight RGBA in
-``[0, 1]``, full size); :func:`bfs_method` wraps a :class:`~lamina.bfs.pipeline.BFSPipeline`. A case is
+``[0, 1]``, full size), or ``-> (layer, background_out)`` when the method outputs a background of its own
+(whose change where the layer is transparent is then measured); :func:`bfs_method` wraps a
+:class:`~lamina.bfs.pipeline.BFSPipeline`. A case is
 one background and its objects back to front: each object is drawn over the composite so far
 (``multi`` mode), and every layer is compared with that object's exact layer.
 """
@@ -21,7 +23,7 @@ from ..metrics.synthesis import background_change, layer_metrics, shadow_touches
 
 #: Held-out scenes start at this seed (training uses far smaller ones).
 HELD_OUT_SEED = 900_000_000
-Method = Callable[[np.ndarray, tuple[int, int, int, int], str], np.ndarray]
+Method = Callable[[np.ndarray, tuple[int, int, int, int], str], np.ndarray | tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -82,10 +84,10 @@ def bfs_method(pipe, steps: int | None = None, seed: int = 0) -> Method:
     """A :class:`~lamina.bfs.pipeline.BFSPipeline` as a method (layer ``k`` of a run samples with ``seed + k``)."""
     counter = iter(range(10**9))
 
-    def method(background: np.ndarray, box: tuple[int, int, int, int], caption: str) -> np.ndarray:
+    def method(background: np.ndarray, box: tuple[int, int, int, int], caption: str) -> tuple[np.ndarray, ...]:
         out = pipe(background=background, box=box, prompt=caption, num_inference_steps=steps,
                    generator=torch.Generator().manual_seed(seed + next(counter)))
-        return out.canvas(0) if hasattr(out, "canvas") else out.layers[0].pixels
+        return out.canvas(0), out.background.rgb
 
     return method
 
@@ -108,9 +110,12 @@ def object_only(target: Target) -> np.ndarray:
 
 
 def evaluate_method(method: Method, cases: list[Case], keep: list[LayeredImage] | None = None) -> dict[str, float]:
-    """Mean metrics of ``method`` over ``cases``: region IoUs and alpha SAD per layer, the largest background
-    change where alpha is 0, the share of "with a shadow" captions whose layer has a shadow touching the
-    object, and seconds per layer. ``keep`` collects the output :class:`LayeredImage` of each case."""
+    """Mean metrics of ``method`` over ``cases``.
+
+    Region IoUs and alpha SAD per layer; the largest change of the method's output background (its
+    input unless it returns one) where the layer's alpha is 0; the share of "with a shadow" captions
+    whose layer has a shadow touching the object; seconds per layer. ``keep`` collects the output
+    :class:`LayeredImage` of each case."""
     rows: list[dict[str, float]] = []
     shadows, change, seconds = [], 0.0, 0.0
     for case in cases:
@@ -118,16 +123,15 @@ def evaluate_method(method: Method, cases: list[Case], keep: list[LayeredImage] 
         for target in case.targets:
             current = result.composite()[:, :, :3]
             start = time.perf_counter()
-            layer = np.asarray(method(current, target.box, target.caption), np.float32)
+            out = method(current, target.box, target.caption)
             seconds += time.perf_counter() - start
+            layer, produced = (out if isinstance(out, tuple) else (out, current))
+            layer = np.asarray(layer, np.float32)
+            change = max(change, background_change(np.asarray(produced, np.float32), current, layer[:, :, 3]))
             result.layers.append(Layer(layer, name=target.caption or "layer"))
             rows.append(layer_metrics(layer, target.object_alpha, target.effects_alpha))
             if "with a shadow" in target.caption:
                 shadows.append(shadow_touches_object(layer))
-        alpha = np.zeros(case.background.shape[:2], np.float32)
-        for layer in result.layers:
-            alpha = np.maximum(alpha, layer.alpha)
-        change = max(change, background_change(result.composite(), case.background, alpha))
         if keep is not None:
             keep.append(result)
     out = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}

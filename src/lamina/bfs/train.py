@@ -21,7 +21,6 @@ The loop uses ``accelerate`` (one process on CPU; ``accelerate launch`` for seve
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -32,8 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import LaminaError
-from ..io import atomic_output, plot_log
-from ..training import append_log, ema_beta, ema_update_, save_state, time_is_up, trim_log
+from ..training import EMA, Deadline, RunDir
 from .config import RESUMABLE_CHANGES, BFSTrainConfig
 from .data import collate, make_source
 from .losses import (
@@ -48,24 +46,10 @@ from .losses import (
     transparency_losses,
 )
 
-STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR, PLOT_FILE = (
-    "training-state.pt", "training-config.json", "log.jsonl", "export", "previews", "losses.png")
 #: Seeds of held-out samples (previews, latent statistics): far from the training seeds.
 HELD_OUT_SEED = 2_000_000_000
 #: Samples used to measure a VAE's latent mean and std at export.
 LATENT_STAT_SAMPLES = 32
-
-
-# ------------------------------------------------------------------------------------ EMA
-class EMA:
-    """Exponential moving average of a module's weights, half-life in images (:mod:`lamina.training`)."""
-
-    def __init__(self, model: torch.nn.Module, halflife_nimg: float, rampup: float | None) -> None:
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.halflife_nimg, self.rampup = halflife_nimg, rampup
-
-    def update(self, model: torch.nn.Module, cur_nimg: int, batch_size: int) -> None:
-        ema_update_(self.model, model, ema_beta(batch_size, self.halflife_nimg, cur_nimg, self.rampup))
 
 
 # --------------------------------------------------------------------------------- the VAEs
@@ -262,36 +246,22 @@ def _trainable(config: BFSTrainConfig, parts: dict[str, Any]) -> torch.nn.Module
 
 
 # ------------------------------------------------------------------------------------ run folder
-def _check_resumable(run_dir: Path, config: BFSTrainConfig) -> None:
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.exists():
-        return
-    saved = json.loads(saved_path.read_text())
-    current = config.to_dict()
-    changed = sorted(k for k in saved if k in current and saved[k] != current[k] and k not in RESUMABLE_CHANGES)
-    if changed:
-        raise LaminaError(f"{run_dir} holds a run with different options ({', '.join(changed)}); "
-                          "resume it with the same options or choose another --out")
-
-
 def _with_ema(parts: dict[str, Any], ema_modules: torch.nn.ModuleDict) -> dict[str, Any]:
     """``parts`` with the trained modules replaced by their EMA copies."""
     return dict(parts) | {k: m for k, m in ema_modules.items()}
 
 
-def export_run(config: BFSTrainConfig, parts: dict[str, Any], options: dict[str, Any],
-               ema_modules: torch.nn.ModuleDict, path: Path) -> Path:
-    """Write the EMA weights as a :class:`~lamina.bfs.pipeline.BFSPipeline` folder (``save_pretrained``),
-    atomically; the stage ``vae`` export gets its latent statistics (:func:`set_latent_statistics`)."""
+def write_export(config: BFSTrainConfig, parts: dict[str, Any], options: dict[str, Any],
+                 ema_modules: torch.nn.ModuleDict, folder: Path) -> None:
+    """Fill ``folder`` with the EMA weights as a :class:`~lamina.bfs.pipeline.BFSPipeline` (``save_pretrained``)
+    and the run's config; the stage ``vae`` export gets its latent statistics (:func:`set_latent_statistics`)."""
     exported = _with_ema(parts, ema_modules)
     if config.stage == "vae":
         set_latent_statistics(exported["vae"], exported["trans_vae"], config)
     pipe = make_pipeline(exported, options)
-    with atomic_output(path, overwrite=True) as staged:
-        pipe.save_pretrained(staged)
-        (staged / "training-config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    pipe.save_pretrained(folder)
+    (folder / "training-config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     parts["joint"].attach(parts["transformer"])  # the pipeline attached the EMA adapter: train the live one
-    return path
 
 
 def _write_preview(config: BFSTrainConfig, parts: dict[str, Any], options: dict[str, Any],
@@ -327,7 +297,8 @@ def _write_preview(config: BFSTrainConfig, parts: dict[str, Any], options: dict[
 def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable[[str], None] = print,
                   stop_after_s: float | None = None,
                   parts: tuple[dict[str, Any], dict[str, Any]] | None = None) -> Path:
-    """Train one BFS stage into ``run_dir``; running it again resumes. Returns the export folder.
+    """Train one BFS stage into ``run_dir`` (:class:`lamina.training.RunDir`); running it again resumes.
+    Returns the export folder.
 
     Args:
         config: all options (:func:`lamina.bfs.config.resolve_config`).
@@ -338,11 +309,12 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
     """
     from accelerate import Accelerator
 
-    run_dir = Path(run_dir).expanduser()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(run_dir, config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     main = accelerator.is_main_process
+    run = RunDir(run_dir, is_main=main, echo=echo)
+    run.open(config.to_dict(), may_change=RESUMABLE_CHANGES,
+             normalize=lambda d: BFSTrainConfig.from_dict(d).to_dict())
+    accelerator.wait_for_everyone()
     source = make_source(config)  # fails early on bad data
 
     torch.manual_seed(config.seed)
@@ -352,18 +324,13 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(modules, config.ema_halflife_nimg, config.ema_rampup)
     step = 0
-    state_path = run_dir / STATE_FILE
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = run.load_state()
+    if state is not None:
         modules.load_state_dict(state["modules"])
         ema.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
-        echo(f"resuming {run_dir} at step {step}")
-        trim_log(run_dir / LOG_FILE, step)
-    if main:
-        with atomic_output(run_dir / CONFIG_FILE, overwrite=True) as staged:
-            staged.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        echo(f"resuming {run.path} at step {step}")
     for module in parts.values():
         if isinstance(module, torch.nn.Module):
             module.to(accelerator.device)
@@ -372,16 +339,21 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
     world, rank = accelerator.num_processes, accelerator.process_index
     guided = config.stage != "vae" and bool(parts["transformer"].config.guidance_embeds)
     guidance = options["guidance_scale"] if guided else None
+    text_parts = parts | {"_max_sequence_length": options["max_sequence_length"]}
+
+    def export() -> None:
+        run.export(lambda folder: write_export(config, parts, options, ema.model, folder), step)
 
     def save() -> None:
-        if not main:
-            return
-        save_state({"step": step, "modules": accelerator.unwrap_model(modules).state_dict(),
-                    "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "config": config.to_dict()}, state_path)
-        export_run(config, parts, options, ema.model, run_dir / EXPORT_DIR)
+        run.save_state({"step": step, "modules": accelerator.unwrap_model(modules).state_dict(),
+                        "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "config": config.to_dict()})
+        export()
+        accelerator.wait_for_everyone()
 
-    start, last = time.time(), time.time()
+    if run.export_is_stale():
+        export()
+    deadline, last = Deadline(stop_after_s), time.time()
     while step < config.total_steps:
         # Seeds depend only on (seed, step, rank): a resumed run sees the same data.
         base = (config.seed * 1_000_003 + step * world + rank) * config.batch_size
@@ -395,8 +367,9 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
                 inner = accelerator.unwrap_model(modules)
                 losses = vae_losses(inner["vae"], inner["trans_vae"], batch, generator, config)
             else:
-                losses = dual_branch_losses(parts | {"_max_sequence_length": options["max_sequence_length"]}, batch,
-                                            generator, config, guidance)
+                losses = dual_branch_losses(text_parts, batch, generator, config, guidance)
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        run.check_losses(step + 1, values, config.max_loss)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         if config.grad_clip > 0:
@@ -406,25 +379,24 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
         n = config.batch_size
         ema.update(accelerator.unwrap_model(modules), step * n * world, n * world)
 
-        if main and step % config.log_every == 0:
+        if step % config.log_every == 0:
             now = time.time()
-            record = {"step": step, "nimg": step * n * world,
-                      **{k: round(float(v.detach()), 6) for k, v in losses.items()},
+            record = {"step": step, "nimg": step * n * world, **{k: round(v, 6) for k, v in values.items()},
                       "sec_per_step": round((now - last) / config.log_every, 4)}
             last = now
-            append_log(run_dir / LOG_FILE, record)
-            echo(f"step {step}/{config.total_steps} loss {record['loss']:.4f} ({record['sec_per_step']:.2f} s/step)")
-        timed_out = time_is_up(start, stop_after_s, accelerator)
+            run.log(record)
+            if main:
+                echo(f"step {step}/{config.total_steps} loss {record['loss']:.4f} "
+                     f"({record['sec_per_step']:.2f} s/step)")
+        timed_out = deadline.passed(accelerator)
         if step % config.checkpoint_every == 0 or step == config.total_steps or timed_out:
             save()
         if main and (step % config.preview_every == 0 or step == config.total_steps):
-            _write_preview(config, parts, options, ema.model, run_dir / PREVIEW_DIR / f"step-{step:07d}.png")
-            if (run_dir / LOG_FILE).is_file():
-                plot_log(run_dir / LOG_FILE, run_dir / PLOT_FILE)
+            _write_preview(config, parts, options, ema.model, run.preview_path(step))
+            run.plot()
         if timed_out:
-            echo(f"stopping after {time.time() - start:.0f} s at step {step}; run again to resume")
+            echo(f"stopping after {deadline.elapsed():.0f} s at step {step}; run again to resume")
             break
-    if not (run_dir / EXPORT_DIR).exists():  # total_steps already reached before this call
+    if not run.has_state():  # total_steps reached before the first save (nothing trained): export the start
         save()
-    return run_dir / EXPORT_DIR
-
+    return run.export_dir
