@@ -94,8 +94,9 @@ def run(method, cases):
     result = evaluate_method(method, cases, keep=kept)
     real = [np.ascontiguousarray(case.composite()) for case in cases]
     fake = [np.ascontiguousarray(layered.composite()[:, :, :3]) for layered in kept]
-    scores = fid_kid(real, fake, feature=RandomConvFeatures(), kid_subsets=20)
-    result["fid"], result["kid"] = scores["fid"], scores["kid_mean"] * 1e3
+    if len(real) >= 2:
+        scores = fid_kid(real, fake, feature=RandomConvFeatures(), kid_subsets=20)
+        result["fid"], result["kid"] = scores["fid"], scores["kid_mean"] * 1e3
     return result
 
 

@@ -305,3 +305,35 @@ def test_builtin_layers_in_box_with_shadows():
             hits.append(shadow_touches_object(layer))
     assert np.mean(inside) > 0.8
     assert shadow_cases and np.mean(hits) > 0.5
+
+
+def test_synthesis_metrics():
+    from lamina.metrics.synthesis import (
+        background_change,
+        iou,
+        layer_metrics,
+        predicted_regions,
+        shadow_touches_object,
+    )
+
+    yy, xx = np.mgrid[0:32, 0:32]
+    disc = ((yy - 12) ** 2 + (xx - 16) ** 2 <= 36).astype(np.float32)  # a red object
+    shadow = ((((yy - 20) / 2.5) ** 2 + ((xx - 16) / 8.0) ** 2) <= 1).astype(np.float32) * (1 - disc) * 0.5
+    obj_only = np.zeros((32, 32, 4), np.float32)
+    obj_only[..., 0], obj_only[..., 3] = disc, disc
+    with_shadow = obj_only.copy()
+    with_shadow[..., 3] = disc + shadow  # black, half-transparent shadow under the object
+    assert shadow_touches_object(with_shadow) and not shadow_touches_object(obj_only)
+    regions = predicted_regions(with_shadow)
+    assert regions["effects"].sum() > 10 and not (regions["effects"] & regions["object"]).any()
+    m = layer_metrics(with_shadow, disc, shadow / 0.5 * 0.5)
+    assert m["total_iou"] == 1.0 and m["object_iou"] == 1.0 and 0.5 < m["effects_iou"] <= 1.0
+    assert m["alpha_sad"] == pytest.approx(0.0, abs=1e-6)
+    m = layer_metrics(obj_only, disc, shadow)
+    assert m["effects_iou"] == 0.0 and m["alpha_sad"] == pytest.approx(float(shadow.sum()) * 1e-3, rel=1e-5)
+    assert math.isnan(iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)))
+    bg = np.full((32, 32, 3), 0.25, np.float32)
+    assert background_change(over(with_shadow, bg), bg, with_shadow[..., 3]) == 0.0
+    changed = bg.copy()
+    changed[0, 0] = 0.5
+    assert background_change(changed, bg, with_shadow[..., 3]) == 0.25

@@ -45,7 +45,8 @@ class Case:
 
     def composite(self) -> np.ndarray:
         """The ground-truth composite ``[H, W, 3]``."""
-        return LayeredImage(self.background, [Layer(t.layer) for t in self.targets]).composite()[:, :, :3]
+        layers = [Layer(t.layer, name=f"object {k}") for k, t in enumerate(self.targets)]
+        return LayeredImage(self.background, layers).composite()[:, :, :3]
 
 
 def _on_canvas(crop: np.ndarray, offset: tuple[int, int], width: int, height: int) -> np.ndarray:
@@ -120,7 +121,7 @@ def evaluate_method(method: Method, cases: list[Case], keep: list[LayeredImage] 
     shadows, change, seconds = [], 0.0, 0.0
     for case in cases:
         result = LayeredImage(case.background, [])
-        for target in case.targets:
+        for k, target in enumerate(case.targets):
             current = result.composite()[:, :, :3]
             start = time.perf_counter()
             out = method(current, target.box, target.caption)
@@ -128,14 +129,20 @@ def evaluate_method(method: Method, cases: list[Case], keep: list[LayeredImage] 
             layer, produced = (out if isinstance(out, tuple) else (out, current))
             layer = np.asarray(layer, np.float32)
             change = max(change, background_change(np.asarray(produced, np.float32), current, layer[:, :, 3]))
-            result.layers.append(Layer(layer, name=target.caption or "layer"))
+            result.layers.append(Layer(layer, name=f"{k}: {target.caption or 'layer'}"))
             rows.append(layer_metrics(layer, target.object_alpha, target.effects_alpha))
             if "with a shadow" in target.caption:
                 shadows.append(shadow_touches_object(layer))
         if keep is not None:
             keep.append(result)
-    out = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
-    out["shadow_hit"] = float(np.mean(shadows)) if shadows else float("nan")
+    out = {key: _nanmean([r[key] for r in rows]) for key in rows[0]}
+    out["shadow_hit"] = _nanmean([float(hit) for hit in shadows])
     out["background_change"] = change
     out["sec_per_layer"] = seconds / max(len(rows), 1)
     return out
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the defined values (NaN: undefined for that layer, e.g. an IoU of two empty regions)."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")

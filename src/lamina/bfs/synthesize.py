@@ -59,3 +59,28 @@ def _unique(name: str, taken: list[str]) -> str:
     while f"{name} ({k})" in taken:
         k += 1
     return f"{name} ({k})"
+
+
+#: Objects the demo places on each background (back to front).
+DEMO_OBJECTS = 2
+
+
+def demo_scenes(count: int, size: int, seed: int, progress: Any = None) -> list[LayeredImage]:
+    """``count`` procedural backgrounds (``size`` px) with :data:`DEMO_OBJECTS` captioned objects each, placed
+    back to front by the built-in BFS model where a procedural ``multi`` scene of the same seed has them."""
+    import dataclasses
+
+    from ..data import SCENE_PRESETS, generate_scene
+    from .train import load_model
+
+    pipe = load_model("builtin")
+    pipe.set_progress_bar_config(disable=True)
+    config = dataclasses.replace(SCENE_PRESETS["multi"], size=size, max_objects=DEMO_OBJECTS,
+                                 min_objects=DEMO_OBJECTS, scale=(0.14, 0.22))
+    out = []
+    for i in progress(range(count)) if progress is not None else range(count):
+        scene = generate_scene(seed + i, config)
+        boxes = [inst.box for inst in scene.instances]
+        prompts = [inst.caption for inst in scene.instances]
+        out.append(synthesize_layers(pipe, np.ascontiguousarray(scene.background), boxes, prompts, seed=seed + i))
+    return out

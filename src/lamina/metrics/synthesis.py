@@ -2,11 +2,13 @@
 
 Generation is stochastic, so these are loose geometric checks, not pixel errors:
 
-* **regions**: the total layer (``alpha > TOTAL_T``), the object (``alpha >= OBJECT_T``, not an
-  effect) and the effects (shadows/reflections). Ground truth comes from the exact maps of
-  :class:`lamina.data.Scene`; a predicted layer has only alpha and colour, so its effects are
-  its *dark, partially transparent* pixels (``EFFECT_LO < alpha < EFFECT_HI`` and luminance below
-  ``DARK``) -- this measures shadows; reflections mostly count as object.
+* **regions**: the total layer (``alpha > TOTAL_T``), the object and the effects
+  (shadows/reflections). Ground truth comes from the exact maps of :class:`lamina.data.Scene`; a
+  predicted layer has only alpha and colour, so its object is where ``alpha >= OBJECT_T`` except
+  dark soft pixels, and its effects are its *dark, partially transparent* pixels
+  (``EFFECT_LO < alpha < EFFECT_HI``, luminance below ``DARK``) more than ``EDGE_PX`` from the
+  object (so a dark object's anti-aliased rim is not a shadow) -- this measures shadows;
+  reflections mostly count as object.
 * **IoU** of each region, **alpha SAD** (in thousands, as alphamatting.com), **background change**
   where the layer's alpha is 0 (must be exactly 0: BFS never regenerates the background), and
   whether a "with a shadow" caption got a shadow region that touches the object
@@ -25,6 +27,8 @@ TOTAL_T = 0.05
 OBJECT_T = 0.5
 #: Predicted effects: alpha in (EFFECT_LO, EFFECT_HI) and luminance below DARK.
 EFFECT_LO, EFFECT_HI, DARK = 0.05, 0.9, 0.25
+#: Predicted effects lie more than this many pixels from the predicted object (its soft rim is not an effect).
+EDGE_PX = 1
 #: Ground-truth effects: effects alpha above EFFECT_LO where the object's alpha is below OBJECT_T.
 #: A shadow "touches" the object when it lies within this many pixels of it.
 TOUCH_PX = 2
@@ -35,17 +39,17 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Intersection over union of two boolean masks; 1.0 when both are empty."""
+    """Intersection over union of two boolean masks; NaN when both are empty (undefined: left out of means)."""
     union = np.logical_or(pred, gt).sum()
-    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+    return float("nan") if union == 0 else float(np.logical_and(pred, gt).sum() / union)
 
 
 def predicted_regions(layer: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean ``total``, ``object`` and ``effects`` masks ``[H, W]`` of a straight RGBA layer ``[H, W, 4]``."""
     alpha = layer[:, :, 3]
-    dark = layer[:, :, :3] @ LUMA < DARK
-    effects = (alpha > EFFECT_LO) & (alpha < EFFECT_HI) & dark
-    return {"total": alpha > TOTAL_T, "object": (alpha >= OBJECT_T) & ~effects, "effects": effects}
+    soft_dark = (alpha > EFFECT_LO) & (alpha < EFFECT_HI) & (layer[:, :, :3] @ LUMA < DARK)
+    obj = (alpha >= OBJECT_T) & ~soft_dark
+    return {"total": alpha > TOTAL_T, "object": obj, "effects": soft_dark & ~dilate(obj, EDGE_PX)}
 
 
 def true_regions(object_alpha: np.ndarray, effects_alpha: np.ndarray) -> dict[str, np.ndarray]:
