@@ -337,3 +337,11 @@ def test_synthesis_metrics():
     changed = bg.copy()
     changed[0, 0] = 0.5
     assert background_change(changed, bg, with_shadow[..., 3]) == 0.25
+
+
+def test_bfs_eval_cli(tiny_model):
+    result = _cli("bfs", "eval", tiny_model, "--n", "2", "--steps", "1", "--json", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output[result.output.index("{"):])
+    assert scores["background_change"] == 0.0 and 0.0 <= scores["total_iou"] <= 1.0
+    assert scores["sec_per_layer"] > 0
