@@ -17,6 +17,12 @@ MODEL_HELP = "BFS model: builtin (the default), a folder (RUN/export or a saved 
 
 
 def _threads(threads: int | None) -> None:
+    """Cap torch's CPU threads, and silence diffusers'/transformers' loading bars (lamina prints its own)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     if threads is not None:
         import torch
 
