@@ -283,7 +283,10 @@ def test_train_cli_dry_run_and_errors(tmp_path):
 
 @pytest.mark.slow
 def test_builtin_layers_in_box_with_shadows():
-    """The built-in model: alpha mostly inside the (grown) box, and shadow regions for "with a shadow" captions."""
+    """The built-in model: alpha mostly inside the (grown) box, and shadow regions for "with a shadow" captions.
+
+    The shadow check is loose (dark soft pixels touching the object): the built-in's soft grey layers pass it
+    although its effects IoU is low (benchmarks/RESULTS.md, BFS)."""
     from lamina.bfs.evaluate import bfs_method, held_out_cases
     from lamina.bfs.train import load_model
     from lamina.metrics.synthesis import dilate, predicted_regions, shadow_touches_object
@@ -294,7 +297,7 @@ def test_builtin_layers_in_box_with_shadows():
     inside, hits, shadow_cases = [], [], 0
     for case in held_out_cases(12, int(pipe.config.resolution)):
         target = case.targets[0]
-        layer = method(case.background, target.box, target.caption)
+        layer, _ = method(case.background, target.box, target.caption)
         x0, y0, x1, y1 = target.box
         box = np.zeros(layer.shape[:2], bool)
         box[y0:y1, x0:x1] = True
