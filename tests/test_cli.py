@@ -122,4 +122,4 @@ def test_missing_input_and_unknown_format(tmp_path: Path) -> None:
     assert_one_line_error(run("metrics", tmp_path / "a", tmp_path / "b"), "no such file")
     src = tmp_path / "s"
     assert run("synth", "--out", src, "--n", "1", "--size", "32").exit_code == 0
-    assert_one_line_error(run("convert", next(src.iterdir()), tmp_path / "out.tiff"), ".tiff")
+    assert_one_line_error(run("convert", next(src.iterdir()), tmp_path / "out.xcf"), ".xcf")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -53,7 +55,7 @@ def _seed():
 
 
 def tiny(**overrides) -> FurryGANConfig:
-    return get_preset("tiny-32").with_overrides({"train.batch": 2, **overrides})
+    return get_preset("tiny-32").with_overrides({"train.batch_size": 2, **overrides})
 
 
 # ============================================================================ config
@@ -89,8 +91,8 @@ def test_defaults_equal_official_code():
     assert (lo.area_weight, lo.fine_weight, lo.fine_fade_in_steps) == (5.0, 5.0, 5000)
     # 1.5: iter 300001, batch 16, lr 0.002, betas (0, 0.99), g_reg_every 4 (still scales G's Adam), psi 0.5,
     # image_every 500, save_every 10000, horizontal flips.
-    assert (tr.total_steps, tr.batch, tr.lr, tr.betas, tr.g_reg_interval) == (300_001, 16, 0.002, (0.0, 0.99), 4)
-    assert (tr.sample_psi, tr.image_every, tr.save_every, tr.hflip) == (0.5, 500, 10_000, True)
+    assert (tr.total_steps, tr.batch_size, tr.lr, tr.betas, tr.g_reg_interval) == (300_001, 16, 0.002, (0.0, 0.99), 4)
+    assert (tr.preview_psi, tr.preview_every, tr.checkpoint_every, tr.hflip) == (0.5, 500, 10_000, True)
     assert tr.keep_snapshots  # 1.6: every checkpoint is kept (ckpts/NNNNNN.pt)
     assert tr.precision == "fp32"  # no mixed precision in the official code
     g, d = cfg.optimizer_kwargs("G"), cfg.optimizer_kwargs("D")
@@ -130,7 +132,7 @@ def test_config_json_round_trip(tmp_path):
         assert FurryGANConfig.load_json(path) == cfg
     assert FurryGANConfig.from_dict({"model": {"resolution": 64}}).model == ModelConfig(resolution=64)
     cfg = tiny(**{"model.blur_kernel": [1, 2, 1], "loss.fine_fade_in_steps": 0})
-    assert cfg.model.blur_kernel == (1, 2, 1) and cfg.train.batch == 2
+    assert cfg.model.blur_kernel == (1, 2, 1) and cfg.train.batch_size == 2
 
 
 @pytest.mark.parametrize("data, match", [
@@ -139,8 +141,9 @@ def test_config_json_round_trip(tmp_path):
     ({"model": {"modconv": "fast"}}, "modconv"),
     ({"model": {"resolutoin": 64}}, "unknown key"),
     ({"optim": {}}, "unknown config section"),
-    ({"train": {"batch": "16"}}, "integer"),
-    ({"train": {"batch": 1}}, "batch"),
+    ({"train": {"batch_size": "16"}}, "integer"),
+    ({"train": {"batch_size": 1}}, "batch_size"),
+    ({"train": {"batch": 1}}, "batch_size"),  # the name of earlier versions is read as batch_size
     ({"train": {"precision": "fp16"}}, "train.precision must be one of fp32, tf32, bf16"),
     ({"loss": {"consistency": 1}}, "true or false"),
 ])
@@ -156,7 +159,7 @@ def test_preset_errors():
     with pytest.raises(ConfigError, match="unknown config key"):
         tiny(**{"train.bacth": 4})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        TrainConfig().batch = 4
+        TrainConfig().batch_size = 4
 
 
 # ============================================================================ networks
@@ -400,13 +403,13 @@ def test_loss_phases_touch_only_their_network():
 
 
 def test_dual_fake_input_split():
-    cfg = tiny(**{"train.batch": 4})
+    cfg = tiny(**{"train.batch_size": 4})
     G, D = FurryGANGenerator(cfg.model), FurryGANDiscriminator(cfg.model)
     fake = FurryGANLoss(G, D, cfg).generate(torch.randn(4, G.z_dim), step=0)
     assert len(fake.composites) == 2 and fake.fg_only.fg.shape[0] == 2
     assert fake.images.shape == (4, 3, 32, 32) and fake.alpha_coarse.shape == (4, 1, 32, 32)
     assert torch.equal(fake.composites.alpha, fake.composites.alpha_coarse)  # gamma(0) = 0
-    cfg = tiny(**{"train.batch": 4, "loss.dual_fake_input": False})
+    cfg = tiny(**{"train.batch_size": 4, "loss.dual_fake_input": False})
     fake = FurryGANLoss(G, D, cfg).generate(torch.randn(4, G.z_dim), step=0)
     assert len(fake.composites) == 4 and fake.fg_only.fg.shape[0] == 0
 
@@ -445,14 +448,14 @@ def test_save_pretrained_round_trip(tmp_path):
 
 
 def _train(tmp_path, name, stop_after_s=None, **overrides):
-    settings = {"train.total_steps": 3, "train.save_every": 2, "train.image_every": 2, "train.log_every": 1,
+    settings = {"train.total_steps": 3, "train.checkpoint_every": 2, "train.preview_every": 2, "train.log_every": 1,
                 "loss.r1_interval": 2, **overrides}
     data = TensorDataset(torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
     return training_loop(tiny(**settings), data, tmp_path / name, show_progress=False, stop_after_s=stop_after_s)
 
 
 def test_time_limit_saves_and_resumes(tmp_path):
-    # A limit already passed stops after the first step, saving it (off the save_every grid).
+    # A limit already passed stops after the first step, saving it (off the checkpoint_every grid).
     first = _train(tmp_path, "run", stop_after_s=0.0)
     assert (first.step, first.timed_out) == (1, True)
     assert torch.load(tmp_path / "run" / STATE_NAME, weights_only=True)["step"] == 1
@@ -473,7 +476,7 @@ def test_bf16_training_step(tmp_path):
     first = {name: log[0]["D/adv"] for name, log in logs.items()}
     assert first["bf16"] != first["fp32"] and first["bf16"] == pytest.approx(first["fp32"], rel=0.05)
     assert all(p.dtype == torch.float32 for p in result.networks["G"].parameters())
-    exported = FurryGANGenerator.from_pretrained(tmp_path / "bf16" / "pretrained")
+    exported = FurryGANGenerator.from_pretrained(tmp_path / "bf16" / "export")
     assert all(p.dtype == torch.float32 for p in exported.parameters())
 
 
@@ -490,17 +493,17 @@ def test_training_resumes_exactly(tmp_path):
     run = tmp_path / "resumed"
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and "Dreg/r1" in log[0] and "G/consistency" in log[2]
-    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000002.png", "step-0000003.png"]
-    assert FurryGANConfig.load_json(run / "config.json").train.total_steps == 3
-    G = FurryGANGenerator.from_pretrained(run / "pretrained")
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["step-0000002.png", "step-0000003.png"]
+    assert FurryGANConfig.load_json(run / "training-config.json").train.total_steps == 3
+    G = FurryGANGenerator.from_pretrained(run / "export")
     assert all(torch.equal(G.state_dict()[k], b["G_ema"][k]) for k in b["G_ema"])
-    # Every save's export is kept (official: every checkpoint), the last one equal to pretrained/.
+    # Every save's export is kept (official: every checkpoint), the last one equal to export/.
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-0000002", "step-0000003"]
     last = FurryGANGenerator.from_pretrained(resolve_checkpoint(run / "snapshots" / "step-0000003"))
     assert all(torch.equal(last.state_dict()[k], b["G_ema"][k]) for k in b["G_ema"])
     assert not (_train(tmp_path, "latest-only", **{"train.keep_snapshots": False}).run_dir / "snapshots").exists()
     assert _train(tmp_path, "resumed").step == 3  # nothing left to do
-    with pytest.raises(ConfigError, match="different model/loss config"):
+    with pytest.raises(ConfigError, match=r"different configuration: loss.min_mask \(0.35 -> 0.5\)"):
         _train(tmp_path, "resumed", **{"loss.min_mask": 0.5})
 
 
@@ -522,7 +525,58 @@ def test_lr_rampdown_extends_a_run(tmp_path):
 
 def test_divergence_stops_and_keeps_checkpoint(tmp_path):
     _train(tmp_path, "run", **{"train.total_steps": 2})
-    with pytest.raises(TrainingDivergedError, match=r"step 3: loss .* exceeds train.max_loss=1e-09.*step 2\) is kept"):
+    with pytest.raises(TrainingDivergedError, match=r"step 3: loss .* exceeds max_loss=1e-09.*\(step 2\) is kept"):
         _train(tmp_path, "run", **{"train.total_steps": 4, "train.max_loss": 1e-9})
     assert torch.load(tmp_path / "run" / STATE_NAME, weights_only=True)["step"] == 2
     assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["diverged"] is True
+
+
+def _as_old_layout(run):
+    """Turn a run folder into the layout and key names of earlier lamina versions."""
+    old = {"batch_size": "batch", "checkpoint_every": "save_every", "preview_every": "image_every",
+           "preview_psi": "sample_psi"}
+    cfg = json.loads((run / "training-config.json").read_text())
+    cfg["train"] = {old.get(k, k): v for k, v in cfg["train"].items()}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "training-config.json").unlink()
+    state = torch.load(run / STATE_NAME, weights_only=True)
+    state["config"] = cfg
+    torch.save(state, run / STATE_NAME)
+    (run / "export").rename(run / "pretrained")
+    (run / "previews").rename(run / "samples")
+
+
+def test_old_run_folder_is_migrated_and_resumes(tmp_path, capsys):
+    _train(tmp_path, "straight")
+    _train(tmp_path, "old", **{"train.total_steps": 2})
+    _as_old_layout(tmp_path / "old")
+    assert resolve_checkpoint(tmp_path / "old") == tmp_path / "old" / "pretrained"  # still loadable as it is
+    assert _train(tmp_path, "old").step == 3
+    assert "migrated the run folder" in capsys.readouterr().out
+    run = tmp_path / "old"
+    assert sorted(p.name for p in run.iterdir()) == ["export", "log.jsonl", "losses.png", "previews", "snapshots",
+                                                      "training-config.json", "training-state.pt"]
+    a = torch.load(tmp_path / "straight" / STATE_NAME, weights_only=True)
+    b = torch.load(run / STATE_NAME, weights_only=True)
+    assert all(torch.equal(a["G_ema"][k], b["G_ema"][k]) for k in a["G_ema"])
+    assert json.loads((run / "training-config.json").read_text())["train"]["batch_size"] == 2
+
+
+def test_killed_save_leftovers_and_stale_export(tmp_path):
+    # A kill during a save leaves a temporary; a kill between state and export leaves an older export.
+    _train(tmp_path, "run", **{"train.total_steps": 2})
+    run = tmp_path / "run"
+    (run / ".training-state.pt.x1y2.lamina-tmp").mkdir()
+    (run / ".training-state.pt.x1y2.lamina-tmp" / "training-state.pt").write_bytes(b"partial")
+    shutil.rmtree(run / "export")
+    assert _train(tmp_path, "run", **{"train.total_steps": 2}).step == 2  # finished: only the export is re-made
+    assert not list(run.glob(".*lamina-tmp"))
+    state = torch.load(run / STATE_NAME, weights_only=True)
+    G = FurryGANGenerator.from_pretrained(run / "export")
+    assert all(torch.equal(G.state_dict()[k], state["G_ema"][k]) for k in state["G_ema"])
+    # An export older than the state (the state saved, then the kill): re-made on the next start.
+    stamp = (run / STATE_NAME).stat().st_mtime_ns
+    for f in (run / "export").iterdir():
+        os.utime(f, ns=(stamp - 10**9, stamp - 10**9))
+    _train(tmp_path, "run", **{"train.total_steps": 2})
+    assert min(f.stat().st_mtime_ns for f in (run / "export").iterdir()) > stamp

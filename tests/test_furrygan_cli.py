@@ -47,7 +47,7 @@ from lamina.overrides import parse_overrides
 torch.set_num_threads(1)
 
 TRAIN = ["furrygan", "train", "--data", "synth", "--preset", "tiny-32", "--batch", "2", "--threads", "1",
-         "--set", "train.save_every=1", "--set", "train.image_every=2", "--set", "train.log_every=1"]
+         "--set", "train.checkpoint_every=1", "--set", "train.preview_every=2", "--set", "train.log_every=1"]
 
 
 def invoke(*args: str):
@@ -75,9 +75,9 @@ def segmenter_dir(tmp_path_factory):
 def test_train_writes_run_and_resumes(run):
     again = invoke(*TRAIN, "--out", str(run), "--steps", "2")  # a rerun at the same length has nothing to do
     assert again.exit_code == 0 and "resuming tiny-32 run" in again.output and "step 2 " in again.output
-    cfg = json.loads((run / "config.json").read_text())
-    assert cfg["train"]["batch"] == 2 and cfg["train"]["total_steps"] == 2 and cfg["model"]["resolution"] == 32
-    assert sorted(p.name for p in (run / "pretrained").iterdir()) == [
+    cfg = json.loads((run / "training-config.json").read_text())
+    assert cfg["train"]["batch_size"] == 2 and cfg["train"]["total_steps"] == 2 and cfg["model"]["resolution"] == 32
+    assert sorted(p.name for p in (run / "export").iterdir()) == [
         "config.json", "discriminator.safetensors", "model.safetensors"]
     result = invoke(*TRAIN, "--out", str(run), "--steps", "3")  # the same command, longer: resumes at step 2
     assert result.exit_code == 0 and "resuming" in result.output, result.output
@@ -142,7 +142,7 @@ def test_sample_paths(tmp_path):
 
 
 def test_checkpoint_resolution(run, tmp_path):
-    assert resolve_checkpoint(run) == run / "pretrained" == resolve_checkpoint(run / "pretrained")
+    assert resolve_checkpoint(run) == run / "export" == resolve_checkpoint(run / "export")
     assert isinstance(load_discriminator(run), FurryGANDiscriminator)
     with pytest.raises(InputFileError, match="no such checkpoint"):
         resolve_checkpoint(tmp_path / "nothing")
@@ -335,7 +335,7 @@ def test_eval_command(run, segmenter_dir):
 
 
 def test_select_command(run, segmenter_dir, tmp_path):
-    # Every snapshot scored (run keeps one per step: save_every=1), the scores cached and drawn, the best copied.
+    # Every snapshot scored (run keeps one per step: checkpoint_every=1), the scores cached and drawn, the best copied.
     args = ["furrygan", "select", str(run), "--n", "4", "--segmenter", str(segmenter_dir), "--threads", "1"]
     result = invoke(*args, "--json", "--export", str(tmp_path / "best"))
     assert result.exit_code == 0, result.output

@@ -17,6 +17,7 @@ from psd_tools import PSDImage
 
 import lamina.io.ora
 import lamina.io.pngstack
+import lamina.io.psd
 from lamina import Layer, LayeredImage
 from lamina.errors import InputFileError, LaminaError, LayerError, OutputExistsError
 from lamina.io import (
@@ -148,7 +149,7 @@ def _fail(*args, **kwargs):
 
 
 @pytest.mark.parametrize(("name", "module", "attribute"), [
-    ("image.psd", PSDImage, "save"),
+    ("image.psd", lamina.io.psd, "_write"),
     ("image.ora", lamina.io.ora, "encode_png"),
     ("stack", lamina.io.pngstack, "encode_png"),
 ])
@@ -158,7 +159,7 @@ def test_failure_mid_write_leaves_no_output(tmp_path, monkeypatch, name, module,
 
     def crash_after_a_partial_write(*args, **kwargs):
         calls.append(1)
-        if module is PSDImage:
+        if module is lamina.io.psd:
             Path(args[1]).write_bytes(b"8BPS half a file")
             _fail()
         if len(calls) == 2:  # the first layer PNG has reached the disk
@@ -352,6 +353,8 @@ def test_blend_modes_seen_by_other_readers(tmp_path):
     # psd-tools' own compositor agrees with ours (its merged preview, written on save)
     theirs = np.asarray(psd.composite(force=True).convert("RGBA"), np.float32) / 255
     np.testing.assert_allclose(theirs, image.composite(), atol=3 / 255)
+    stored = np.asarray(psd.topil().convert("RGBA"), np.float32) / 255  # the merged image we wrote
+    np.testing.assert_allclose(stored, image.composite(), atol=0.5 / 255 + 1e-6)
     with zipfile.ZipFile(save(image, tmp_path / "b.ora")) as archive:
         ops = [e.get("composite-op") for e in ET.fromstring(archive.read("stack.xml")).iter("layer")]
     assert ops == ["svg:screen", "svg:multiply", "svg:src-over"]  # top first
@@ -440,3 +443,37 @@ def test_object_api_save_load_to_pil(tmp_path):
     image.save(tmp_path / "flat.png", overwrite=True)
     with pytest.raises(InputFileError, match="not an image file"):
         lamina.load(tmp_path / "stack" / "layers.json")
+
+
+def test_output_folder_that_cannot_be_created_is_refused_first(tmp_path):
+    from lamina.io.atomic import check_writable
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LaminaError, match="is a file, not a folder"):
+        check_writable(tmp_path / "file" / "sub" / "out.psd", overwrite=False)
+    with pytest.raises(LaminaError, match="is a file, not a folder"):
+        save(make_image(), tmp_path / "file" / "out.psd")
+    assert check_writable(tmp_path / "new" / "deeper" / "out.psd", overwrite=False).name == "out.psd"
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(LaminaError, match="no write permission"):
+            check_writable(locked / "out.psd", overwrite=False)
+
+
+def test_memory_budget_setting(monkeypatch, tmp_path):
+    from lamina.io.budget import DEFAULT_MEMORY_BUDGET, memory_budget, parse_size
+
+    assert parse_size("2G") == 2 << 30 and parse_size("512m") == 512 << 20 and parse_size("1000") == 1000
+    assert parse_size("1.5GiB") == 3 << 29
+    monkeypatch.delenv("LAMINA_MEMORY_BUDGET", raising=False)
+    assert memory_budget() == DEFAULT_MEMORY_BUDGET and memory_budget(123) == 123
+    monkeypatch.setenv("LAMINA_MEMORY_BUDGET", "lots")
+    with pytest.raises(LaminaError, match="LAMINA_MEMORY_BUDGET='lots' is not a positive size"):
+        memory_budget()
+    monkeypatch.setenv("LAMINA_MEMORY_BUDGET", "20K")  # a 40x30 image and its canvas need 38 KB
+    path = save(make_image(), tmp_path / "x.psd")
+    for target in (path, save(make_image(), tmp_path / "x.ora"), save(make_image(), tmp_path / "stack")):
+        with pytest.raises(InputFileError, match=r"over the memory budget of 20\.0 KB; set LAMINA_MEMORY_BUDGET"):
+            load(target)
+    assert len(load(path, memory_budget=1 << 20).layers) == 2

@@ -201,8 +201,13 @@ def test_unreachable_hub_endpoint_fails_fast(tmp_path) -> None:
     code = ("from transformers import SamModel\n"
             "from lamina.errors import LaminaError\n"
             "from lamina.hub import from_pretrained\n"
+            "from lamina.layeringdiff.fbdd import load_pipeline\n"
             "import time\n"
             "start = time.time()\n"
+            "try:\n"
+            "    load_pipeline('lamina-test/no-such-fbdd')\n"
+            "except LaminaError as exc:\n"
+            "    print('FBDD', exc)\n"
             "try:\n"
             "    from_pretrained(SamModel, 'lamina-test/no-such-model', 'segmenter')\n"
             "except LaminaError as exc:\n"
@@ -211,9 +216,11 @@ def test_unreachable_hub_endpoint_fails_fast(tmp_path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 2 and lines[-1].startswith("ERROR cannot load the segmenter 'lamina-test/no-such-model'"), out
+    assert len(lines) == 3 and lines[-1].startswith("ERROR cannot load the segmenter 'lamina-test/no-such-model'"), out
+    assert lines[0].startswith("FBDD cannot load the FBDD model 'lamina-test/no-such-fbdd'"), out
+    assert "cannot be reached" in lines[0]
     assert "127.0.0.1:9 cannot be reached" in lines[-1] and "HF_HUB_OFFLINE" in lines[-1]
-    assert float(lines[0]) < 5.0  # the client alone retries a refused connection for ~25 s per file
+    assert float(lines[1]) < 5.0  # both; the client alone retries a refused connection for ~25 s per file
 
 
 def test_text_to_layered_file_end_to_end(models, tmp_path) -> None:
@@ -255,8 +262,9 @@ def test_photo_to_layered_file_with_a_prompt_and_a_box(models, tmp_path) -> None
     result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--method", "classical",
                                        "--out", str(tmp_path / "c.psd")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(decompose, [str(image), "--out", str(tmp_path / "d.psd")])
-    assert result.exit_code != 0 and "exactly one of --box" in failure(result)
+    result = runner.invoke(decompose, [str(image), "--box", "10,8,32,30", "--prompt", "the cat",
+                                       "--out", str(tmp_path / "d.psd")])
+    assert result.exit_code != 0 and "not --box and --prompt" in failure(result)
 
 
 def test_training_runs_resumes_and_exports(tmp_path) -> None:
@@ -280,7 +288,13 @@ def test_training_runs_resumes_and_exports(tmp_path) -> None:
     out = pipe(np.random.rand(20, 24, 3).astype(np.float32), np.zeros((20, 24), np.float32), num_inference_steps=2)
     assert out.foreground.shape == (1, 20, 24, 3) and out.effects.shape == (1, 20, 24)
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--lr", "0.1"])
-    assert result.exit_code != 0 and "different options" in failure(result)
+    assert result.exit_code != 0 and "different configuration: lr (0.0005 -> 0.1)" in failure(result)
+    # A run folder of an earlier version (a config without today's keys, e.g. max_loss) still resumes.
+    old = {k: v for k, v in json.loads((run / "training-config.json").read_text()).items()
+           if k not in ("max_loss", "keep_snapshots")}
+    (run / "training-config.json").write_text(json.dumps(old))
+    result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--steps", "4"])
+    assert result.exit_code == 0 and "resuming" in result.output, failure(result)
     # Fine-tuning: a new run starts from the exported weights (and refuses a different architecture).
     tuned = tmp_path / "tuned"
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(tuned), "--steps", "1", "--init",
@@ -293,6 +307,26 @@ def test_training_runs_resumes_and_exports(tmp_path) -> None:
     assert runner.invoke(train, ["--preset", "tiny", "--out", str(run), "-n"]).output.startswith("{")
     result = runner.invoke(train, ["--preset", "tiny", "--out", str(run), "--max-minutes", "0"])
     assert result.exit_code == 2 and "--max-minutes" in result.output  # as in lamina furrygan train
+
+
+def test_training_divergence_guard_and_leftovers(tmp_path) -> None:
+    from lamina.errors import TrainingDivergedError
+    from lamina.layeringdiff.train import resolve_config, training_loop
+
+    run = tmp_path / "run"
+    training_loop(resolve_config("tiny", total_steps=2), run, echo=lambda _: None)
+    (run / ".training-state.pt.k9.lamina-tmp").mkdir()  # a save killed mid-write
+    (run / "export" / "model_index.json").unlink()  # an export that never finished (killed before it)
+    import shutil
+
+    shutil.rmtree(run / "export")
+    notices = []
+    training_loop(resolve_config("tiny", total_steps=2), run, echo=notices.append)  # finished: re-exports only
+    assert (run / "export" / "model_index.json").is_file() and not list(run.glob(".*lamina-tmp"))
+    assert any("temporary" in n for n in notices) and any("re-making the export of step 2" in n for n in notices)
+    with pytest.raises(TrainingDivergedError, match=r"step 3: loss .*exceeds max_loss=1e-09.*\(step 2\) is kept"):
+        training_loop(resolve_config("tiny", total_steps=4, max_loss=1e-9), run, echo=lambda _: None)
+    assert torch.load(run / "training-state.pt", weights_only=True)["step"] == 2
 
 
 def test_training_on_a_folder_of_layers(tmp_path) -> None:

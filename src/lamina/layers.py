@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .compositing import BLEND_MODES, blend_function, blended_source, premultiply, unpremultiply
+from .compositing import BLEND_MODES, UNPREMULTIPLY_EPS, blend_function, blended_source
 from .errors import LayerError
 
 #: Tolerance on the ``[0, 1]`` range check of float pixels (rounding from other libraries).
@@ -306,6 +306,15 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
+def _unpremultiply_(acc: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`~lamina.compositing.unpremultiply` of planar ``[4, H, W]`` (one extra plane of memory)."""
+    alpha = acc[3:]
+    covered = alpha > UNPREMULTIPLY_EPS
+    acc[:3].div_(torch.where(covered, alpha, torch.ones_like(alpha)))
+    acc[:3].mul_(covered).clamp_(0.0, 1.0)
+    return acc
+
+
 def _placement(layer: Layer, width: int, height: int) -> tuple[slice, slice, slice, slice] | None:
     """Canvas and layer slices where ``layer`` overlaps a ``width x height`` canvas."""
     left, top = layer.offset
@@ -472,13 +481,14 @@ class LayeredImage:
         if use_bg and self.background.opacity == 1.0 and bool(bg[3].min() >= 1.0):
             return self._composite_opaque(bg, draw)
         if use_bg:
-            acc = premultiply(torch.from_numpy(self._canvas_planes(self.background)))
+            acc = torch.from_numpy(self._canvas_planes(self.background))
+            acc[:3].mul_(acc[3:])  # premultiply in place
         else:
             acc = torch.zeros((4, self.height, self.width), dtype=torch.float32)
         # General case, premultiplied and in place, on each layer's region (backdrop c_b, a_b
         # premultiplied; source C_s straight with alpha a_s): C' <- a_s C'_s + c_b (1 - a_s),
         # where C'_s = (1 - a_b) C_s + a_b B(C_b, C_s) is the blended source (W3C compositing);
-        # see lamina.compositing.blended_source for a_s C'_s without division.
+        # see lamina.compositing.blended_source for C'_s without division.
         for cy, cx, src, a, mode in self._regions(draw):
             region = acc[:, cy, cx]
             if mode == "normal":
@@ -489,7 +499,7 @@ class LayeredImage:
                 region.mul_(1.0 - a)
                 region[:3].addcmul_(source, a)
             region[3:].add_(a)
-        return unpremultiply(acc)
+        return _unpremultiply_(acc)
 
     def _composite_opaque(self, bg: torch.Tensor, draw: list[Layer]) -> torch.Tensor:
         # Over an opaque destination the result stays opaque and "over" reduces to a lerp
@@ -661,7 +671,31 @@ class LayeredImage:
         return cls(bg, [Layer(fg, name=name)], metadata)
 
 
+#: Elements quantised at a time by :func:`to_uint8` / :func:`to_uint16`: float temporaries stay ~16 MB.
+QUANTISE_CHUNK = 1 << 22
+
+
+def _quantise(image: np.ndarray, scale: float, dtype: type) -> np.ndarray:
+    """``floor(clip(x, 0, 1) * scale + 0.5)`` as ``dtype``, a block of rows at a time (bounded temporaries)."""
+    image = np.asarray(image)
+    if image.ndim == 0 or image.size <= QUANTISE_CHUNK:
+        return np.floor(np.clip(image, 0.0, 1.0) * scale + 0.5).astype(dtype)
+    out = np.empty(image.shape, dtype)
+    rows = max(1, QUANTISE_CHUNK // max(1, image[0].size))
+    for start in range(0, image.shape[0], rows):
+        chunk = np.clip(image[start:start + rows], 0.0, 1.0).astype(np.float32, copy=False)
+        chunk *= scale
+        chunk += 0.5
+        np.floor(chunk, out=chunk)
+        out[start:start + rows] = chunk
+    return out
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Float image in ``[0, 1]`` -> ``uint8`` with round-half-up (``floor(x * 255 + 0.5)``)."""
-    return np.floor(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return _quantise(image, 255.0, np.uint8)
 
+
+def to_uint16(image: np.ndarray) -> np.ndarray:
+    """Float image in ``[0, 1]`` -> ``uint16`` with round-half-up (``floor(x * 65535 + 0.5)``)."""
+    return _quantise(image, 65535.0, np.uint16)

@@ -11,27 +11,39 @@ from pathlib import Path
 
 import click
 
+from ..cli_options import (
+    out_option,
+    overwrite_option,
+    preview_option,
+    runtime_options,
+    seed_option,
+    setup_runtime,
+    threads_option,
+)
 from ..errors import LaminaError
 
 MODEL_HELP = "BFS model: builtin (the default), a folder (RUN/export or a saved pipeline), or a hub id"
 
 
-def _threads(threads: int | None) -> None:
-    """Cap torch's CPU threads, and silence diffusers'/transformers' loading bars (lamina prints its own)."""
+def _quiet() -> None:
+    """Silence diffusers'/transformers' loading bars (lamina prints its own progress)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
-def sheet_path(out: Path) -> Path:
-    """The contact sheet written beside ``out``."""
-    return out.with_name(out.name + ".sheet.png") if out.suffix == "" else out.with_suffix(".sheet.png")
+def _load(model: str, device: str, dtype: str, threads: int | None):
+    """``--threads``/``--device``/``--dtype`` applied, then the BFS model loaded onto the device."""
+    from .train import load_model
+
+    _quiet()
+    resolved, torch_dtype = setup_runtime(device, dtype, threads, small_model=model == "builtin")
+    pipe = load_model(model)
+    pipe.to(resolved, torch_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 @click.command("synthesize")
@@ -40,31 +52,32 @@ def sheet_path(out: Path) -> Path:
               help="where the object goes (pixels, exclusive end); repeat with --prompt, back to front")
 @click.option("--prompt", "prompts", multiple=True, required=True,
               help='the object, e.g. "a red star with a shadow"; one per --box, in the same order')
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="layered output: .psd, .ora, or a folder path (PNG stack)")
+@out_option(help="layered output: .psd, .ora, a path without suffix (PNG-stack folder), or .png (flattened)")
 @click.option("--model", default="builtin", show_default=True, help=MODEL_HELP)
 @click.option("--steps", type=click.IntRange(1), default=None, help="sampling steps (default: the model's)")
-@click.option("--seed", type=int, default=0, show_default=True, help="layer k samples with seed + k")
-@click.option("--sheet/--no-sheet", default=True, show_default=True, help="also write OUT.sheet.png")
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads")
-@click.option("--overwrite", is_flag=True, help="replace existing outputs")
+@seed_option(help="random seed: layer k samples with seed + k")
+@preview_option
+@runtime_options
+@overwrite_option
 def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...], out: Path, model: str,
-               steps: int | None, seed: int, sheet: bool, threads: int | None, overwrite: bool) -> None:
+               steps: int | None, seed: int, preview: bool, device: str, dtype: str, threads: int | None,
+               overwrite: bool) -> None:
     """Draw captioned objects (with their shadows and reflections) onto BACKGROUND as separate layers.
 
     Each --box/--prompt pair adds one layer, back to front: the next object is drawn over the
     composite so far. The background is kept bit-exact; the output holds it plus one layer per pair.
     """
-    from ..io import layered_format, read_rgb, save, save_contact_sheet
+    from ..cli_options import output_format, sheet_path, write_layered
+    from ..io import read_rgb
     from ..io.atomic import check_writable
     from ..layers import check_box, parse_box
 
     # Every check before the model loads.
     if len(boxes) != len(prompts):
         raise LaminaError(f"give one --prompt per --box (got {len(boxes)} box(es) and {len(prompts)} prompt(s))")
-    layered_format(out)
+    output_format(out, allow_png=True)
     check_writable(out, overwrite)
-    if sheet:
+    if preview and out.suffix.lower() != ".png":
         check_writable(sheet_path(out), overwrite)
     if not out.parent.exists():
         raise LaminaError(f"{out}: the folder {out.parent} does not exist")
@@ -76,19 +89,12 @@ def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...
 
     from ..progress import progress
     from .synthesize import synthesize_layers
-    from .train import load_model
 
-    _threads(threads)
-    pipe = load_model(model)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _load(model, device, dtype, threads)
     layered = synthesize_layers(pipe, image, parsed, list(prompts), num_inference_steps=steps, seed=seed,
                                 progress=lambda items: progress(items, desc="BFS layers"))
     layered.metadata["model"] = str(model)
-    save(layered, out, overwrite=overwrite)
-    written = [str(out)]
-    if sheet:
-        save_contact_sheet(layered, sheet_path(out), overwrite=overwrite)
-        written.append(str(sheet_path(out)))
+    written = [str(p) for p in write_layered(layered, out, overwrite=overwrite, preview=preview)]
     click.echo(f"wrote {' and '.join(written)}: the background and {len(layered.layers)} layer(s) "
                f"({', '.join(layer.name for layer in layered.layers)})")
 
@@ -112,12 +118,12 @@ def bfs() -> None:
 @click.option("--steps", "total_steps", type=click.IntRange(1), default=None, help="total optimisation steps")
 @click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help="batch size")
 @click.option("--lr", type=float, default=None, help="learning rate")
-@click.option("--seed", type=int, default=None, help="data and initialisation seed")
+@seed_option(default=None, help="data and initialisation seed")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override any training option (JSON values), e.g. --set resolution=32 --set lora_rank=4")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="stop (after saving) after this long; rerun to resume")
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads")
+@threads_option
 @click.option("-n", "--dry-run", is_flag=True, help="print the resolved config and exit")
 def train(data: str, preset: str, stage: str, run_dir: Path, init: str | None, base: str | None,
           total_steps: int | None, batch_size: int | None, lr: float | None, seed: int | None,
@@ -133,7 +139,8 @@ def train(data: str, preset: str, stage: str, run_dir: Path, init: str | None, b
     if dry_run:
         click.echo(json.dumps(config.to_dict(), indent=2))
         return
-    _threads(threads)
+    _quiet()
+    setup_runtime("auto", "auto", threads)
     export = training_loop(config, run_dir, echo=click.echo,
                            stop_after_s=None if max_minutes is None else max_minutes * 60.0)
     click.echo(f"export: {export} (use it with: lamina synthesize IMAGE --box ... --prompt ... --model {export})")
@@ -145,22 +152,19 @@ def train(data: str, preset: str, stage: str, run_dir: Path, init: str | None, b
 @click.option("--mode", type=click.Choice(["single", "multi"]), default="single", show_default=True,
               help="one object per scene, or 2-4 placed back to front")
 @click.option("--steps", type=click.IntRange(1), default=None, help="sampling steps (default: the model's)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads")
-def evaluate(model: str, count: int, mode: str, steps: int | None, seed: int, as_json: bool,
-             threads: int | None) -> None:
+@runtime_options
+def evaluate(model: str, count: int, mode: str, steps: int | None, seed: int, as_json: bool, device: str,
+             dtype: str, threads: int | None) -> None:
     """Evaluate a BFS model (RUN, RUN/export, a folder, a hub id or builtin) on held-out procedural scenes."""
     from ..training import EXPORT_DIR
     from .evaluate import bfs_method, evaluate_method, held_out_cases
-    from .train import load_model
 
     path = Path(model).expanduser()
     if path.is_dir() and (path / EXPORT_DIR / "model_index.json").is_file():
         model = str(path / EXPORT_DIR)
-    _threads(threads)
-    pipe = load_model(model)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _load(model, device, dtype, threads)
     cases = held_out_cases(count, int(pipe.config.resolution), mode=mode)
     result = evaluate_method(bfs_method(pipe, steps=steps, seed=seed), cases)
     if as_json:

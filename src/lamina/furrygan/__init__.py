@@ -17,7 +17,15 @@ sampling, segmentation by GAN inversion), :mod:`.segmenter` (pseudo-GT segmenter
 
 from .config import PRESETS, ConfigError, FurryGANConfig, LossConfig, ModelConfig, TrainConfig, get_preset
 from .datasets import ImageFolderDataset, SynthComposites
-from .inference import InversionResult, invert, load_builtin, load_discriminator, load_generator, resolve_checkpoint
+from .inference import (
+    FurryGAN,
+    InversionResult,
+    invert,
+    load_builtin,
+    load_discriminator,
+    load_generator,
+    resolve_checkpoint,
+)
 from .losses import FakeBatch, FurryGANLoss
 from .networks import (
     DiscriminatorOutput,
@@ -34,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DiscriminatorOutput",
     "FakeBatch",
+    "FurryGAN",
     "ForegroundOutput",
     "FurryGANConfig",
     "FurryGANDiscriminator",

@@ -15,35 +15,33 @@ from typing import Any
 
 import click
 
+from ..cli_options import (
+    device_option,
+    format_option,
+    overwrite_option,
+    preview_option,
+    runtime_options,
+    seed_option,
+)
+from ..cli_options import threads_option as _threads
 from ..errors import InputFileError, LaminaError
 from ..overrides import parse_overrides
 
 LAYERED_SUFFIXES = (".psd", ".ora")
 
 
-def _threads(func: Any) -> Any:
-    return click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
-                        help="CPU threads for PyTorch (0: PyTorch's default).")(func)
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: torch's (and numba's) CPU threads; ``None`` leaves torch's default (shared meaning)."""
+    from ..devices import set_threads
+
+    set_threads(threads)
 
 
-def _set_threads(threads: int) -> None:
-    import torch
+def _device(device: str) -> str:
+    """The resolved ``--device`` as a torch device string (``auto`` -> cuda / mps / cpu)."""
+    from ..devices import resolve_device
 
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """A ``--device`` that torch understands and this machine has."""
-    import torch
-
-    try:
-        device = torch.device(value)
-    except RuntimeError:
-        raise click.BadParameter(f"{value!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter(f"{value!r}: this PyTorch sees no CUDA device")
-    return value
+    return str(resolve_device(device))
 
 
 def _checkpoint_option(func: Any) -> Any:
@@ -68,29 +66,34 @@ def build_dataset(data: str, resolution: int):
 
 
 @furrygan.command()
-@click.option("--data", required=True, help="A folder of images, or 'synth' for lamina's procedural scenes.")
+@click.option("--data", default="synth", show_default=True,
+              help="A folder of images, or 'synth' for lamina's procedural scenes.")
 @click.option("--preset", default="tiny-32", show_default=True, help="Starting configuration (see --list-presets).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder; rerunning the same command resumes from it.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Total training steps (train.total_steps).")
-@click.option("--batch", type=click.IntRange(2), default=None, help="Global batch size (train.batch).")
+@click.option("--batch", type=click.IntRange(2), default=None,
+              help="Global batch size, all processes together (train.batch_size).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Learning rate (train.lr).")
 @click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set loss.min_mask=0.2 --set model.fine_mask=false.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop (after saving) after this long; rerun to resume.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False, help="List the presets and exit.",
               callback=lambda ctx, _, value: _list_presets(ctx) if value else None)
 @_threads
-def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int | None, seed: int | None,
-          overrides: tuple[str, ...], workers: int, max_minutes: float | None, dry_run: bool, threads: int) -> None:
+def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int | None, lr: float | None,
+          seed: int | None, overrides: tuple[str, ...], workers: int, max_minutes: float | None, dry_run: bool,
+          threads: int) -> None:
     """Train FurryGAN on a folder of images or on procedural scenes (composites only, never masks)."""
     from .config import get_preset
 
     settings = parse_overrides(overrides)
-    for key, value in (("train.total_steps", steps), ("train.batch", batch), ("train.seed", seed)):
+    for key, value in (("train.total_steps", steps), ("train.batch_size", batch), ("train.lr", lr),
+                       ("train.seed", seed)):
         if value is not None:
             settings[key] = value
     cfg = get_preset(preset).with_overrides(settings)
@@ -100,16 +103,16 @@ def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int |
     if data != "synth" and not Path(data).is_dir():
         raise InputFileError(f"--data {data}: not a folder of images (or 'synth')")
     _set_threads(threads)
-    from .train import training_loop
+    from .train import EXPORT_DIR, LOG_NAME, PREVIEW_DIR, STATE_NAME, training_loop
 
     dataset = build_dataset(data, cfg.model.resolution)
-    resumed = (run_dir / "training-state.pt").is_file()
+    resumed = (run_dir / STATE_NAME).is_file()
     click.echo(f"{'resuming' if resumed else 'starting'} {preset} run in {run_dir}: {len(dataset)} training images "
-               f"at {cfg.model.resolution} px, {cfg.train.total_steps} steps of {cfg.train.batch}")
-    result = training_loop(cfg, dataset, run_dir, num_workers=workers,
+               f"at {cfg.model.resolution} px, {cfg.train.total_steps} steps of {cfg.train.batch_size}")
+    result = training_loop(cfg, dataset, run_dir, num_workers=workers, echo=click.echo,
                            stop_after_s=None if max_minutes is None else max_minutes * 60.0)
-    click.echo(f"step {result.step} ({result.nimg} images): export in {run_dir / 'pretrained'}, "
-               f"samples in {run_dir / 'samples'}, losses in {run_dir / 'log.jsonl'}")
+    click.echo(f"step {result.step} ({result.nimg} images): export in {run_dir / EXPORT_DIR}, "
+               f"previews in {run_dir / PREVIEW_DIR}, losses in {run_dir / LOG_NAME}")
     if result.timed_out:
         click.echo(f"stopped after --max-minutes {max_minutes:g} at step {result.step} of {cfg.train.total_steps}; "
                    "run the same command again to resume")
@@ -121,7 +124,7 @@ def _list_presets(ctx: click.Context) -> None:
     for name, cfg in PRESETS.items():
         m = cfg.model
         click.echo(f"{name:<10} {m.resolution} px, channels <= {m.channel_max}, {cfg.train.total_steps} steps "
-                   f"of {cfg.train.batch}")
+                   f"of {cfg.train.batch_size}")
     ctx.exit()
 
 
@@ -165,41 +168,43 @@ def sample_paths(out: Path, n: int, fmt: str) -> tuple[list[Path], Path]:
               help="Truncation psi (1: none; the paper evaluates 1.0 and 0.7).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="x.psd / x.ora, or a folder path (see the help text above).")
-@click.option("--format", "fmt", type=click.Choice(["psd", "ora", "stack"]), default="psd", show_default=True,
-              help="Format of each sample when --out is a folder and --n > 1.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Latent seed.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@_threads
-def generate(checkpoint: str, count: int, truncation: float, out: Path, fmt: str, seed: int, overwrite: bool,
-             threads: int) -> None:
+@format_option
+@seed_option(help="latent seed")
+@runtime_options
+@overwrite_option
+@preview_option
+def generate(checkpoint: str, count: int, truncation: float, out: Path, fmt: str, seed: int, device: str,
+             dtype: str, threads: int | None, overwrite: bool, preview: bool) -> None:
     """Generate two-layer images (background + foreground with FurryGAN's alpha) and a contact sheet.
 
     --out x.psd (or .ora) writes x.psd for one sample, x_000.psd ... for several, and the
     contact sheet x_sheet.png beside them. --out a folder path without suffix writes one PNG
     stack (one sample) or a folder of sample_000.psd ... plus contact_sheet.png.
     """
-    _set_threads(threads)
+    from ..cli_options import claim_outputs, setup_runtime
     from ..io import save, save_contact_sheet
-    from ..io.atomic import check_writable
     from .inference import generate as sample
-    from .inference import load_generator
+    from .inference import load_generator, resolve_checkpoint
 
+    torch_device, torch_dtype = setup_runtime(device, dtype, threads, small_model=True)
     files, sheet = sample_paths(out, count, fmt)
-    for path in (*files, sheet):
-        check_writable(path, overwrite)
-    images = sample(load_generator(checkpoint), count, truncation_psi=truncation, seed=seed)
-    for image, path in zip(images, files, strict=True):
-        image.metadata["checkpoint"] = str(checkpoint)
-        save(image, path, overwrite=overwrite)
-    save_contact_sheet(images[:64], sheet, overwrite=overwrite)
+    resolve_checkpoint(checkpoint)  # a missing checkpoint is reported before the outputs are claimed
+    with claim_outputs([*files] + ([sheet] if preview else []), overwrite):
+        G = load_generator(checkpoint, torch_device).to(torch_dtype)
+        images = sample(G, count, truncation_psi=truncation, seed=seed)
+        for image, path in zip(images, files, strict=True):
+            image.metadata["checkpoint"] = str(checkpoint)
+            save(image, path, overwrite=overwrite)
+        if preview:
+            save_contact_sheet(images[:64], sheet, overwrite=overwrite)
     where = files[0] if count == 1 else f"{files[0]} ... {files[-1].name}"
-    click.echo(f"wrote {count} layered image(s): {where}; contact sheet {sheet}")
+    click.echo(f"wrote {count} layered image(s): {where}" + (f"; contact sheet {sheet}" if preview else ""))
 
 
 # ----------------------------------------------------------------------------- segment
 @furrygan.command()
 @_checkpoint_option
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE|FOLDER|GLOB...")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for <name>_mask.png and <name>.<format> per image.")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True, help="Inversion steps.")
@@ -210,67 +215,114 @@ def generate(checkpoint: str, count: int, truncation: float, out: Path, fmt: str
               help="Weight of the discriminator-feature perceptual term (0: multi-scale pixel L1 only; on the "
                    "built-in model pixels alone gave better masks).")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Images inverted together.")
-@click.option("--format", "fmt", type=click.Choice(["psd", "ora", "stack"]), default="psd", show_default=True,
-              help="Layered output per image (real pixels cut out by the mask over the inverted background).")
+@format_option
 @click.option("--size", "out_size", type=click.Choice(["original", "model"]), default="original", show_default=True,
               help="Mask and layers at each image's own size, or at the model's resolution (its centre crop).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@seed_option
+@device_option
 @_threads
-def segment(checkpoint: str, images: tuple[Path, ...], out_dir: Path, steps: int, lr: float | None,
-            feature_weight: float, batch: int, fmt: str, out_size: str, seed: int, overwrite: bool,
-            threads: int) -> None:
+@overwrite_option
+def segment(checkpoint: str, images: tuple[str, ...], out_dir: Path, steps: int, lr: float | None,
+            feature_weight: float, batch: int, fmt: str, out_size: str, seed: int, device: str,
+            threads: int | None, overwrite: bool) -> None:
     """Segment images by GAN inversion: fit w+ and noise to each image, then read the generator's mask.
+
+    IMAGES are files, folders or quoted globs ("photos/*.jpg"); the model loads once. Images
+    whose outputs are already in --out are skipped (rerun to resume); a bad file is reported
+    and the others go on (exit status 1 at the end if any failed).
 
     The model sees each image resized (short side) and centre-cropped to its resolution. With
     ``--size original`` (the default) the mask is mapped back onto the whole image (the
     strips outside the crop continue the mask's edges) and the layered file holds the
     original pixels; ``--size model`` keeps the crop at the model's resolution.
     """
-    _set_threads(threads)
     import torch
 
+    from ..cli_options import (
+        BatchReport,
+        claim_outputs,
+        expand_inputs,
+        finish_batch,
+        make_output_folder,
+        member_suffix,
+        setup_runtime,
+        unique_stems,
+    )
     from ..data.datasets import resize_crop
     from ..io import read_rgb, save, write_png
-    from ..io.atomic import check_writable
-    from .inference import INVERSION_LR, invert, load_discriminator, load_generator
+    from .inference import INVERSION_LR, invert, load_discriminator, load_generator, resolve_checkpoint
 
+    torch_device, _ = setup_runtime(device, "float32", threads)  # inversion optimises in float32
     lr = INVERSION_LR if lr is None else lr
-    stems = _unique_stems(images)
-    G = load_generator(checkpoint)
-    D = load_discriminator(checkpoint) if feature_weight else None
-    ext = "" if fmt == "stack" else f".{fmt}"
-    outputs = [(out_dir / f"{stem}_mask.png", out_dir / f"{stem}{ext}") for stem in stems]
-    for pair in outputs:
-        for path in pair:
-            check_writable(path, overwrite)
-    if feature_weight and D is None:
-        click.echo("note: the checkpoint has no discriminator; inverting with the pixel loss only", err=True)
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        originals = [torch.from_numpy(read_rgb(path).transpose(2, 0, 1).copy()) for path in chunk]
-        target = torch.stack([resize_crop(rgb, G.cfg.resolution, G.cfg.resolution) for rgb in originals])
-        result = invert(G, target, steps=steps, lr=lr, D=D, feature_weight=feature_weight, seed=seed + start)
-        for i, (mask_path, layered_path) in enumerate(outputs[start:start + batch]):
-            if out_size == "original":
-                alpha, layered = result.alpha_at(i, *originals[i].shape[1:]), result.to_layered_at(i, originals[i])
-            else:
-                alpha, layered = result.alpha[i], result.to_layered(i)
-            write_png(alpha[0].numpy(), mask_path, overwrite=overwrite)
-            save(layered, layered_path, overwrite=overwrite)
-            click.echo(f"{chunk[i]}: mask {mask_path}, layers {layered_path} (reconstruction L1 "
-                       f"{(result.output.composite[i].add(1).div(2) - target[i]).abs().mean():.4f})")
+    paths, _ = expand_inputs(images)
+    resolve_checkpoint(checkpoint)
+    make_output_folder(out_dir)
+    ext = member_suffix(fmt)
+    outputs = [(out_dir / f"{stem}_mask.png", out_dir / f"{stem}{ext}") for stem in unique_stems(paths)]
+    report = BatchReport()
+    todo = []
+    for path, pair in zip(paths, outputs, strict=True):
+        if all(p.exists() for p in pair) and not overwrite:
+            report.skipped.append(pair[1])
+        else:
+            todo.append((path, pair))
+    models: dict[str, Any] = {}
+    for start in range(0, len(todo), batch):
+        chunk = todo[start:start + batch]
+        claimed = []
+        for path, pair in chunk:  # claim each image's outputs, read it; a failure drops that image only
+            # Half of a pair (the mask without the layers: a run stopped between the two writes) is redone.
+            leftover = overwrite or any(p.exists() for p in pair)
+            try:
+                claim = claim_outputs([p for p in pair if overwrite or not p.exists()], overwrite)
+                claim.__enter__()
+            except LaminaError as exc:
+                report.failed.append((path, str(exc)))
+                continue
+            try:
+                pixels = torch.from_numpy(read_rgb(path).transpose(2, 0, 1).copy())
+                claimed.append((path, pair, claim, pixels, leftover))
+            except LaminaError as exc:
+                claim.__exit__(None, None, None)
+                report.failed.append((path, str(exc)))
+        if not claimed:
+            continue
+        try:
+            if not models:
+                models["G"] = load_generator(checkpoint, torch_device)
+                models["D"] = load_discriminator(checkpoint, torch_device) if feature_weight else None
+                if feature_weight and models["D"] is None:
+                    click.echo("note: the checkpoint has no discriminator; inverting with the pixel loss only",
+                               err=True)
+            G, D = models["G"], models["D"]
+            originals = [item[3] for item in claimed]
+            target = torch.stack([resize_crop(rgb, G.cfg.resolution, G.cfg.resolution) for rgb in originals])
+            result = invert(G, target, steps=steps, lr=lr, D=D, feature_weight=feature_weight, seed=seed + start)
+            for i, (path, (mask_path, layered_path), _, original, replace) in enumerate(claimed):
+                if out_size == "original":
+                    alpha, layered = result.alpha_at(i, *original.shape[1:]), result.to_layered_at(i, original)
+                else:
+                    alpha, layered = result.alpha[i].float().cpu(), result.to_layered(i)
+                layered.metadata["source"] = path.name
+                write_png(alpha[0].numpy(), mask_path, overwrite=replace)
+                save(layered, layered_path, overwrite=replace)
+                report.done.append(layered_path)
+                click.echo(f"{path}: mask {mask_path}, layers {layered_path} (reconstruction L1 "
+                           f"{(result.output.composite[i].float().cpu().add(1).div(2) - target[i]).abs().mean():.4f})")
+        finally:
+            for item in claimed:
+                item[2].__exit__(None, None, None)
+    finish_batch(report)
 
 
 def _unique_stems(paths: tuple[Path, ...]) -> list[str]:
-    stems, seen = [], {}
+    """Output names of input files (kept for callers of the old helper): stems, ``_1``... for repeats."""
+    from ..cli_options import unique_stems
+
     for path in paths:
         if not path.is_file():
             raise InputFileError(f"{path}: no such image file")
-        stem = path.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem] - 1}")
-    return stems
+    return unique_stems(paths)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -294,13 +346,12 @@ def _unique_stems(paths: tuple[Path, ...]) -> list[str]:
 @click.option("--inversion-feature-weight", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Discriminator-feature term of the inversion loss (see segment --feature-weight).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, callback=_check_device,
-              help="Where the generator runs (cpu, cuda, cuda:1, ...).")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_threads
 def evaluate(checkpoint: str, count: int, truncation: float, segmenter: str, target: str, threshold: float,
              real: str, feature: str, inversion_n: int, inversion_steps: int, inversion_feature_weight: float,
-             seed: int, device: str, as_json: bool, threads: int) -> None:
+             seed: int, device: str, as_json: bool, threads: int | None) -> None:
     """Mask metrics of generated samples against a pseudo-GT segmenter, and FID/KID of the composites."""
     _set_threads(threads)
     from .evaluate import evaluate_checkpoint
@@ -309,7 +360,7 @@ def evaluate(checkpoint: str, count: int, truncation: float, segmenter: str, tar
                                  target=target, threshold=threshold, real=None if real == "none" else real,
                                  feature=feature, seed=seed, inversion_count=inversion_n,
                                  inversion_steps=inversion_steps, inversion_feature_weight=inversion_feature_weight,
-                                 device=device)
+                                 device=_device(device))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -336,12 +387,12 @@ def evaluate(checkpoint: str, count: int, truncation: float, segmenter: str, tar
 @click.option("--export", "export_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Copy the best snapshot (highest mIoU) to this folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --export folder.")
-@click.option("--device", default="cpu", show_default=True, callback=_check_device)
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_threads
 def select(run_dir: Path, count: int, truncation: float, segmenter: str, target: str, threshold: float,
            seed: int | None, export_dir: Path | None, overwrite: bool, device: str, as_json: bool,
-           threads: int) -> None:
+           threads: int | None) -> None:
     """Score the masks of every snapshot of a run, plot them, and name (or --export) the best step.
 
     FurryGAN's masks can peak before the end of a run; training keeps an export of every save in
@@ -358,7 +409,7 @@ def select(run_dir: Path, count: int, truncation: float, segmenter: str, target:
         check_writable(export_dir, overwrite)
     seed = SELECTION_SEED if seed is None else seed
     scores = score_snapshots(run_dir, count=count, truncation_psi=truncation, segmenter=segmenter, target=target,
-                             threshold=threshold, seed=seed, device=device)
+                             threshold=threshold, seed=seed, device=_device(device))
     best = best_snapshot(scores)
     keys = ("miou", "iou_fg", "precision", "recall")
     plot_log([{"step": s.step, **{k: s.masks[k] for k in keys}} for s in scores],

@@ -10,9 +10,13 @@ defaults reproduce the official 256-pixel run (``python -m train --batch=16 --si
 A run is described by one :class:`FurryGANConfig` (``model``, ``loss``, ``train``), saved
 as JSON next to its checkpoints; :data:`PRESETS` holds named starting points::
 
-    cfg = get_preset("tiny-32").with_overrides({"train.batch": 4})
-    cfg.save_json("run/config.json")
-    assert FurryGANConfig.load_json("run/config.json") == cfg
+    cfg = get_preset("tiny-32").with_overrides({"train.batch_size": 4})
+    cfg.save_json("run/training-config.json")
+    assert FurryGANConfig.load_json("run/training-config.json") == cfg
+
+The training keys follow lamina's run protocol (:mod:`lamina.training`): ``batch_size``,
+``checkpoint_every``, ``preview_every``, ``preview_psi``; the names of earlier versions
+(``batch``, ``save_every``, ``image_every``, ``sample_psi``) are still read (:data:`LEGACY_KEYS`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import LaminaError
+from ..errors import ConfigError
+from ..io.atomic import atomic_output
 from ..overrides import check_type
 from ..training import PRECISIONS
 
@@ -35,9 +40,11 @@ ModConv = Literal["auto", "grouped", "activations"]
 MODCONV_CHOICES = ("auto", "grouped", "activations")
 
 
-class ConfigError(LaminaError, ValueError):
-    """A FurryGAN configuration is invalid: unknown preset or key, wrong type or range."""
-
+#: Config keys of earlier lamina versions (run folders, exports, the built-in models' config.json) -> today's.
+LEGACY_KEYS: dict[str, dict[str, str]] = {
+    "train": {"batch": "batch_size", "save_every": "checkpoint_every", "image_every": "preview_every",
+              "sample_psi": "preview_psi"},
+}
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -223,7 +230,7 @@ class TrainConfig:
     """Optimisation, EMA, data and bookkeeping (official ``train.py`` argparse)."""
 
     # Global batch (all processes together); the official run is one GPU with ``--batch 16``.
-    batch: int = 16
+    batch_size: int = 16
     # Official ``--iter 300001``.
     total_steps: int = 300_001
     lr: float = 0.002
@@ -249,26 +256,28 @@ class TrainConfig:
     # float32, the reference), "tf32" (TF32 tensor cores for float32 matmuls/convolutions on CUDA),
     # "bf16" (bfloat16 autocast). Weights, gradients and Adam states stay float32.
     precision: str = "fp32"
-    # Truncation used for the sample grids (official ``--psi 0.5``, visualization only).
-    sample_psi: float = 0.5
-    # Bookkeeping, in steps (official ``image_every`` 500, ``save_every`` 10000).
-    image_every: int = 500
-    save_every: int = 10_000
+    # Truncation used for the preview grids (official ``--psi 0.5``, visualization only).
+    preview_psi: float = 0.5
+    # Bookkeeping, in steps (official ``image_every`` 500, ``save_every`` 10000): previews, checkpoints
+    # (training state + export), log lines.
+    preview_every: int = 500
+    checkpoint_every: int = 10_000
     log_every: int = 100
     # Keep every save's inference export in ``snapshots/step-NNNNNNN/`` (the official code keeps every
     # checkpoint, ``ckpts/NNNNNN.pt``), so the best step can be picked afterwards; False: only the latest,
-    # in ``pretrained/``. The resumable state is always the latest only.
+    # in ``export/``. The resumable state is always the latest only.
     keep_snapshots: bool = True
     # Stop when a loss is NaN/Inf or exceeds this magnitude (the last good checkpoint is kept).
     max_loss: float = 1e4
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.batch >= 2, f"train.batch must be >= 2 (a composite and a foreground fake), got {self.batch}")
+        _require(self.batch_size >= 2,
+                 f"train.batch_size must be >= 2 (a composite and a foreground fake), got {self.batch_size}")
         _require(self.total_steps >= 1, f"train.total_steps must be >= 1, got {self.total_steps}")
         _require(self.lr > 0 and len(self.betas) == 2, "train.lr must be > 0 and train.betas a pair")
         _require(self.ema_nimg >= 0, f"train.ema_nimg must be >= 0, got {self.ema_nimg}")
-        for name in ("g_reg_interval", "image_every", "save_every", "log_every"):
+        for name in ("g_reg_interval", "preview_every", "checkpoint_every", "log_every"):
             _require(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
         _require(self.precision in PRECISIONS,
                  f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -336,12 +345,9 @@ class FurryGANConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     def save_json(self, path: str | os.PathLike[str]) -> None:
-        """Write the resolved config as JSON (atomically: a temporary file, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        """Write the resolved config as JSON (atomically: a temporary file, then a rename)."""
+        with atomic_output(path, overwrite=True) as staged:
+            staged.write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def load_json(cls, path: str | os.PathLike[str]) -> FurryGANConfig:
@@ -352,12 +358,13 @@ class FurryGANConfig:
         return cls.from_dict(data)
 
     def with_overrides(self, overrides: dict[str, Any]) -> FurryGANConfig:
-        """Copy with dotted-key overrides, e.g. ``{"train.batch": 4, "model.fine_mask": False}``."""
+        """Copy with dotted-key overrides, e.g. ``{"train.batch_size": 4, "model.fine_mask": False}``."""
         data = self.to_dict()
         for key, value in overrides.items():
             section, _, name = key.partition(".")
+            name = LEGACY_KEYS.get(section, {}).get(name, name)
             if section not in data or name not in data[section]:
-                raise ConfigError(f"unknown config key {key!r} (use section.name, e.g. 'train.batch')")
+                raise ConfigError(f"unknown config key {key!r} (use section.name, e.g. 'train.batch_size')")
             data[section][name] = value
         return FurryGANConfig.from_dict(data)
 
@@ -381,6 +388,9 @@ def _jsonable(value: Any) -> Any:
 def _section_from_dict(section_cls: type, data: Any, name: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config section {name!r} must be an object, got {type(data).__name__}")
+    renamed = LEGACY_KEYS.get(name, {})
+    data = {renamed.get(key, key): value for key, value in data.items()
+            if not (key in renamed and renamed[key] in data)}  # an old name beside its new one: the new wins
     hints = typing.get_type_hints(section_cls)
     fields = {f.name for f in dataclasses.fields(section_cls)}
     unknown = sorted(set(data) - fields)
@@ -401,7 +411,7 @@ def _tiny_32() -> FurryGANConfig:
         model=ModelConfig(resolution=32, latent_dim=128, channel_base=2048, channel_max=64,
                           mask_channels=16, mask_predictor_channels=16),
         loss=LossConfig(binary_decay_steps=1000, fine_fade_in_steps=1000),
-        train=TrainConfig(total_steps=10_000, image_every=250, save_every=1000, log_every=50),
+        train=TrainConfig(total_steps=10_000, preview_every=250, checkpoint_every=1000, log_every=50),
     )
 
 
@@ -416,7 +426,7 @@ def _tiny() -> FurryGANConfig:
     return FurryGANConfig(
         model=_tiny_32().model,
         loss=LossConfig(min_mask=0.3, binary_decay_steps=1000, fine_fade_in_steps=1000),
-        train=TrainConfig(total_steps=4000, image_every=250, save_every=250, log_every=25),
+        train=TrainConfig(total_steps=4000, preview_every=250, checkpoint_every=250, log_every=25),
     )
 
 
@@ -425,7 +435,7 @@ def _small_64() -> FurryGANConfig:
     return FurryGANConfig(
         model=ModelConfig(resolution=64, latent_dim=256, channel_base=8192, channel_max=256),
         loss=LossConfig(binary_decay_steps=2000, fine_fade_in_steps=2000),
-        train=TrainConfig(total_steps=50_000, image_every=500, save_every=2000),
+        train=TrainConfig(total_steps=50_000, preview_every=500, checkpoint_every=2000),
     )
 
 

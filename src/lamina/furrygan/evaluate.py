@@ -35,7 +35,7 @@ from .datasets import SYNTH_EVAL_SEED, ImageFolderDataset, SynthComposites, synt
 from .inference import invert, load_discriminator, load_generator
 from .networks import WEIGHTS_NAME, FurryGANDiscriminator, FurryGANGenerator
 from .segmenter import ExternalSegmenter, Segmenter, load_segmenter
-from .train import SNAPSHOTS_DIR
+from .train import SNAPSHOT_DIR as SNAPSHOTS_DIR
 
 #: Sample seed of :func:`score_snapshots`: not ``eval``'s default (0), so that a snapshot is
 #: chosen on other samples than the ones its reported figures come from.
@@ -143,7 +143,7 @@ def list_snapshots(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
                    if (match := _SNAPSHOT.fullmatch(path.name)) and (path / WEIGHTS_NAME).is_file()
                    and (path / "config.json").is_file())
     if not found:
-        raise InputFileError(f"{root}: no snapshots yet (one is written every train.save_every steps)")
+        raise InputFileError(f"{root}: no snapshots yet (one is written every train.checkpoint_every steps)")
     return found
 
 

@@ -1,6 +1,6 @@
 """Using a trained FurryGAN: load a checkpoint, sample layered images, segment real images by inversion.
 
-A checkpoint is a run folder (its ``pretrained/`` export is used), an export folder
+A checkpoint is a run folder (its ``export/`` is used; ``pretrained/`` in older runs), an export folder
 (``config.json`` + ``model.safetensors``, optionally ``discriminator.safetensors``; a run's
 ``snapshots/step-NNNNNNN`` are export folders too), or
 ``"builtin"``/``"tiny"``: the model shipped with lamina (:func:`load_builtin`; ``"builtin-64"``: the
@@ -28,6 +28,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ from .networks import (
     GeneratorOutput,
     NoiseInjection,
 )
-from .train import STATE_NAME
+from .train import EXPORT_DIR, STATE_NAME
 
 #: The built-in model: ``tiny`` preset trained on ``datasets.SYNTH_SCENES`` (see ``assets/builtin/README.md``).
 BUILTIN_DIR = Path(__file__).parent / "assets" / "builtin"
@@ -71,14 +72,15 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> Path:
     path = Path(checkpoint)
     if (path / WEIGHTS_NAME).is_file():
         return path
-    if (path / "pretrained" / WEIGHTS_NAME).is_file():
-        return path / "pretrained"
+    for export in (EXPORT_DIR, "pretrained"):  # "pretrained": run folders of earlier versions
+        if (path / export / WEIGHTS_NAME).is_file():
+            return path / export
     if not path.exists():
         raise InputFileError(f"{path}: no such checkpoint (a run folder, an export folder, or "
                              f"{' / '.join(BUILTIN_NAMES)})")
-    if (path / "training-state.pt").is_file():
-        raise InputFileError(f"{path}: this run has not exported a model yet (pretrained/ is written every "
-                             "train.save_every steps)")
+    if (path / STATE_NAME).is_file():
+        raise InputFileError(f"{path}: this run has not exported a model yet ({EXPORT_DIR}/ is written every "
+                             "train.checkpoint_every steps; rerun the training command to re-make it)")
     raise InputFileError(f"{path}: not a FurryGAN run or export folder (no {WEIGHTS_NAME})")
 
 
@@ -105,7 +107,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str])
     """Export a run's latest training state: the EMA generator (with a fresh truncation centre) and D.
 
     Writes ``config.json``, ``model.safetensors`` and ``discriminator.safetensors`` to ``out_dir``
-    (what the training loop writes to ``run/pretrained`` at each save, reproducible from the state).
+    (what the training loop writes to ``run/export`` at each checkpoint, reproducible from the state).
     """
     path = Path(run_dir) / STATE_NAME
     if not path.is_file():
@@ -129,7 +131,8 @@ def generate(G: FurryGANGenerator, n: int, truncation_psi: float = 1.0, seed: in
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
     images = []
     for start in range(0, n, batch):
-        out = G(z[start:start + batch].to(device), truncation_psi=truncation_psi, noise_mode=noise_mode)
+        out = G(z[start:start + batch].to(device, G.w_avg_fg.dtype), truncation_psi=truncation_psi,
+                noise_mode=noise_mode)
         for i in range(len(out)):
             image = out.to_layered(i)
             image.metadata.update({"seed": seed, "index": start + i, "truncation_psi": truncation_psi})
@@ -312,5 +315,92 @@ def invert(G: FurryGANGenerator, images: torch.Tensor, steps: int = 300, lr: flo
 
     with torch.no_grad():
         out = G.synthesis(ws[0], ws[1], noise_mode="const")
-    out = GeneratorOutput(**{k: v.detach() for k, v in vars(out).items()})
+    out = GeneratorOutput(**{k: v.detach().float().cpu() for k, v in vars(out).items()})
     return InversionResult(output=out, target=images.detach().cpu().float(), losses=losses)
+
+
+# ----------------------------------------------------------------------------- the method object
+class FurryGAN:
+    """FurryGAN as one object, in the habits of diffusers: ``from_pretrained``, then use it.
+
+    ::
+
+        gan = FurryGAN.from_pretrained("builtin", device="auto")   # or a run / export folder, "builtin-64"
+        samples = gan.generate(8, truncation=0.7, seed=0)           # list of LayeredImage
+        layered = gan.segment(Image.open("photo.png"))              # LayeredImage (mask by inversion)
+
+    Args:
+        generator: the (EMA) generator, in eval mode.
+        discriminator: its discriminator (optional; the perceptual term of :meth:`segment`).
+    """
+
+    def __init__(self, generator: FurryGANGenerator, discriminator: FurryGANDiscriminator | None = None) -> None:
+        self.generator = generator
+        self.discriminator = discriminator
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | os.PathLike[str] = "builtin", *, device: str | torch.device = "auto",
+                        dtype: str | torch.dtype = "auto", discriminator: bool = True) -> FurryGAN:
+        """Load a checkpoint (run folder, export folder, ``"builtin"`` or ``"builtin-64"``) on ``device``.
+
+        ``dtype`` ``"auto"`` keeps this small network in float32 (see :mod:`lamina.devices`).
+        """
+        from ..devices import resolve_device, resolve_dtype
+
+        target = resolve_device(device)
+        precision = resolve_dtype(dtype, target, small_model=True)
+        G = load_generator(checkpoint, target).to(precision)
+        D = load_discriminator(checkpoint, target) if discriminator else None
+        return cls(G, D)
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.w_avg_fg.device
+
+    @property
+    def resolution(self) -> int:
+        """The side in pixels of the images the model draws."""
+        return int(self.generator.cfg.resolution)
+
+    def generate(self, n: int = 1, truncation: float = 0.7, seed: int = 0) -> list[LayeredImage]:
+        """``n`` two-layer samples (background + foreground with FurryGAN's alpha) at truncation psi ``truncation``."""
+        return generate(self.generator, n, truncation_psi=truncation, seed=seed)
+
+    def segment(self, image: Any, *, steps: int = 300, lr: float = INVERSION_LR, seed: int = 0,
+                feature_weight: float = 0.0, size: str = "original") -> LayeredImage | list[LayeredImage]:
+        """Segment a photo (or a list) by GAN inversion; each becomes the photo's pixels cut out by the mask.
+
+        Args:
+            image: a PIL image, ``[H, W, 3]`` array (uint8 or float in ``[0, 1]``), ``[3, H, W]`` tensor, or a list.
+            steps, lr, seed, feature_weight: as in :func:`invert` (the discriminator term needs one).
+            size: ``"original"``: layers at the image's own size; ``"model"``: the centre crop at the model's size.
+        Returns:
+            A :class:`LayeredImage` (a list for a list), the mask in the foreground layer's alpha.
+        """
+        from ..data.datasets import resize_crop
+        from ..errors import LaminaError
+        from ..layers import as_float_image
+
+        if size not in ("original", "model"):
+            raise LaminaError(f"size must be 'original' or 'model', got {size!r}")
+        many = isinstance(image, (list, tuple))
+        images = list(image) if many else [image]
+        originals = [torch.from_numpy(as_float_image(x, "image", channels=(3,)).transpose(2, 0, 1)
+                                      .copy()) for x in images]
+        res = self.resolution
+        target = torch.stack([resize_crop(rgb, res, res) for rgb in originals])
+        D = self.discriminator if feature_weight else None
+        result = invert(self.generator, target, steps=steps, lr=lr, D=D, feature_weight=feature_weight, seed=seed)
+        out = [result.to_layered_at(i, rgb) if size == "original" else result.to_layered(i)
+               for i, rgb in enumerate(originals)]
+        return out if many else out[0]
+
+    def to(self, device: str | torch.device) -> FurryGAN:
+        """Move the networks (``"auto"`` allowed); returns ``self``."""
+        from ..devices import resolve_device
+
+        target = resolve_device(device)
+        self.generator.to(target)
+        if self.discriminator is not None:
+            self.discriminator.to(target)
+        return self

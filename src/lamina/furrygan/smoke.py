@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from accelerate import Accelerator
+    from ..extras import require
+
+    Accelerator = require("accelerate", "train").Accelerator
 
     from .config import get_preset
     from .datasets import SynthComposites
@@ -29,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(argv[0] if argv else "furrygan-smoke")
     acc = Accelerator(cpu=True)
     cfg = get_preset("tiny-32").with_overrides({  # 2 images per process
-        "train.batch": 2 * acc.num_processes, "train.total_steps": 3, "train.save_every": 2,
-        "train.image_every": 3, "train.log_every": 1, "loss.r1_interval": 2})
+        "train.batch_size": 2 * acc.num_processes, "train.total_steps": 3, "train.checkpoint_every": 2,
+        "train.preview_every": 3, "train.log_every": 1, "loss.r1_interval": 2})
     result = training_loop(cfg, SynthComposites(32, length=64), run_dir, accelerator=acc, show_progress=False)
 
     # Identical networks on every process (gradients are averaged): compare parameter checksums with rank 0's.
@@ -42,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if acc.is_main_process:
         state = torch.load(run_dir / STATE_NAME, weights_only=True)
-        missing = [name for name in ("config.json", "log.jsonl", STATE_NAME, "pretrained/model.safetensors",
-                                     "samples/step-0000003.png") if not (run_dir / name).is_file()]
-        if missing or state["step"] != 3 or state["nimg"] != 3 * cfg.train.batch:
+        missing = [name for name in ("training-config.json", "log.jsonl", STATE_NAME, "export/model.safetensors",
+                                     "previews/step-0000003.png") if not (run_dir / name).is_file()]
+        if missing or state["step"] != 3 or state["nimg"] != 3 * cfg.train.batch_size:
             print(f"smoke failed: missing {missing}, step {state['step']}, nimg {state['nimg']}", file=sys.stderr)
             return 1
     acc.wait_for_everyone()
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if step != 4:
             print(f"smoke failed: the time-limited resume saved step {step}, not 4", file=sys.stderr)
             return 1
-        print(f"smoke ok: {acc.num_processes} process(es), {state['step']} steps of {cfg.train.batch}, "
+        print(f"smoke ok: {acc.num_processes} process(es), {state['step']} steps of {cfg.train.batch_size}, "
               f"resumed and stopped together by a time limit at step {step}, in {run_dir}")
     acc.wait_for_everyone()
     return 0

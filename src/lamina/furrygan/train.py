@@ -7,18 +7,20 @@ nodes; gradients are averaged across processes by hand after each phase (as styl
 rather than by wrapping the networks in DDP, because each phase calls parts of G and D
 (mapping, foreground, background, the mask predictor alone).
 
-The run directory holds:
+The run folder follows lamina's run protocol (:class:`lamina.training.RunDir`):
 
-* ``config.json``: the resolved configuration;
+* ``training-config.json``: the resolved configuration;
 * ``training-state.pt``: everything needed to resume (networks, EMA, optimizers, counters),
-  replaced atomically; **rerunning the same command resumes** from it;
-* ``pretrained/``: the EMA generator as ``config.json`` + ``model.safetensors``
+  replaced atomically; **rerunning the same command resumes** from it (``train.*`` options may
+  change, ``model.*`` and ``loss.*`` may not);
+* ``export/``: the EMA generator as ``config.json`` + ``model.safetensors``
   (:meth:`FurryGANGenerator.from_pretrained`), and ``discriminator.safetensors`` (for GAN inversion);
-* ``snapshots/step-NNNNNNN/``: the same export kept from every save (``train.keep_snapshots``);
-* ``samples/step-NNNNNNN.png``: grids ``fg | mask | fine | fg*m | bg | composite``;
+* ``snapshots/step-NNNNNNN/``: the same export kept from every checkpoint (``train.keep_snapshots``);
+* ``previews/step-NNNNNNN.png``: grids ``fg | mask | fine | fg*m | bg | composite``;
 * ``log.jsonl``: every ``train.log_every`` steps, one JSON line with that step's loss terms
-  (averaged over processes), and ``losses.png``, its curves, redrawn with every sample grid.
+  (averaged over processes), and ``losses.png``, its curves, redrawn with every preview.
 
+Run folders of earlier versions (``config.json``, ``pretrained/``, ``samples/``) are migrated.
 Randomness is re-seeded from ``(seed, rank, step)`` at every step, so a resumed run continues
 exactly as an uninterrupted one would.
 """
@@ -28,7 +30,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,25 +39,28 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import LaminaError
-from ..io import plot_log
+from ..errors import ConfigError, LaminaError, TrainingDivergedError
+from ..io.atomic import atomic_output
 from ..progress import progress
-from ..training import append_log, ema_update_, float32_precision, save_state, time_is_up, trim_log
-from .config import ConfigError, FurryGANConfig
+from ..training import (
+    CONFIG_NAME,
+    EXPORT_DIR,
+    LOG_NAME,
+    PLOT_NAME,
+    PREVIEW_DIR,
+    SNAPSHOT_DIR,
+    STATE_NAME,
+    Deadline,
+    RunDir,
+    ema_update_,
+    float32_precision,
+)
+from .config import FurryGANConfig
 from .losses import FurryGANLoss
 from .networks import FurryGANDiscriminator, FurryGANGenerator
 
-STATE_NAME = "training-state.pt"
-CONFIG_NAME = "config.json"
-LOG_NAME = "log.jsonl"
-EXPORT_DIR = "pretrained"
-SAMPLES_DIR = "samples"
-SNAPSHOTS_DIR = "snapshots"
-PLOT_NAME = "losses.png"
-
-
-class TrainingDivergedError(LaminaError, RuntimeError):
-    """A loss became NaN/Inf or exceeded ``train.max_loss``; the last good checkpoint is kept."""
+__all__ = ["CONFIG_NAME", "EXPORT_DIR", "LOG_NAME", "PLOT_NAME", "PREVIEW_DIR", "SNAPSHOT_DIR", "STATE_NAME",
+           "TrainResult", "TrainingDivergedError", "sample_grid", "training_loop"]
 
 
 @dataclass
@@ -79,6 +84,7 @@ def training_loop(
     num_workers: int = 0,
     show_progress: bool | None = None,
     stop_after_s: float | None = None,
+    echo: Callable[[str], None] | None = print,
 ) -> TrainResult:
     """Train FurryGAN for ``cfg.train.total_steps`` steps, resuming from ``run_dir`` if it holds a state.
 
@@ -93,17 +99,23 @@ def training_loop(
         show_progress: progress bar on the main process (None: unless ``LAMINA_PROGRESS=0``).
         stop_after_s: stop, after saving, once this many seconds have passed in this call (every
             process stops at the same step); rerunning resumes.
+        echo: where one-line notices go (migration of an old run folder, a re-made export).
     Raises:
         TrainingDivergedError: a loss became NaN/Inf or too large; nothing is saved for it.
+        ConfigError: ``run_dir`` holds a run with another ``model``/``loss`` configuration.
     """
-    from accelerate import Accelerator
+    from ..extras import require
 
+    Accelerator = require("accelerate", "train").Accelerator
     acc = accelerator or Accelerator()
     tc, device, rank, world = cfg.train, acc.device, acc.process_index, acc.num_processes
     run_dir = Path(run_dir)
-    if tc.batch % world:
-        raise ConfigError(f"train.batch ({tc.batch}) must be divisible by the number of processes ({world})")
-    batch_gpu = tc.batch // world
+    if tc.batch_size % world:
+        raise ConfigError(f"train.batch_size ({tc.batch_size}) must be divisible by the number of processes ({world})")
+    batch_gpu = tc.batch_size // world
+    run = RunDir(run_dir, is_main=acc.is_main_process, echo=echo)
+    run.open(cfg.to_dict(), may_change=("train.",), normalize=lambda d: FurryGANConfig.from_dict(d).to_dict())
+    acc.wait_for_everyone()
 
     # Networks, EMA generator, optimizers (same initial weights on every process).
     torch.manual_seed(tc.seed)
@@ -117,21 +129,22 @@ def training_loop(
     opt_D = torch.optim.Adam(D.parameters(), **adam["D"])
     loss = FurryGANLoss(G, D, cfg, backward=acc.backward)
 
-    # Resume from the training state, if any.
+    def write_export(folder: Path) -> None:
+        G_ema.update_w_avg()
+        G_ema.save_pretrained(folder, cfg)
+        D.save_pretrained(folder)
+
+    # Resume from the training state, if any; re-make an export older than it (a kill between the two saves).
     start_step = nimg = 0
-    state_path = run_dir / STATE_NAME
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        saved = FurryGANConfig.from_dict(state["config"])
-        if (saved.model, saved.loss) != (cfg.model, cfg.loss):
-            raise ConfigError(f"{run_dir} holds a run with a different model/loss config; use another run_dir")
+    state = run.load_state()
+    if state is not None:
         for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_G, "opt_G"), (opt_D, "opt_D")):
             module.load_state_dict(state[key])
         start_step, nimg = state["step"], state["nimg"]
         del state
-    if acc.is_main_process:
-        cfg.save_json(run_dir / CONFIG_NAME)
-        trim_log(run_dir / LOG_NAME, start_step)
+        if run.export_is_stale():
+            run.echo(f"re-making the export of step {start_step} (older than the training state)")
+            run.export(write_export, start_step)
     acc.wait_for_everyone()
 
     # Data: an endless shuffled stream that restarts where the state left off.
@@ -139,11 +152,11 @@ def training_loop(
     batches = iter(DataLoader(dataset, batch_size=batch_gpu, sampler=sampler, num_workers=num_workers))
     sample_z = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(tc.seed + 1)).to(device)
 
-    done = last_saved = start_step
+    done = start_step
     t_log, steps_since_log = time.perf_counter(), 0
     hide = (not acc.is_main_process) or (None if show_progress is None else not show_progress)
     steps = range(start_step, tc.total_steps)
-    t_start, timed_out = time.time(), False
+    deadline, timed_out = Deadline(stop_after_s), False
     with float32_precision(tc.precision):
         for step in progress(steps, desc="furrygan", total=len(steps), disable=hide):
             torch.manual_seed(_step_seed(tc.seed, rank, step))
@@ -162,61 +175,46 @@ def training_loop(
 
             # Generator (Eq. 12), then its EMA.
             stats |= _update(loss, "G", real, torch.randn(batch_gpu, G.z_dim, device=device), step, G, opt_G, acc)
-            nimg += tc.batch
-            ema_update_(G_ema, G, tc.ema_beta(tc.batch, nimg), copy_buffers=False)  # w_avg is recomputed
+            nimg += tc.batch_size
+            ema_update_(G_ema, G, tc.ema_beta(tc.batch_size, nimg), copy_buffers=False)  # w_avg is recomputed
             done = step + 1
 
             # Stop on NaN/Inf or an exploding loss (on any process), before anything is saved from this state.
             stacked = torch.stack(list(stats.values()))
             stacked = acc.reduce(stacked, reduction="mean") if world > 1 else stacked
             values = dict(zip(stats, stacked.cpu().tolist(), strict=True))
-            bad = {k: v for k, v in values.items() if not (abs(v) <= tc.max_loss)}
-            if bad:
-                if acc.is_main_process:
-                    append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "diverged": True, **values})
-                where = (f"the last good checkpoint {state_path} (step {last_saved}) is kept"
-                         if state_path.is_file() else "no checkpoint had been written yet")
-                raise TrainingDivergedError(
-                    f"step {done}: loss {', '.join(f'{k}={v:.4g}' for k, v in bad.items())} is not finite or exceeds "
-                    f"train.max_loss={tc.max_loss:g}; training stopped and {where}")
+            run.check_losses(done, values, tc.max_loss, record={"nimg": nimg})
 
-            # The last step of this call (total_steps, or the time limit) is logged, sampled and saved.
-            timed_out = done < tc.total_steps and time_is_up(t_start, stop_after_s, acc)
+            # The last step of this call (total_steps, or the time limit) is logged, previewed and saved.
+            timed_out = done < tc.total_steps and deadline.passed(acc)
             last_step = done == tc.total_steps or timed_out
 
             # Loss log.
             steps_since_log += 1
             if acc.is_main_process and (last_step or done % tc.log_every == 0):
                 now = time.perf_counter()
-                append_log(run_dir / LOG_NAME, {"step": done, "nimg": nimg, "fine_gamma": cfg.loss.fine_gamma(step),
-                                                 "lr_scale": tc.lr_scale(step),
-                                                 "sec_per_step": (now - t_log) / steps_since_log, **values})
+                run.log({"step": done, "nimg": nimg, "fine_gamma": cfg.loss.fine_gamma(step),
+                         "lr_scale": tc.lr_scale(step), "sec_per_step": (now - t_log) / steps_since_log, **values})
                 t_log, steps_since_log = now, 0
 
-            # Sample grid.
-            if acc.is_main_process and (last_step or done % tc.image_every == 0):
+            # Preview grid.
+            if acc.is_main_process and (last_step or done % tc.preview_every == 0):
                 G_ema.update_w_avg()
-                grid = sample_grid(G_ema, sample_z, truncation_psi=tc.sample_psi, fine_gamma=cfg.loss.fine_gamma(step))
-                (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(grid).save(run_dir / SAMPLES_DIR / f"step-{done:07d}.png")
-                if (run_dir / LOG_NAME).is_file():
-                    plot_log(run_dir / LOG_NAME, run_dir / PLOT_NAME)
+                psi, gamma = tc.preview_psi, cfg.loss.fine_gamma(step)
+                grid = sample_grid(G_ema, sample_z, truncation_psi=psi, fine_gamma=gamma)
+                with atomic_output(run.preview_path(done), overwrite=True) as staged:
+                    Image.fromarray(grid).save(staged)
+                run.plot()
 
-            # Training state and inference export.
-            if last_step or done % tc.save_every == 0:
+            # Training state, then the inference export (and its snapshot).
+            if last_step or done % tc.checkpoint_every == 0:
                 if acc.is_main_process:
                     G_ema.update_w_avg()
-                    state = {"step": done, "nimg": nimg, "config": cfg.to_dict(), "G": G.state_dict(),
-                             "D": D.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
-                             "opt_D": opt_D.state_dict()}
-                    save_state(state, state_path)
-                    exports = [run_dir / EXPORT_DIR]
-                    if tc.keep_snapshots:
-                        exports.append(run_dir / SNAPSHOTS_DIR / f"step-{done:07d}")
-                    for export in exports:
-                        G_ema.save_pretrained(export, cfg)
-                        D.save_pretrained(export)
-                last_saved = done
+                    run.save_state({"step": done, "nimg": nimg, "config": cfg.to_dict(), "G": G.state_dict(),
+                                    "D": D.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
+                                    "opt_D": opt_D.state_dict()})
+                    run.export(write_export, done, snapshot=tc.keep_snapshots)
+                run.saved_step = done
                 acc.wait_for_everyone()
             if timed_out:
                 break

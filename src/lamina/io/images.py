@@ -30,7 +30,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputFileError, LaminaError
-from ..layers import DEEP_GREY_MODES, as_float_image, to_uint8
+from ..layers import DEEP_GREY_MODES, as_float_image, to_uint8, to_uint16
 from .atomic import atomic_output
 from .budget import Budget
 
@@ -129,6 +129,7 @@ def decode_image_depth(
     """
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF etc.: errors are raised, not printed
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 _check_pixels(image.size, label, max_pixels)
@@ -181,6 +182,7 @@ def image_size(source: str | os.PathLike[str] | IO[bytes], label: str, max_pixel
     """``(width, height)`` from the header only (no decoding); :class:`InputFileError` if unreadable."""
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF etc.: errors are raised, not printed
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 _check_pixels(image.size, label, max_pixels)
@@ -228,11 +230,6 @@ def to_pil(image: ImageLike) -> Image.Image:
         return image
     pixels = to_uint8(as_float_image(image, "image", channels=(1, 3, 4)))
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
-
-
-def to_uint16(image: np.ndarray) -> np.ndarray:
-    """Float image in ``[0, 1]`` -> ``uint16`` with round-half-up (``floor(x * 65535 + 0.5)``)."""
-    return np.floor(np.clip(image, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
 
 
 def encode_png(image: ImageLike, bit_depth: int = 8, **options: Any) -> bytes:

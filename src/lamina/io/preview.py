@@ -8,7 +8,7 @@ name (``(hidden)`` marks hidden layers), on a grey grid.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +37,14 @@ def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
 
 
 def _tile(rgba: np.ndarray, tile: int) -> np.ndarray:
-    """Straight RGBA ``[H, W, 4]`` fitted into a ``tile`` square over a checkerboard: ``uint8`` ``[tile, tile, 3]``."""
+    """Straight RGBA ``[H, W, 4]`` (float or uint8) fitted into a ``tile`` square over a checkerboard: ``uint8``."""
     height, width = rgba.shape[:2]
     scale = tile / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX  # Pillow premultiplies RGBA
-    fitted = np.asarray(Image.fromarray(to_uint8(rgba), "RGBA").resize(size, resample), np.float32) / 255.0
+    pixels = rgba if rgba.dtype == np.uint8 else to_uint8(rgba)
+    pil = Image.fromarray(pixels, "RGBA")
+    fitted = np.asarray(pil if pil.size == size else pil.resize(size, resample), np.float32) / 255.0
     alpha = fitted[:, :, 3:]
     shown = fitted[:, :, :3] * alpha + checkerboard(size[1], size[0]) * (1.0 - alpha)
     out = np.full((tile, tile, 3), SEPARATOR_GREY, np.uint8)
@@ -59,29 +61,55 @@ def _fit_label(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.
     return text
 
 
-def contact_sheet(images: LayeredImage | Sequence[LayeredImage], *, tile: int | None = None) -> np.ndarray:
+def _thumbnails(image: LayeredImage, limit: int) -> list[tuple[str, np.ndarray]]:
+    """Each layer on its canvas, then the composite, fitted into ``limit`` (never enlarged): labelled ``uint8`` RGBA.
+
+    One full-size canvas exists at a time, so a large image costs little beyond itself.
+    """
+    scale = min(1.0, limit / max(image.size))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    out = []
+    for i, layer in enumerate(image.all_layers):
+        label = layer.name + ("" if layer.visible else " (hidden)")
+        out.append((label, _fit(image.canvas(None if i == 0 else i - 1), size)))
+    out.append(("composite", _fit(image.composite(), size)))
+    return out
+
+
+def _fit(rgba: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    pil = Image.fromarray(to_uint8(rgba), "RGBA")
+    return np.asarray(pil if pil.size == size else pil.resize(size, Image.Resampling.BOX))  # Pillow premultiplies
+
+
+def contact_sheet(images: LayeredImage | Iterable[LayeredImage], *, tile: int | None = None) -> np.ndarray:
     """Contact sheet of one or more layered images: ``uint8`` RGB ``[H, W, 3]``.
 
     Args:
-        images: one layered image or a sequence of them (one row each).
+        images: one layered image or an iterable of them (one row each). An iterator
+            (e.g. a generator loading files) is consumed one image at a time: only small
+            thumbnails are kept, so a sheet of many large files needs the memory of one.
         tile: side of the square tile each layer is fitted into; default the largest
             canvas side clamped to ``[MIN_TILE, MAX_TILE]`` (128..256).
     """
-    rows = [images] if isinstance(images, LayeredImage) else list(images)
-    if not rows or not all(isinstance(image, LayeredImage) for image in rows):
-        raise LayerError("contact_sheet needs one or more LayeredImage objects")
-    tile = tile if tile is not None else min(MAX_TILE, max(MIN_TILE, *(max(image.size) for image in rows)))
-    if tile < 8:
+    if tile is not None and tile < 8:
         raise LaminaError(f"contact sheet tile must be at least 8 pixels, got {tile}")
-    columns = max(len(image.all_layers) for image in rows) + 1
+    source = [images] if isinstance(images, LayeredImage) else images
+    rows, largest = [], 0
+    for image in source:
+        if not isinstance(image, LayeredImage):
+            raise LayerError("contact_sheet needs one or more LayeredImage objects")
+        # fitted to the largest tile any sheet could use: exact for the final tile (see _tile)
+        rows.append(_thumbnails(image, tile if tile is not None else MAX_TILE))
+        largest = max(largest, *image.size)
+    if not rows:
+        raise LayerError("contact_sheet needs one or more LayeredImage objects")
+    tile = tile if tile is not None else min(MAX_TILE, max(MIN_TILE, largest))
+    columns = max(len(row) for row in rows)
     step_x, step_y = tile + GAP, tile + LABEL_HEIGHT + GAP
     sheet = np.full((GAP + len(rows) * step_y, GAP + columns * step_x, 3), SEPARATOR_GREY, np.uint8)
     labels = []
-    for r, image in enumerate(rows):
-        tiles = [(layer.name + ("" if layer.visible else " (hidden)"), image.canvas(None if i == 0 else i - 1))
-                 for i, layer in enumerate(image.all_layers)]
-        tiles.append(("composite", image.composite()))
-        for c, (label, rgba) in enumerate(tiles):
+    for r, row in enumerate(rows):
+        for c, (label, rgba) in enumerate(row):
             x, y = GAP + c * step_x, GAP + r * step_y
             sheet[y:y + tile, x:x + tile] = _tile(rgba, tile)
             sheet[y + tile:y + tile + LABEL_HEIGHT, x:x + tile] = 255
@@ -94,7 +122,7 @@ def contact_sheet(images: LayeredImage | Sequence[LayeredImage], *, tile: int | 
 
 
 def save_contact_sheet(
-    images: LayeredImage | Sequence[LayeredImage],
+    images: LayeredImage | Iterable[LayeredImage],
     path: str | os.PathLike[str],
     *,
     tile: int | None = None,

@@ -70,9 +70,36 @@ def save_psd(image: LayeredImage, path: Path, overwrite: bool = False, bit_depth
     record = dump_json(image_record(image, bit_depth=depth)).decode("utf-8")
     xmp = _XMP_TEMPLATE.format(namespace=XMP_NAMESPACE, record=escape(record)).encode("utf-8")
     psd.image_resources[Resource.XMP_METADATA] = ImageResource(key=Resource.XMP_METADATA, data=xmp)
+    merged = _set_merged_image(psd, image)
     with atomic_output(path, overwrite) as tmp:
-        psd.save(tmp)
+        _write(psd, tmp, merged)
     return path
+
+
+def _write(psd: PSDImage, path: Path, merged: bool) -> None:
+    if merged:
+        with open(path, "wb") as file:
+            psd._record.write(file)  # the merged image is ours: skip psd-tools' re-render
+    else:
+        psd.save(path)
+
+
+def _set_merged_image(psd: PSDImage, image: LayeredImage) -> bool:
+    """Store our exact composite as the merged preview; False if this psd-tools lacks the hooks.
+
+    psd-tools' ``save()`` re-renders the preview with its own compositor, which costs several
+    float64 canvases; ours is exact for our blend modes and costs one float32 canvas.
+    """
+    try:
+        from psd_tools.api.numpy_io import encode_image_data
+
+        composite = image.composite()
+        planes = encode_image_data(psd, composite[:, :, :3], composite[:, :, 3:])
+        del composite
+        psd._record.image_data.set_data(planes, psd._record.header)
+        return True
+    except (ImportError, AttributeError, TypeError):
+        return False
 
 
 def _xmp_record(psd: PSDImage, label: str) -> dict[str, Any]:
@@ -176,7 +203,9 @@ def load_psd(path: Path, memory_budget: int | None = None) -> LayeredImage:
     """Read a PSD (ours or an editor's); a document without layers gives its merged image as background."""
     label = str(path)
     try:
-        psd = PSDImage.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # problems are raised as errors below, not printed
+            psd = PSDImage.open(path)
     except FileNotFoundError:
         raise InputFileError(f"{label}: no such file") from None
     except IsADirectoryError:
@@ -186,6 +215,7 @@ def load_psd(path: Path, memory_budget: int | None = None) -> LayeredImage:
     if psd.width * psd.height > MAX_IMAGE_PIXELS:
         raise InputFileError(f"{label}: {psd.width}x{psd.height} canvas has more than {MAX_IMAGE_PIXELS:,} pixels")
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         warnings.simplefilter("error", PSDDecompressionWarning)  # corrupt channel data: an error, not black
         try:
             record = _xmp_record(psd, label)

@@ -1,6 +1,9 @@
 """Command line of LayeringDiff: ``lamina decompose``, ``lamina generate`` and ``lamina layeringdiff train``.
 
-Registered lazily by :mod:`lamina.cli`; every command is a thin layer over the Python API.
+Registered lazily by :mod:`lamina.cli`; every command is a thin layer over the Python API and
+shares its options with the other methods (:mod:`lamina.cli_options`). All argument checks
+(devices, boxes against each image's size, masks, the output folder, outputs already taken)
+happen, and the outputs are claimed, before any model loads.
 """
 
 from __future__ import annotations
@@ -11,47 +14,26 @@ from typing import Any
 
 import click
 
+from ..cli_options import (
+    format_option,
+    out_option,
+    overwrite_option,
+    preview_option,
+    runtime_options,
+    seed_option,
+    threads_option,
+)
 from ..errors import LaminaError
 
-LAYERED_HELP = "output: .psd, .ora, or a folder path (PNG stack); a contact sheet is written beside it"
+LAYERED_HELP = ("output: .psd, .ora, or a path without suffix (PNG-stack folder); with several inputs (a folder or "
+                "a glob) a folder that receives one file per image (--format)")
 
 
 def _threads(threads: int | None) -> None:
     """Cap torch's CPU threads, and numba's (pymatting's matting and foreground estimation)."""
-    if threads is not None:
-        import torch
+    from ..devices import set_threads
 
-        torch.set_num_threads(threads)
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba comes with pymatting
-            return
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
-def _sheet_path(out: Path) -> Path:
-    return out.with_name(out.name + ".sheet.png") if out.suffix == "" else out.with_suffix(".sheet.png")
-
-
-def _check_outputs(out: Path, sheet: Path, overwrite: bool) -> None:
-    """Fail before any work when an output exists (and not ``--overwrite``) or has an unknown suffix."""
-    from ..io import layered_format
-    from ..io.atomic import check_writable
-
-    layered_format(out)
-    check_writable(out, overwrite)
-    check_writable(sheet, overwrite)
-
-
-def _write(layered: Any, out: Path, overwrite: bool) -> None:
-    from ..io import save, save_contact_sheet
-
-    sheet = _sheet_path(out)
-    _check_outputs(out, sheet, overwrite)
-    save(layered, out, overwrite=overwrite)
-    save_contact_sheet(layered, sheet, overwrite=overwrite)
-    click.echo(f"wrote {out} ({len(layered.layers)} layer(s) over the background) and {sheet}; recomposition "
-               f"PSNR {layered.metadata.get('recomposition_psnr', float('nan')):.1f} dB")
+    set_threads(threads)
 
 
 _common_decompose_options = [
@@ -60,112 +42,253 @@ _common_decompose_options = [
     click.option("--model", help="FBDD model: folder saved by a training run (RUN/export), hub id, "
                                  "or builtin (the default)"),
     click.option("--steps", type=click.IntRange(1), default=None, help="FBDD denoising steps (default: the model's)"),
-    click.option("--seed", type=int, default=0, show_default=True, help="seed of the FBDD sampling noise"),
     click.option("--hfa/--no-hfa", default=True, show_default=True,
                  help="FBDD: the model's learned high-frequency alignment, if it has one (--no-hfa: closed form "
                       "only, faster)"),
     click.option("--self-similar/--no-self-similar", "self_similar", default=True, show_default=True,
                  help="FBDD: under an opaque object, continue a repeating background texture (checks, tiles, "
                       "stripes, brick) from where the photo shows it; a background without one is left alone"),
+    click.option("--split-effects", is_flag=True,
+                 help="write each object's shadow and reflection as their own layers under the object (blend "
+                      "modes multiply and screen), so effects can be toggled in an editor"),
     click.option("--grounding-model", "grounding", multiple=True, metavar="ROLE=ID",
-                 help="for --prompt: detector=ID, segmenter=ID, matting=ID (hub ids or local folders)"),
-    click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads"),
-    click.option("--overwrite", is_flag=True, help="replace existing outputs"),
+                 help="detector=ID (Grounding DINO, for --prompt), segmenter=ID (SAM: also segments --box and "
+                      "automatic boxes), matting=ID (ViTMatte); hub ids or local folders"),
 ]
 
 
 def _decompose_options(func: Any) -> Any:
     for option in reversed(_common_decompose_options):
         func = option(func)
-    return func
+    return seed_option(help="seed of the FBDD sampling noise")(func)
 
 
 def _grounding_models(pairs: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         role, sep, value = pair.partition("=")
-        if not sep or role not in ("detector", "segmenter", "matting"):
+        if not sep or role not in ("detector", "segmenter", "matting") or not value:
             raise LaminaError(f"--grounding-model {pair!r}: use detector=ID, segmenter=ID or matting=ID")
         out[role] = value
     return out
 
 
-def _decompose(image: Any, *, boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
-               layers: int | None, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
-               self_similar: bool, grounding: tuple[str, ...]) -> Any:
-    from ..io import read_image
-    from .decompose import decompose_image
+class _Settings:
+    """What ``decompose`` and ``generate`` share: the parsed options, checked, and the models loaded once."""
+
+    def __init__(self, *, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
+                 self_similar: bool, split_effects: bool, grounding: tuple[str, ...], prompts: tuple[str, ...],
+                 device: str, dtype: str) -> None:
+        if method == "classical" and (model is not None or steps is not None):
+            raise LaminaError("--model and --steps apply to --method layeringdiff (FBDD), not classical")
+        self.method, self.model, self.device, self.dtype = method, model, device, dtype
+        self.options: dict[str, Any] = {}
+        if method == "layeringdiff":
+            self.options = {"seed": seed, "hfa": hfa} | ({"num_inference_steps": steps} if steps else {})
+            if not self_similar:
+                self.options["self_similar"] = None
+        self.split_effects = split_effects
+        self.grounding = _grounding_models(grounding)
+        self.use_grounder = bool(prompts) or bool(self.grounding)
+        self.decomposer: Any = None
+        self.grounder: Any = None
+
+    def load(self) -> None:
+        """Load the decomposer (and the grounding models' config) once, after every check has passed."""
+        from .decompose import make_decomposer
+
+        if self.use_grounder:
+            from .grounding import Grounder, GroundingConfig
+
+            self.grounder = Grounder(GroundingConfig(**self.grounding, device=self.device, dtype=self.dtype))
+        self.decomposer = make_decomposer(self.method, self.model, device=self.device, dtype=self.dtype,
+                                          **self.options)
+
+    def run(self, image: Any, *, boxes: tuple[str, ...] = (), masks: list[Any] | None = None,
+            prompts: tuple[str, ...] = (), layers: int | None = None) -> Any:
+        from .decompose import decompose_image
+
+        # Boxes (given or automatic) go to SAM only when the user named one; prompts always need the grounder.
+        grounder = self.grounder if prompts or "segmenter" in self.grounding else None
+        kwargs: dict[str, Any] = {"layers": layers, "decomposer": self.decomposer, "grounder": grounder,
+                                  "split_effects": self.split_effects}
+        if boxes:
+            kwargs["box"] = list(boxes)
+        elif masks:
+            kwargs["mask"] = masks
+        elif prompts:
+            kwargs["prompt"] = list(prompts)
+        return decompose_image(image, **kwargs)
+
+
+def _check_hints(boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
+                 layers: int | None) -> list[Any]:
+    """At most one kind of hint, parsed boxes, and their number against ``--layers``; returns the boxes."""
+    from ..layers import parse_box
 
     given = [name for name, v in (("--box", boxes), ("--mask", masks), ("--prompt", prompts)) if v]
-    if len(given) != 1:
-        raise LaminaError("give the object(s) with exactly one of --box, --mask or --prompt")
-    options = {}
-    if method == "layeringdiff":
-        options = {"seed": seed, "hfa": hfa} | ({"num_inference_steps": steps} if steps else {})
-        if not self_similar:
-            options["self_similar"] = None
-    kwargs: dict[str, Any] = {"layers": layers, "method": method, "model": model, "options": options}
-    if boxes:
-        return decompose_image(image, box=list(boxes), **kwargs)
-    if masks:
-        return decompose_image(image, mask=[read_image(p) for p in masks], **kwargs)
-    from .grounding import Grounder, GroundingConfig
+    if len(given) > 1:
+        raise LaminaError(f"give the object(s) with one of --box, --mask or --prompt, not {' and '.join(given)} "
+                          "(or none of them: automatic mode)")
+    count = len(boxes) or len(masks) or len(prompts)
+    if count and layers is not None and layers != count:
+        raise LaminaError(f"--layers {layers} needs {layers} {given[0]} option(s) front to back, got {count}")
+    return [parse_box(b) for b in boxes]
 
-    grounder = Grounder(GroundingConfig(**_grounding_models(grounding)))
-    return decompose_image(image, prompt=list(prompts), grounder=grounder, **kwargs)
+
+def _check_boxes(parsed: list[Any], size: tuple[int, int], what: str) -> None:
+    from ..layers import check_box
+
+    for box in parsed:
+        try:
+            check_box(box, *size)
+        except LaminaError as exc:
+            raise LaminaError(f"{what}: {exc}") from None
 
 
 @click.command("decompose")
-@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|FOLDER|GLOB...")
 @click.option("--box", "boxes", multiple=True, metavar="X0,Y0,X1,Y1",
-              help="object box (exclusive end); repeat front to back for several objects")
-@click.option("--mask", "masks", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="object mask image (white = object); repeat front to back")
+              help="object box (exclusive end); repeat front to back for several objects (with SAM given as "
+                   "--grounding-model segmenter=ID, SAM segments it; otherwise GrabCut)")
+@click.option("--mask", "masks", multiple=True, type=click.Path(path_type=Path),
+              help="object mask image (white = object); repeat front to back (one input image only)")
 @click.option("--prompt", "prompts", multiple=True,
-              help='object phrase, e.g. "the cat" (Grounding DINO -> SAM -> ViTMatte); repeat front to back')
-@click.option("--layers", type=click.IntRange(1), default=None, help="objects to peel (= number of boxes/masks)")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help=LAYERED_HELP)
+              help='object phrase, e.g. "the cat" (Grounding DINO -> SAM -> ViTMatte); repeat front to back; the '
+                   "layer is named by it")
+@click.option("--layers", type=click.IntRange(1), default=None,
+              help="objects to peel (= number of boxes/masks/prompts; automatic mode: the N most salient)")
+@out_option(help=LAYERED_HELP)
+@format_option
 @_decompose_options
-def decompose(image: Path, boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
-              layers: int | None, out: Path, method: str, model: str | None, steps: int | None, seed: int,
-              hfa: bool, self_similar: bool, grounding: tuple[str, ...], threads: int | None,
-              overwrite: bool) -> None:
-    """Split the photo IMAGE into a completed background and one layer per object (shadows included)."""
-    from ..io import read_rgb
+@runtime_options
+@overwrite_option
+@preview_option
+def decompose(inputs: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
+              layers: int | None, out: Path, fmt: str, method: str, model: str | None, steps: int | None,
+              hfa: bool, self_similar: bool, split_effects: bool, grounding: tuple[str, ...], seed: int,
+              device: str, dtype: str, threads: int | None, overwrite: bool, preview: bool) -> None:
+    """Split photos into a completed background and one layer per object (shadows included).
 
-    _threads(threads)
-    _check_outputs(out, _sheet_path(out), overwrite)
-    layered = _decompose(read_rgb(image), boxes=boxes, masks=masks, prompts=prompts, layers=layers,
-                         method=method, model=model, steps=steps, seed=seed, hfa=hfa, self_similar=self_similar,
-                         grounding=grounding)
-    _write(layered, out, overwrite)
+    IMAGE is a photo; a FOLDER or a quoted GLOB ("photos/*.jpg") decomposes every image into the
+    folder --out, loading the model once: outputs already there are skipped (rerun to resume),
+    a bad file is reported and the others go on; the exit status is 1 if any failed. With no
+    --box, --mask or --prompt the most salient object is found automatically (no weights needed).
+    """
+    from ..cli_options import (
+        BatchReport,
+        claim_outputs,
+        expand_inputs,
+        finish_batch,
+        image_size,
+        make_output_folder,
+        member_suffix,
+        output_format,
+        run_batch,
+        setup_runtime,
+        sheet_path,
+        unique_stems,
+        write_layered,
+    )
+    from ..io import read_image, read_rgb
+
+    paths, batch = expand_inputs(inputs)
+    parsed = _check_hints(boxes, masks, prompts, layers)
+    if batch and masks:
+        raise LaminaError("--mask belongs to one image: decompose one image at a time, or use --box, --prompt or "
+                          "automatic mode for a folder")
+    setup_runtime(device, dtype, threads)  # an unavailable device fails here, before any model loads
+    settings = _Settings(method=method, model=model, steps=steps, seed=seed, hfa=hfa, self_similar=self_similar,
+                         split_effects=split_effects, grounding=grounding, prompts=prompts, device=device,
+                         dtype=dtype)
+    if not batch:
+        output_format(out)
+        size = image_size(paths[0])
+        _check_boxes(parsed, size, str(paths[0]))
+        mask_arrays = [read_image(m) for m in masks]
+        for path, array in zip(masks, mask_arrays, strict=True):
+            if (array.shape[1], array.shape[0]) != size:
+                raise LaminaError(f"--mask {path} is {array.shape[1]}x{array.shape[0]} but {paths[0]} is "
+                                  f"{size[0]}x{size[1]}")
+        with claim_outputs([out] + ([sheet_path(out)] if preview else []), overwrite):
+            settings.load()
+            layered = settings.run(read_rgb(paths[0]), boxes=boxes, masks=mask_arrays, prompts=prompts,
+                                   layers=layers)
+            write_layered(layered, out, overwrite=overwrite, preview=preview)
+        _report(layered, out, preview)
+        return
+    if out.suffix:
+        raise LaminaError(f"--out {out}: several inputs need an output folder (a path without suffix); each file's "
+                          "format is --format")
+    outputs = [out / f"{stem}{member_suffix(fmt)}" for stem in unique_stems(paths)]
+    early = BatchReport()
+    items = []
+    for path, target in zip(paths, outputs, strict=True):
+        try:
+            _check_boxes(parsed, image_size(path), str(path))
+        except LaminaError as exc:
+            early.failed.append((path, str(exc)))
+            continue
+        items.append((path, target))
+    make_output_folder(out)
+
+    def work(source: Path, target: Path) -> None:
+        layered = settings.run(read_rgb(source), boxes=boxes, prompts=prompts, layers=layers)
+        layered.metadata["source"] = source.name
+        write_layered(layered, target, overwrite=overwrite, preview=preview)
+
+    report = run_batch(items, work, overwrite=overwrite, desc=f"decompose -> {out}", prepare=settings.load)
+    report.failed = early.failed + report.failed
+    finish_batch(report)
+
+
+def _report(layered: Any, out: Path, preview: bool) -> None:
+    from ..cli_options import sheet_path
+
+    sheet = f" and {sheet_path(out)}" if preview else ""
+    click.echo(f"wrote {out} ({len(layered.layers)} layer(s) over the background){sheet}; recomposition "
+               f"PSNR {layered.metadata.get('recomposition_psnr', float('nan')):.1f} dB")
 
 
 @click.command("generate")
 @click.argument("prompt")
 @click.option("--foreground", "phrases", multiple=True, required=True,
-              help='phrase naming the foreground object in PROMPT; repeat front to back')
+              help='phrase naming the foreground object in PROMPT; repeat front to back (names its layer)')
 @click.option("--t2i", required=True, help="diffusers text-to-image pipeline: hub id or local folder")
 @click.option("--size", type=click.IntRange(8), default=None, help="image side in px (default: the model's)")
 @click.option("--t2i-steps", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--guidance", type=float, default=7.0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help=LAYERED_HELP)
+@out_option(help="output: .psd, .ora, or a path without suffix (PNG-stack folder)")
 @_decompose_options
+@runtime_options
+@overwrite_option
+@preview_option
 def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, t2i_steps: int, guidance: float,
-             out: Path, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
-             self_similar: bool, grounding: tuple[str, ...], threads: int | None, overwrite: bool) -> None:
-    """Generate a composite from PROMPT, find the --foreground object(s) by text, and split it into layers."""
+             out: Path, method: str, model: str | None, steps: int | None, hfa: bool, self_similar: bool,
+             split_effects: bool, grounding: tuple[str, ...], seed: int, device: str, dtype: str,
+             threads: int | None, overwrite: bool, preview: bool) -> None:
+    """Generate a composite from PROMPT, find the --foreground object(s) by text, and split it into layers.
+
+    The text-to-image, grounding and FBDD models run on --device (the GPU when there is one) in
+    --dtype (auto: float16 on a GPU for the pretrained models).
+    """
+    from ..cli_options import claim_outputs, output_format, setup_runtime, sheet_path, write_layered
     from .grounding import generate_composite
 
-    _threads(threads)
-    _check_outputs(out, _sheet_path(out), overwrite)
-    image = generate_composite(t2i, prompt, size=size, num_inference_steps=t2i_steps, guidance_scale=guidance,
-                               seed=seed)
-    layered = _decompose(image, boxes=(), masks=(), prompts=phrases, layers=None, method=method, model=model,
-                         steps=steps, seed=seed, hfa=hfa, self_similar=self_similar, grounding=grounding)
-    layered.metadata["prompt"] = prompt
-    layered.metadata["t2i"] = str(t2i)
-    _write(layered, out, overwrite)
+    setup_runtime(device, dtype, threads)
+    output_format(out)
+    settings = _Settings(method=method, model=model, steps=steps, seed=seed, hfa=hfa, self_similar=self_similar,
+                         split_effects=split_effects, grounding=grounding, prompts=phrases, device=device,
+                         dtype=dtype)
+    with claim_outputs([out] + ([sheet_path(out)] if preview else []), overwrite):
+        image = generate_composite(t2i, prompt, size=size, num_inference_steps=t2i_steps, guidance_scale=guidance,
+                                   seed=seed, device=device, dtype=dtype)
+        settings.load()
+        layered = settings.run(image, prompts=phrases)
+        layered.metadata["prompt"] = prompt
+        layered.metadata["t2i"] = str(t2i)
+        write_layered(layered, out, overwrite=overwrite, preview=preview)
+    _report(layered, out, preview)
 
 
 @click.group("layeringdiff")
@@ -186,14 +309,15 @@ def layeringdiff() -> None:
               help="fine-tune: start from a saved FBDD's weights ('builtin', RUN/export or hub id); with "
                    "--preset builtin-hfa: the frozen FBDD the HFA is trained for")
 @click.option("--steps", "total_steps", type=click.IntRange(1), default=None, help="total optimisation steps")
-@click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help="batch size")
+@click.option("--batch", "batch_size", type=click.IntRange(1), default=None,
+              help="global batch size, all processes together (batch_size)")
 @click.option("--lr", type=float, default=None, help="learning rate")
 @click.option("--seed", type=int, default=None, help="data and initialisation seed")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override any training option (JSON values), e.g. --set resolution=128 --set hole_weight=2")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="stop (after saving) after this long; rerun to resume")
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads")
+@threads_option
 @click.option("-n", "--dry-run", is_flag=True, help="print the resolved config and exit")
 def train(data: str, preset: str, run_dir: Path, backbone: str | None, init: str | None, total_steps: int | None,
           batch_size: int | None, lr: float | None, seed: int | None, overrides: tuple[str, ...],
@@ -211,4 +335,5 @@ def train(data: str, preset: str, run_dir: Path, backbone: str | None, init: str
     _threads(threads)
     export = training_loop(config, run_dir, echo=click.echo,
                            stop_after_s=None if max_minutes is None else max_minutes * 60.0)
-    click.echo(f"inference export: {export} (use it with: lamina decompose IMAGE --model {export} ...)")
+    click.echo(f"inference export: {export} (use it with: lamina decompose IMAGE --model {export} ...); previews in "
+               f"{run_dir / 'previews'}, losses in {run_dir / 'log.jsonl'}")

@@ -30,18 +30,24 @@ __all__ = ["BUILTIN_MODEL", "BUILTIN_NAME", "METHODS", "Region", "decompose_imag
 METHODS = ("classical", "layeringdiff")
 
 # ----------------------------------------------------------------- the pipeline
-Region = tuple[str, Any]  # ("box", (x0, y0, x1, y1)), ("mask", array) or ("prompt", "the cat")
+#: ("box", (x0, y0, x1, y1)), ("mask", array), ("prompt", "the cat") or ("auto", None): the most salient object left.
+Region = tuple[str, Any]
 
 
 def regions_from_args(box: Any = None, mask: Any = None, layers: int | None = None,
-                      prompt: Any = None) -> list[Region]:
+                      prompt: Any = None, auto: bool = False) -> list[Region]:
     """Normalise ``box=`` / ``mask=`` / ``prompt=`` (one, or a list front to back) into regions.
 
     A box is ``(x0, y0, x1, y1)`` or the string ``"x0,y0,x1,y1"``; a mask is an array; a
     prompt is a phrase naming the object. Several objects need a list of them, front-most
-    first; their number is checked against ``layers``.
+    first; their number is checked against ``layers``. With ``auto=True`` and none of them,
+    ``layers`` (default 1) automatic regions: the most salient object, then the next one in
+    what is left (:mod:`.saliency`).
     """
-    if sum(v is not None for v in (box, mask, prompt)) != 1:
+    given = sum(v is not None for v in (box, mask, prompt))
+    if given == 0 and auto:
+        return [("auto", None)] * (1 if layers is None else int(layers))
+    if given != 1:
         raise LaminaError("give the object as a box, a mask or a prompt (exactly one of them)")
     if prompt is not None:
         phrases = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -73,17 +79,25 @@ def peel(
     decomposer: Decomposer,
     config: ForegroundConfig | None = None,
     grounder: Any = None,
+    saliency: Any = None,
 ) -> list[tuple[ForegroundEstimate, Decomposition]]:
     """Peel objects front to back: each region is found in the background left by the previous one.
 
-    ``grounder`` (a :class:`~lamina.layeringdiff.grounding.Grounder`) turns prompt regions into alpha.
+    ``grounder`` (a :class:`~lamina.layeringdiff.grounding.Grounder`) turns prompt regions into alpha,
+    and, when given, box and automatic regions too (its SAM segments the box; without one, GrabCut
+    does). ``saliency``: the :class:`~lamina.layeringdiff.saliency.SaliencyConfig` of automatic regions.
     """
     current = as_rgb(image)
     config = config or ForegroundConfig()
     out = []
     for kind, value in regions:
+        if kind == "auto":
+            from .saliency import salient_boxes
+
+            kind, value = "box", salient_boxes(current, 1, saliency)[0]
         if kind == "box":
-            estimate = foreground_from_box(current, value, config)
+            estimate = (foreground_from_box(current, value, config) if grounder is None
+                        else grounder.estimate_box(current, value, config))
         elif kind == "prompt":
             if grounder is None:
                 from .grounding import Grounder
@@ -98,10 +112,12 @@ def peel(
     return out
 
 
-def make_decomposer(method: str = "layeringdiff", model: Any = None, **options: Any) -> Decomposer:
+def make_decomposer(method: str = "layeringdiff", model: Any = None, *, device: Any = None, dtype: Any = None,
+                    **options: Any) -> Decomposer:
     """The decomposer of a method name: ``"classical"`` or ``"layeringdiff"`` (FBDD; ``model``: a pipeline,
-    a saved folder or hub id, or ``None`` / ``"builtin"`` for :data:`BUILTIN_MODEL`). ``options`` go to the
-    decomposer's constructor."""
+    a saved folder or hub id, or ``None`` / ``"builtin"`` for :data:`BUILTIN_MODEL`). ``device`` / ``dtype``
+    (:mod:`lamina.devices` names, ``None``: the CPU in float32) place an FBDD model; the classical path
+    runs on the CPU. ``options`` go to the decomposer's constructor."""
     if method == "classical":
         from .classical import ClassicalConfig, ClassicalDecomposer
 
@@ -111,7 +127,7 @@ def make_decomposer(method: str = "layeringdiff", model: Any = None, **options: 
 
         if model is None or (isinstance(model, str) and model == BUILTIN_NAME):
             model = load_builtin()
-        return FBDDDecomposer.load(model, **options)
+        return FBDDDecomposer.load(model, device=device, dtype=dtype, **options)
     raise LaminaError(f"unknown decomposition method {method!r}; choose from {', '.join(METHODS)}")
 
 
@@ -128,17 +144,26 @@ def decompose_image(
     config: ForegroundConfig | None = None,
     decomposer: Decomposer | None = None,
     grounder: Any = None,
+    split_effects: bool = False,
+    names: Sequence[str] | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    saliency: Any = None,
 ) -> LayeredImage:
     """Decompose a photo into a background and one layer per object (LayeringDiff stages 2 and 3).
 
     Args:
-        image: ``[H, W, 3]`` RGB (uint8, uint16 or float in ``[0, 1]``), any size.
+        image: a PIL image, a NumPy array ``[H, W, 3]`` (uint8, uint16 or float in ``[0, 1]``) or
+            a torch tensor ``[3, H, W]`` / ``[1, 3, H, W]`` in ``[0, 1]``; any size.
         box: the object's box ``(x0, y0, x1, y1)`` (exclusive end) or ``"x0,y0,x1,y1"``, or a
-            list of them, **front-most object first**.
-        mask: the object's mask ``[H, W]`` (> 0.5 marks it), or a list, front-most first.
+            list of them, **front-most object first**. With a ``grounder``, SAM segments it.
+        mask: the object's mask ``[H, W]`` (> 0.5 marks it; array, PIL image or tensor), or a list,
+            front-most first.
         prompt: a phrase naming the object (``"the cat"``), or a list, front-most first: found
             by Grounding DINO, SAM and ViTMatte (:class:`~lamina.layeringdiff.grounding.Grounder`).
         layers: number of objects to peel; must match the number of boxes/masks/prompts when given.
+            With no box, mask or prompt: **automatic mode**, the ``layers`` (default 1) most salient
+            objects (:mod:`.saliency`, no weights; SAM instead of GrabCut with a ``grounder``).
         method: ``"layeringdiff"`` (FBDD; ``model`` is a folder saved by
             :meth:`FBDDPipeline.save_pretrained` or a hub id, default the built-in model) or
             ``"classical"`` (GrabCut/pymatting/inpainting, no weights).
@@ -147,25 +172,39 @@ def decompose_image(
         config: foreground-stage options (trimap widths, matting method, effects region).
         decomposer: use this instead of ``method``/``model``.
         grounder: the :class:`~lamina.layeringdiff.grounding.Grounder` for prompts (default models otherwise).
+        split_effects: write each object's shadows and reflections as their own layers under the object
+            (blend modes multiply and screen; see :func:`split_effects_layers`).
+        names: the layers' names, front-most first (default: the prompt's words, else ``object_1``...).
+        device, dtype: where the FBDD model runs (:mod:`lamina.devices`; ``None``: CPU, float32).
+        saliency: :class:`~lamina.layeringdiff.saliency.SaliencyConfig` of automatic mode.
     Returns:
         A :class:`LayeredImage` with the completed background and the objects back to front
-        (``object_1`` is the front-most); ``metadata`` records the method, the regions and
+        (the front-most last, on top); ``metadata`` records the method, the regions and
         ``recomposition_psnr`` (dB) of the layers against the input.
     """
     rgb = as_rgb(image)
-    regions = regions_from_args(box, mask, layers, prompt)
-    decomposer = decomposer or make_decomposer(method, model, **(options or {}))
-    peeled = peel(rgb, regions, decomposer, config, grounder)
-    objects = []
+    regions = regions_from_args(box, mask, layers, prompt, auto=True)
+    if names is not None and len(names) != len(regions):
+        raise LaminaError(f"{len(names)} layer name(s) for {len(regions)} object(s)")
+    decomposer = decomposer or make_decomposer(method, model, device=device, dtype=dtype, **(options or {}))
+    peeled = peel(rgb, regions, decomposer, config, grounder, saliency)
+    taken: set[str] = set()
+    stack: list[Layer] = []  # front-most first
     for k, ((kind, value), (_, part)) in enumerate(zip(regions, peeled, strict=True), start=1):
         meta: dict[str, Any] = {"order": k, "effects": bool(part.effects_alpha.any())}
         if kind == "box":
             meta["box"] = [int(v) for v in value]
         elif kind == "prompt":
             meta["prompt"] = value
-        objects.append((f"object_{k}", part.foreground, meta))
-    result = LayeredImage(peeled[-1][1].background,
-                          [Layer(rgba, name=name, metadata=meta) for name, rgba, meta in reversed(objects)])
+        elif kind == "auto":
+            meta["auto"] = True
+        name = _unique_name(names[k - 1] if names is not None else
+                            value.strip() if kind == "prompt" else f"object_{k}", taken)
+        if split_effects:
+            stack += split_effects_layers(part, name, meta)
+        else:
+            stack.append(Layer(part.foreground, name=name, metadata=meta))
+    result = LayeredImage(peeled[-1][1].background, list(reversed(stack)))
     result.metadata = {
         "method": decomposer.name,
         "layers": len(regions),
@@ -173,3 +212,62 @@ def decompose_image(
         "recomposition_psnr": round(psnr(result.composite()[:, :, :3], rgb), 3),
     }
     return result
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... when taken (layer names must differ in every format)."""
+    base, k = name or "object", 1
+    while name in taken or name in ("background", ""):
+        k += 1
+        name = f"{base} ({k})"
+    taken.add(name)
+    return name
+
+
+#: Slack (in ``[0, 1]`` units) when deciding whether an effect pixel darkens or brightens every channel.
+BLEND_TOLERANCE = 1e-4
+
+
+def split_effects_layers(part: Decomposition, name: str, metadata: dict[str, Any] | None = None) -> list[Layer]:
+    """One peeled object as its own layer over separate effects layers (shadow, reflection): front-most first.
+
+    The decomposition's single layer ``(t, f)`` (``t = a + e (1 - a)``, object alpha ``a``,
+    effects opacity ``e``) splits exactly: the object ``(a, f)`` over the effects ``(e, f)``
+    composite to ``a f + (1 - a) e f + (1 - t) B = t f + (1 - t) B`` over the background ``B``
+    the object was peeled from. The effect pixels are then sorted by what they do to ``B``
+    (W3C separable blending over an opaque backdrop, exact for each):
+
+    * **shadow** (every channel darker, ``f <= B``): blend mode ``multiply`` with colour
+      ``M = f / B``, since ``e B M + (1 - e) B = e f + (1 - e) B``;
+    * **reflection** (every channel lighter, ``f >= B``): ``screen`` with ``M = (f - B) / (1 - B)``,
+      since ``e (B + M - B M) + (1 - e) B = e f + (1 - e) B``;
+    * anything else (channels moving both ways): a ``normal`` layer with colour ``f``.
+
+    So a shadow keeps darkening (and a reflection keeps lighting) whatever a user paints
+    beneath it, and each can be toggled alone. Each layer is returned only when it has pixels
+    (names ``"<name> shadow"``, ``"<name> reflection"``, ``"<name> effects"``); without effects, the
+    one object layer comes back. Layers hold full-canvas ``[H, W, 4]`` straight RGBA.
+    """
+    meta = dict(metadata or {})
+    effects = part.effects_alpha
+    if not effects.any():
+        return [Layer(part.foreground, name=name, metadata=meta)]
+    colour = part.foreground[:, :, :3]
+    backdrop = part.background
+    obj = np.concatenate([colour, part.object_alpha[:, :, None]], axis=2).astype(np.float32)
+    shown = effects > 0
+    darker = shown & np.all(colour <= backdrop + BLEND_TOLERANCE, axis=2)
+    lighter = shown & ~darker & np.all(colour >= backdrop - BLEND_TOLERANCE, axis=2)
+    mixed = shown & ~darker & ~lighter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        multiply = np.where(backdrop > 1e-6, colour / backdrop, 1.0)
+        screen = np.where(backdrop < 1 - 1e-6, (colour - backdrop) / (1.0 - backdrop), 0.0)
+    layers = [Layer(obj, name=name, metadata={**meta, "effects": False})]
+    for suffix, where, tint, blend in (("shadow", darker, multiply, "multiply"),
+                                       ("reflection", lighter, screen, "screen"),
+                                       ("effects", mixed, colour, "normal")):
+        if where.any():
+            rgba = np.concatenate([np.where(where[:, :, None], np.clip(tint, 0.0, 1.0), 0.0),
+                                   np.where(where, effects, 0.0)[:, :, None]], axis=2).astype(np.float32)
+            layers.append(Layer(rgba, name=f"{name} {suffix}", metadata={"effects_of": name}, blend_mode=blend))
+    return layers

@@ -52,7 +52,10 @@ class GroundingConfig:
         matting: ViTMatte (hub id or folder); ``None``: pymatting on SAM's mask (no weights).
         box_threshold: least detection score of a box.
         text_threshold: least score of a text token to count towards the phrase.
-        device: torch device of the three models.
+        device: torch device of the three models (``"auto"``: CUDA, then MPS, else CPU;
+            :func:`lamina.devices.resolve_device`).
+        dtype: their precision (``"auto"``: float16 on a GPU, float32 on the CPU;
+            :func:`lamina.devices.resolve_dtype`).
     """
 
     detector: str = DEFAULT_DETECTOR
@@ -60,19 +63,37 @@ class GroundingConfig:
     matting: str | None = DEFAULT_MATTING
     box_threshold: float = 0.3
     text_threshold: float = 0.25
-    device: str = "cpu"
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 class Grounder:
     """Find an object named by a phrase and return its soft alpha (models load on first use)."""
 
     def __init__(self, config: GroundingConfig | None = None) -> None:
+        from ..devices import resolve_device, resolve_dtype
+
         self.config = config or GroundingConfig()
+        self.device = resolve_device(self.config.device)
+        self.dtype = resolve_dtype(self.config.dtype, self.device)
         self._models: dict[str, tuple[Any, Any]] = {}
+
+    def _inputs(self, inputs: Any) -> dict[str, Any]:
+        """A processor's output on the models' device; floating tensors in their dtype, the rest as they are."""
+        import torch
+
+        def move(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
+            return value
+
+        return {key: move(value) for key, value in inputs.items()}
 
     def _load(self, role: str) -> tuple[Any, Any]:
         if role not in self._models:
-            import transformers as tf
+            from ..extras import require
+
+            tf = require("transformers", "prompt")
 
             c = self.config
             ident, (processor_cls, model_cls), what = {
@@ -81,7 +102,7 @@ class Grounder:
                 "matting": (c.matting, (tf.VitMatteImageProcessor, tf.VitMatteForImageMatting), "matting model"),
             }[role]
             processor = from_pretrained(processor_cls, ident, f"{what} processor")
-            model = from_pretrained(model_cls, ident, what).to(c.device).eval()
+            model = from_pretrained(model_cls, ident, what).to(self.device, self.dtype).eval()
             self._models[role] = (processor, model)
         return self._models[role]
 
@@ -93,9 +114,10 @@ class Grounder:
         h, w = rgb.shape[:2]
         processor, model = self._load("detector")
         text = phrase.strip().lower().rstrip(".") + "."  # Grounding DINO's phrase format
-        inputs = processor(images=to_uint8(rgb), text=text, return_tensors="pt").to(self.config.device)
+        inputs = processor(images=to_uint8(rgb), text=text, return_tensors="pt")
         with torch.no_grad():
-            outputs = model(**inputs)
+            outputs = model(**self._inputs(inputs))
+        outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
         result = processor.post_process_grounded_object_detection(
             outputs, inputs["input_ids"], threshold=self.config.box_threshold,
             text_threshold=self.config.text_threshold, target_sizes=[(h, w)])[0]
@@ -113,10 +135,9 @@ class Grounder:
         rgb = as_rgb(image)
         processor, model = self._load("segmenter")
         inputs = processor(images=to_uint8(rgb), input_boxes=[[[float(v) for v in box]]], return_tensors="pt")
-        inputs = inputs.to(self.config.device)
         with torch.no_grad():
-            outputs = model(**inputs, multimask_output=False)
-        masks = processor.post_process_masks(outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(),
+            outputs = model(**self._inputs(inputs), multimask_output=False)
+        masks = processor.post_process_masks(outputs.pred_masks.float().cpu(), inputs["original_sizes"].cpu(),
                                              inputs["reshaped_input_sizes"].cpu())[0]
         mask = np.asarray(masks[0, 0], bool)
         if not mask.any():  # an untrained or confused SAM: fall back to the box itself
@@ -131,9 +152,9 @@ class Grounder:
 
         rgb = as_rgb(image)
         processor, model = self._load("matting")
-        inputs = processor(images=to_uint8(rgb), trimaps=to_uint8(trimap), return_tensors="pt").to(self.config.device)
+        inputs = processor(images=to_uint8(rgb), trimaps=to_uint8(trimap), return_tensors="pt")
         with torch.no_grad():
-            alphas = model(**inputs).alphas
+            alphas = model(**self._inputs(inputs)).alphas
         h, w = trimap.shape
         alpha = np.clip(alphas[0, 0, :h, :w].float().cpu().numpy(), 0.0, 1.0).astype(np.float32)
         alpha[trimap >= TRIMAP_FOREGROUND] = 1.0
@@ -142,9 +163,16 @@ class Grounder:
 
     def estimate(self, image: Any, phrase: str, config: ForegroundConfig | None = None) -> ForegroundEstimate:
         """The foreground stage from text: box, mask, trimap, alpha and the effects region."""
+        rgb = as_rgb(image)
+        return self.estimate_box(rgb, self.detect(rgb, phrase), config)
+
+    def estimate_box(self, image: Any, box: Any, config: ForegroundConfig | None = None) -> ForegroundEstimate:
+        """The foreground stage from a box ``(x0, y0, x1, y1)``: SAM's mask, trimap, alpha (ViTMatte or pymatting)."""
+        from ..layers import check_box
+
         config = config or ForegroundConfig()
         rgb = as_rgb(image)
-        mask = self.segment(rgb, self.detect(rgb, phrase))
+        mask = self.segment(rgb, check_box(box, rgb.shape[1], rgb.shape[0]))
         if self.config.matting is None:
             return foreground_from_mask(rgb, mask, config)
         trimap = trimap_from_mask(mask, *config.band_widths(*mask.shape))
@@ -161,13 +189,23 @@ def generate_composite(
     num_inference_steps: int = 30,
     guidance_scale: float = 7.0,
     seed: int = 0,
-    device: str = "cpu",
+    device: Any = "auto",
+    dtype: Any = "auto",
 ) -> np.ndarray:
-    """LayeringDiff stage 1: a composite ``float32`` ``[H, W, 3]`` from any diffusers text-to-image pipeline."""
+    """LayeringDiff stage 1: a composite ``float32`` ``[H, W, 3]`` from any diffusers text-to-image pipeline.
+
+    The pipeline is loaded in ``dtype`` and run on ``device`` (``"auto"``: the GPU if there is one,
+    in float16; the CPU in float32; see :mod:`lamina.devices`). The noise is drawn on the CPU
+    from ``seed``, so a seed gives the same picture on every device (up to its arithmetic).
+    """
     import torch
     from diffusers import DiffusionPipeline
 
-    pipeline = from_pretrained(DiffusionPipeline, model, "text-to-image pipeline").to(device)
+    from ..devices import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    pipeline = from_pretrained(DiffusionPipeline, model, "text-to-image pipeline", torch_dtype=dtype).to(device)
     pipeline.set_progress_bar_config(disable=os.environ.get("LAMINA_PROGRESS", "1") == "0")
     kwargs: dict[str, Any] = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                               "generator": torch.Generator(device="cpu").manual_seed(seed), "output_type": "np"}

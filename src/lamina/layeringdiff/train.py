@@ -32,17 +32,18 @@ Everything here is **our design** (the paper's training details are not public):
   output sizes ``hfa_sizes`` larger than its working size; the export is that FBDD with the HFA.
 * **Loop** (:func:`training_loop`): AdamW with warm-up, ``accelerate`` (one process on CPU
   works; ``accelerate launch`` for more), EMA of the weights with a half-life in images
-  (ramped up early in training), a loss log (``log.jsonl``) and its curves (``losses.png``),
-  preview contact sheets of held-out scenes (``previews/``), a resumable training state
-  written atomically (``training-state.pt``: running the same command again resumes) and
-  the inference export of the EMA weights (``export/``, :meth:`FBDDPipeline.save_pretrained`).
+  (ramped up early in training). The run folder follows lamina's run protocol
+  (:class:`lamina.training.RunDir`): ``training-config.json``, a loss log (``log.jsonl``) and
+  its curves (``losses.png``), preview contact sheets of held-out scenes (``previews/``), a
+  resumable training state written atomically (``training-state.pt``: running the same command
+  again resumes), the inference export of the EMA weights (``export/``,
+  :meth:`FBDDPipeline.save_pretrained``; ``snapshots/step-NNNNNNN/`` with ``keep_snapshots``),
+  and a divergence guard (``max_loss``).
 """
 
 from __future__ import annotations
 
-import copy
 import io
-import json
 import math
 import time
 import typing
@@ -56,17 +57,29 @@ import torch
 import torch.nn.functional as nnf
 from PIL import Image
 
-from ..errors import LaminaError
-from ..io import atomic_output, plot_log, save_contact_sheet
+from ..errors import ConfigError, LaminaError
+from ..io import atomic_output, save_contact_sheet
 from ..layers import LayeredImage
 from ..overrides import check_type
-from ..training import append_log, ema_beta, ema_update_, save_state, time_is_up, trim_log
+from ..training import (
+    CONFIG_NAME,
+    EMA,
+    EXPORT_DIR,
+    LOG_NAME,
+    PLOT_NAME,
+    PREVIEW_DIR,
+    STATE_NAME,
+    Deadline,
+    RunDir,
+)
 from .fbdd import FBDDPipeline, check_prefill, compute_prefill, fbdd_loss, make_scheduler, make_unet
 from .hfa import HFANet, hfa_loss
 from .latent import latent_fbdd_loss
 
-STATE_FILE, CONFIG_FILE, LOG_FILE, EXPORT_DIR, PREVIEW_DIR, PLOT_FILE = (
-    "training-state.pt", "training-config.json", "log.jsonl", "export", "previews", "losses.png")
+#: The run folder's names (lamina.training's run protocol), under this module's earlier names.
+STATE_FILE, CONFIG_FILE, LOG_FILE, PLOT_FILE = STATE_NAME, CONFIG_NAME, LOG_NAME, PLOT_NAME
+__all__ = ["EMA", "EXPORT_DIR", "PREVIEW_DIR", "TRAINING_PRESETS", "TrainingConfig", "make_batch", "make_pipeline",
+           "make_source", "resolve_config", "training_loop"]
 #: Seeds of the preview scenes: far from the training seeds (``seed * 1_000_003 + step * batch + i``).
 PREVIEW_SEED = 2_000_000_000
 
@@ -103,7 +116,7 @@ class TrainingConfig:
     prefill: str | None = "classical"  # residuals over this classical estimate (fbdd.PREFILLS; None: the layers)
     prediction: str = "sample"  # pixel model: x_0 ("sample") or v ("v_prediction"); a backbone keeps its own
     # Optimisation.
-    batch_size: int = 8
+    batch_size: int = 8  # global: all processes together
     total_steps: int = 2000
     lr: float = 5e-4
     warmup_steps: int = 100
@@ -131,32 +144,34 @@ class TrainingConfig:
     seed: int = 0
     log_every: int = 10  # steps
     checkpoint_every: int = 100  # steps: training state + export
+    keep_snapshots: bool = False  # also keep each checkpoint's export in snapshots/step-NNNNNNN/
     preview_every: int = 250  # steps
     preview_count: int = 4
+    max_loss: float = 1e4  # divergence guard: stop when a loss is NaN/Inf or larger (the last good state is kept)
 
     def __post_init__(self) -> None:
         from .fbdd import FBDD_PRESETS
 
         if self.unet not in FBDD_PRESETS:
-            raise LaminaError(f"unknown FBDD UNet preset {self.unet!r}; choose from {', '.join(FBDD_PRESETS)}")
+            raise ConfigError(f"unknown FBDD UNet preset {self.unet!r}; choose from {', '.join(FBDD_PRESETS)}")
         if self.resolution < 8 or self.batch_size < 1 or self.total_steps < 1:
-            raise LaminaError("resolution >= 8, batch_size >= 1 and total_steps >= 1 are required")
+            raise ConfigError("resolution >= 8, batch_size >= 1 and total_steps >= 1 are required")
         for f in fields(self):
             if f.name.startswith("p_") and not 0.0 <= getattr(self, f.name) <= 1.0:
-                raise LaminaError(f"{f.name} must be a probability in [0, 1], got {getattr(self, f.name)}")
+                raise ConfigError(f"{f.name} must be a probability in [0, 1], got {getattr(self, f.name)}")
         check_prefill(self.prefill)
         if self.backbone is not None and (self.effects or self.prefill is not None):
-            raise LaminaError("a latent FBDD (backbone) has no effects channel and no prefill: set effects=False and "
+            raise ConfigError("a latent FBDD (backbone) has no effects channel and no prefill: set effects=False and "
                               "prefill=None, e.g. with --preset latent-sd")
         if self.stage not in STAGES:
-            raise LaminaError(f"unknown training stage {self.stage!r}; choose from {', '.join(STAGES)}")
+            raise ConfigError(f"unknown training stage {self.stage!r}; choose from {', '.join(STAGES)}")
         if self.stage == "hfa" and (self.init is None or self.backbone is not None):
-            raise LaminaError("stage 'hfa' trains the HFA over a saved pixel-space FBDD: give it with --init "
+            raise ConfigError("stage 'hfa' trains the HFA over a saved pixel-space FBDD: give it with --init "
                               "(a folder, hub id or 'builtin'), without --backbone")
         if self.stage == "hfa" and (not self.hfa_sizes or min(self.hfa_sizes) < 8):
-            raise LaminaError(f"hfa_sizes must be sizes of at least 8 px, got {self.hfa_sizes}")
+            raise ConfigError(f"hfa_sizes must be sizes of at least 8 px, got {self.hfa_sizes}")
         if self.data != "synth" and not Path(self.data).expanduser().is_dir():
-            raise LaminaError(f"training data {self.data!r}: give 'synth' or a folder with foregrounds/ and "
+            raise ConfigError(f"training data {self.data!r}: give 'synth' or a folder with foregrounds/ and "
                               "backgrounds/")
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,9 +182,9 @@ class TrainingConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise LaminaError(f"unknown training option(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: check_type(v, hints[k], k) for k, v in values.items()})
+        return cls(**{k: check_type(v, hints[k], k, ConfigError) for k, v in values.items()})
 
 
 #: ``tiny``: tests (16 px, a few steps); ``builtin``: the model shipped in the package (64 px,
@@ -193,14 +208,14 @@ TRAINING_PRESETS: dict[str, TrainingConfig] = {
 }
 
 #: Options that may change when a run is resumed (length, bookkeeping, and how the export samples).
-RESUMABLE_CHANGES = ("total_steps", "log_every", "checkpoint_every", "preview_every", "preview_count",
-                     "foreground_residual")
+RESUMABLE_CHANGES = ("total_steps", "log_every", "checkpoint_every", "keep_snapshots", "preview_every",
+                     "preview_count", "max_loss", "foreground_residual")
 
 
 def resolve_config(preset: str = "builtin", **overrides: Any) -> TrainingConfig:
     """A preset with ``overrides`` (``None`` values are ignored) applied."""
     if preset not in TRAINING_PRESETS:
-        raise LaminaError(f"unknown training preset {preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
+        raise ConfigError(f"unknown training preset {preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
     values = TRAINING_PRESETS[preset].to_dict() | {k: v for k, v in overrides.items() if v is not None}
     return TrainingConfig.from_dict(values)
 
@@ -334,18 +349,6 @@ def make_batch(source: Callable[[int], Sample], seeds: list[int], config: Traini
     return batch
 
 
-# -------------------------------------------------------------------------------- EMA
-class EMA:
-    """Exponential moving average of a model's weights, half-life measured in images (buffers copied)."""
-
-    def __init__(self, model: torch.nn.Module, halflife_nimg: float, rampup: float | None = 0.2) -> None:
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.halflife_nimg, self.rampup = halflife_nimg, rampup
-
-    def update(self, model: torch.nn.Module, cur_nimg: int, batch_size: int) -> None:
-        ema_update_(self.model, model, ema_beta(batch_size, self.halflife_nimg, cur_nimg, self.rampup))
-
-
 # ------------------------------------------------------------------------ run folder
 def make_pipeline(config: TrainingConfig, unet: torch.nn.Module, backbone: Any = None) -> Any:
     """The inference pipeline around the trained network: :class:`FBDDPipeline` around ``unet``; with
@@ -370,19 +373,6 @@ def export_pipeline(pipeline: Any, path: Path) -> Path:
     with atomic_output(path, overwrite=True) as staged:
         pipeline.save_pretrained(staged)
     return path
-
-
-def _check_resumable(run_dir: Path, config: TrainingConfig) -> None:
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.exists():
-        return
-    saved = json.loads(saved_path.read_text())
-    current = config.to_dict()
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k) and k not in
-                     RESUMABLE_CHANGES)
-    if changed:
-        raise LaminaError(f"{run_dir} holds a run with different options ({', '.join(changed)}); "
-                          "resume it with the same options or choose another --out")
 
 
 def _write_preview(pipeline: Any, config: TrainingConfig, path: Path) -> None:
@@ -490,30 +480,36 @@ def training_loop(
 
     Args:
         config: all options (:func:`resolve_config`).
-        run_dir: the run folder: ``training-config.json``, ``training-state.pt``, ``log.jsonl``,
-            ``previews/``, ``export/`` (the EMA pipeline, :meth:`FBDDPipeline.from_pretrained`).
+        run_dir: the run folder (:class:`lamina.training.RunDir`): ``training-config.json``,
+            ``training-state.pt``, ``log.jsonl``, ``losses.png``, ``previews/``, ``export/`` (the EMA
+            pipeline, :meth:`FBDDPipeline.from_pretrained`), ``snapshots/`` with ``keep_snapshots``.
         echo: where progress lines go.
         stop_after_s: stop (after saving) once this many seconds have passed in this call.
+    Raises:
+        ConfigError: ``run_dir`` holds a run with other options (those not in :data:`RESUMABLE_CHANGES`).
+        TrainingDivergedError: a loss became NaN/Inf or exceeded ``max_loss``; the last good state is kept.
     """
-    from accelerate import Accelerator
+    from ..extras import require
 
-    run_dir = Path(run_dir).expanduser()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(run_dir, config)
+    Accelerator = require("accelerate", "train").Accelerator
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
+    run = RunDir(run_dir, is_main=main, echo=echo)
+    run.open(config.to_dict(), may_change=RESUMABLE_CHANGES, normalize=lambda d: TrainingConfig.from_dict(d).to_dict())
+    accelerator.wait_for_everyone()
+    run_dir = run.path
 
     # Networks, optimiser, EMA. ``unet`` is the network being trained (in stage "hfa" the HFANet, over
     # the frozen FBDD ``backbone``).
     torch.manual_seed(config.seed)
-    state_path = run_dir / STATE_FILE
+    resuming = run.has_state()
     state_key = "hfa" if config.stage == "hfa" else "unet"
     if config.stage == "hfa":
         backbone = _load_frozen_fbdd(str(config.init)).to(accelerator.device)
         unet = HFANet(config.hfa_channels, config.hfa_dilations,
                       max_scale=max(config.hfa_sizes) / min(backbone.working_size()))
         scheduler = backbone.scheduler
-        if backbone.hfa is not None and config.hfa_from_init and not state_path.exists():
+        if backbone.hfa is not None and config.hfa_from_init and not resuming:
             if (backbone.hfa.config.channels, tuple(backbone.hfa.config.dilations)) == (
                     config.hfa_channels, config.hfa_dilations):
                 _copy_weights(unet, backbone.hfa.state_dict(), f"init {config.init!r}'s HFA")
@@ -528,25 +524,28 @@ def training_loop(
         backbone = None
         unet = make_unet(config.unet, sample_size=config.resolution, effects=config.effects, prefill=config.prefill)
         scheduler = make_scheduler(prediction_type=config.prediction)
-    if config.init is not None and config.stage == "fbdd" and not state_path.exists():
+    if config.init is not None and config.stage == "fbdd" and not resuming:
         _load_init(unet, config.init)
         echo(f"starting from the weights of {config.init}")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(unet, config.ema_halflife_nimg, config.ema_rampup)
     step = 0
 
-    # Resume.
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    def write_export(folder: Path) -> None:
+        make_pipeline(config, ema.model, backbone).save_pretrained(folder)
+
+    # Resume; re-make an export older than the state (a kill between the two saves, or a finished run without one).
+    state = run.load_state()
+    if state is not None:
         unet.load_state_dict(state[state_key])
         ema.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        del state
         echo(f"resuming {run_dir} at step {step}")
-        trim_log(run_dir / LOG_FILE, step)
-    if main:
-        with atomic_output(run_dir / CONFIG_FILE, overwrite=True) as staged:
-            staged.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if run.export_is_stale():
+            echo(f"re-making the export of step {step} (older than the training state)")
+            run.export(write_export, step)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.model.to(accelerator.device)
     sizes = config.hfa_sizes if config.stage == "hfa" else (config.resolution,)  # HFA: one size per step in turn
@@ -555,24 +554,24 @@ def training_loop(
     scheduler.set_timesteps(config.inference_steps)
     focus = scheduler.timesteps.clone()
     world, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
+    n = config.batch_size // world  # batch_size is global (all processes together), as in FurryGAN
 
     def save() -> None:
-        if not main:
-            return
-        save_state({"step": step, state_key: accelerator.unwrap_model(unet).state_dict(),
-                            "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "config": config.to_dict()}, state_path)
-        export_pipeline(make_pipeline(config, ema.model, backbone), run_dir / EXPORT_DIR)
+        run.save_state({"step": step, state_key: accelerator.unwrap_model(unet).state_dict(),
+                        "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "config": config.to_dict()})
+        run.export(write_export, step, snapshot=config.keep_snapshots)
 
-    start, last = time.time(), time.time()
+    deadline, last = Deadline(stop_after_s), time.time()
     unet.train()
     while step < config.total_steps:
         # Batch: seeds depend only on (seed, step, rank), so a resumed run sees the same data.
-        base = (config.seed * 1_000_003 + step * world + rank) * config.batch_size
+        base = (config.seed * 1_000_003 + step * world + rank) * n
         batch = {k: v.to(accelerator.device) for k, v in make_batch(
-            sources[sizes[step % len(sizes)]], list(range(base, base + config.batch_size)), batch_config).items()}
+            sources[sizes[step % len(sizes)]], list(range(base, base + n)), batch_config).items()}
         generator = torch.Generator().manual_seed(base)
-        n = config.batch_size
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
         use_focus = torch.rand(n, generator=generator) < config.p_inference_timesteps
         timesteps = torch.where(use_focus, focus[torch.randint(0, len(focus), (n,), generator=generator)], timesteps)
@@ -596,28 +595,27 @@ def training_loop(
             accelerator.clip_grad_norm_(unet.parameters(), config.grad_clip)
         optimizer.step()
         step += 1
-        ema.update(accelerator.unwrap_model(unet), step * n * world, n * world)
+        ema.update(accelerator.unwrap_model(unet), step * config.batch_size, config.batch_size)
 
-        # Log, checkpoint, preview.
+        # Divergence guard (the same answer on every process), then log, checkpoint, preview.
+        stacked = torch.stack([v.detach().float() for v in losses.values()])
+        stacked = accelerator.reduce(stacked, reduction="mean") if world > 1 else stacked
+        values = dict(zip(losses, stacked.cpu().tolist(), strict=True))
+        run.check_losses(step, values, config.max_loss, record={"nimg": step * config.batch_size})
         if main and step % config.log_every == 0:
             now = time.time()
-            record = {"step": step, "nimg": step * n * world,
-                      **{k: round(float(v.detach()), 6) for k, v in losses.items()},
+            record = {"step": step, "nimg": step * config.batch_size, **{k: round(v, 6) for k, v in values.items()},
                       "sec_per_step": round((now - last) / config.log_every, 4)}
             last = now
-            append_log(run_dir / LOG_FILE, record)
+            run.log(record)
             echo(f"step {step}/{config.total_steps} loss {record['loss']:.4f} ({record['sec_per_step']:.2f} s/step)")
-        timed_out = time_is_up(start, stop_after_s, accelerator)
+        timed_out = deadline.passed(accelerator)
         if step % config.checkpoint_every == 0 or step == config.total_steps or timed_out:
             save()
         if main and (step % config.preview_every == 0 or step == config.total_steps):
-            _write_preview(make_pipeline(config, ema.model, backbone), config,
-                           run_dir / PREVIEW_DIR / f"step-{step:07d}.png")
-            if (run_dir / LOG_FILE).is_file():
-                plot_log(run_dir / LOG_FILE, run_dir / PLOT_FILE)
+            _write_preview(make_pipeline(config, ema.model, backbone), config, run.preview_path(step))
+            run.plot()
         if timed_out:
-            echo(f"stopping after {time.time() - start:.0f} s at step {step}; run again to resume")
+            echo(f"stopping after {deadline.elapsed():.0f} s at step {step}; run again to resume")
             break
-    if not state_path.exists():  # total_steps already reached before this call
-        save()
-    return run_dir / EXPORT_DIR
+    return run.export_dir
