@@ -28,6 +28,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "layeringdiff": ("lamina.layeringdiff.cli", "layeringdiff", "LayeringDiff: train the FBDD decomposition model."),
     "decompose": ("lamina.layeringdiff.cli", "decompose", "Split a photo into foreground layer(s) and a background."),
     "generate": ("lamina.layeringdiff.cli", "generate", "Text -> composite -> layers with a text-to-image model."),
+    "bfs": ("lamina.bfs.cli", "bfs", "BFS: train and evaluate the layered synthesis model."),
+    "synthesize": ("lamina.bfs.cli", "synthesize", "BFS: captioned objects, with shadows, as layers on an image."),
     "studio": ("lamina.studio.cli", "studio", "A local browser app to make layered images and edit their layers."),
 }
 
@@ -115,10 +117,12 @@ def main() -> None:
 def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> None:
     """Layered PSD/ORA/PNG-stack files and a contact sheet from the built-in models.
 
-    Three kinds of output, all offline: procedural scenes with exact ground truth
+    Four kinds of output, all offline: procedural scenes with exact ground truth
     (``scene_*``), those scenes' flattened composites taken apart again by the built-in
-    LayeringDiff model given the object's box (``decomposed_*.psd``), and samples of the
-    built-in FurryGAN (``furrygan_*.psd``). ``contact_sheet.png`` shows every one of them.
+    LayeringDiff model given the object's box (``decomposed_*.psd``), samples of the
+    built-in FurryGAN (``furrygan_*.psd``), and procedural backgrounds with two captioned
+    objects placed back to front by the built-in BFS (``bfs_*.psd``). ``contact_sheet.png``
+    shows every one of them.
     """
     from .data import SCENE_PRESETS, generate_scene
     from .furrygan.inference import generate as furrygan_generate
@@ -131,7 +135,8 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
     stems = [f"scene_{i:02d}" for i in range(count)]
     outputs = [out_dir / f"{stem}{suffix}" for stem in stems for suffix in (".psd", ".ora", "")]
     outputs += [out_dir / f"decomposed_{i:02d}.psd" for i in range(count)]
-    outputs += [out_dir / f"furrygan_{i:02d}.psd" for i in range(count)] + [out_dir / "contact_sheet.png"]
+    outputs += [out_dir / f"furrygan_{i:02d}.psd" for i in range(count)]
+    outputs += [out_dir / f"bfs_{i:02d}.psd" for i in range(count)] + [out_dir / "contact_sheet.png"]
     for path in outputs:  # refuse before any work, so a refused run writes nothing
         check_writable(path, overwrite)
 
@@ -142,6 +147,9 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
     decomposed = [decompose_image(scene.composite, box=scene.box, decomposer=decomposer)
                   for scene in progress(scenes, desc="LayeringDiff decomposition")]
     samples = furrygan_generate(load_furrygan(), count, truncation_psi=0.7, seed=seed)
+    from .bfs.synthesize import demo_scenes
+
+    placed = demo_scenes(count, size, seed, progress=lambda items: progress(items, desc="BFS layers"))
 
     rows = []
     for i in range(count):
@@ -149,10 +157,11 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
             save(truth[i], path, overwrite=overwrite)
         save(decomposed[i], out_dir / f"decomposed_{i:02d}.psd", overwrite=overwrite)
         save(samples[i], out_dir / f"furrygan_{i:02d}.psd", overwrite=overwrite)
+        save(placed[i], out_dir / f"bfs_{i:02d}.psd", overwrite=overwrite)
         rows += [truth[i], decomposed[i]]
-    save_contact_sheet(rows + samples, out_dir / "contact_sheet.png", overwrite=overwrite)
+    save_contact_sheet(rows + samples + placed, out_dir / "contact_sheet.png", overwrite=overwrite)
     click.echo(f"wrote {len(outputs)} outputs to {out_dir}: scene_* (PSD, ORA, PNG stack; exact ground truth), "
-               f"decomposed_*.psd (LayeringDiff), furrygan_*.psd (FurryGAN), contact_sheet.png")
+               f"decomposed_*.psd (LayeringDiff), furrygan_*.psd (FurryGAN), bfs_*.psd (BFS), contact_sheet.png")
 
 
 @main.command()

@@ -1,0 +1,639 @@
+"""BFS sampling: the building blocks shared with training, and :class:`BFSPipeline`.
+
+Building blocks (pure functions on tensors; training uses the same ones):
+
+* :func:`encode_prompts`: CLIP pooled + T5 token embeddings and FLUX's text ids;
+* :func:`encode_image` / :func:`decode_latents`: VAE with its shift and scaling;
+* :func:`pack_latents` / :func:`unpack_latents` / :func:`latent_image_ids`: FLUX's 2x2 packing;
+* :func:`prepare_fill_condition`: the Fill condition ``[pack(E(B)), pack(unshuffle(M))]`` with the
+  **unmasked** background (BFS), not stock Fill's ``E(B * (1 - M))``;
+* :func:`predict_velocity`: one transformer call on the ``[composite; foreground]`` batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from ..errors import LaminaError
+from ..layers import Layer, LayeredImage, check_box
+from ..progress import progress
+
+try:
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import BaseOutput
+except ImportError as exc:  # pragma: no cover - exercised only without diffusers
+    raise ImportError("lamina.bfs needs diffusers: pip install 'lamina[diffusion]'") from exc
+
+from .joint import BFSJointAdapter, BFSJointProcessor
+
+#: A pixel of a region mask is inside above this value (masks in [0, 1]; uint8 masks are scaled).
+MASK_THRESHOLD = 0.5
+#: A working-size mask cell is inside when more than this fraction of its full-size pixels are (0: any).
+REGION_COVERAGE = 0.0
+
+# ---------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class PromptEmbeddings(BaseOutput):
+    """Encoded captions: ``prompt_embeds`` [B, L, joint_attention_dim] (T5), ``pooled`` [B, pooled_projection_dim]
+    (CLIP) and ``text_ids`` [L, 3] (zeros, FLUX's text positions)."""
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+    text_ids: torch.Tensor
+
+    def repeat(self, times: int) -> PromptEmbeddings:
+        """The batch repeated ``times`` times (row order ``[all, all, ...]``)."""
+        return PromptEmbeddings(self.prompt_embeds.repeat(times, 1, 1), self.pooled.repeat(times, 1), self.text_ids)
+
+
+@dataclass
+class VelocityOutput(BaseOutput):
+    """Predicted flow-matching velocities (``noise - clean`` in packed latent space), each [B, N, 4c]:
+    ``velocity_x`` for the composite branch, ``velocity_y`` for the foreground branch."""
+
+    velocity_x: torch.Tensor
+    velocity_y: torch.Tensor
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def encode_prompts(
+    prompts: str | list[str],
+    tokenizer: Any,
+    text_encoder: nn.Module,
+    tokenizer_2: Any,
+    text_encoder_2: nn.Module,
+    max_sequence_length: int = 512,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> PromptEmbeddings:
+    """FLUX's text conditioning of ``prompts`` (B captions): CLIP pooled output and T5 hidden states.
+
+    As in ``FluxPipeline.encode_prompt``: both tokenizers pad to their length (CLIP: its
+    ``model_max_length``; T5: ``max_sequence_length``, capped by ``tokenizer_2.model_max_length``)
+    and truncate.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    device = torch.device(device) if device is not None else next(text_encoder_2.parameters()).device
+    clip_length = int(min(getattr(tokenizer, "model_max_length", 77), 77))
+    t5_length = int(min(max_sequence_length, getattr(tokenizer_2, "model_max_length", max_sequence_length)))
+    clip_ids = tokenizer(prompts, padding="max_length", max_length=clip_length, truncation=True,
+                         return_tensors="pt").input_ids
+    t5_ids = tokenizer_2(prompts, padding="max_length", max_length=t5_length, truncation=True,
+                         return_tensors="pt").input_ids
+    clip_device = next(text_encoder.parameters()).device
+    pooled = text_encoder(clip_ids.to(clip_device), output_hidden_states=False).pooler_output
+    t5_device = next(text_encoder_2.parameters()).device
+    embeds = text_encoder_2(t5_ids.to(t5_device), output_hidden_states=False)[0]
+    dtype = dtype or embeds.dtype
+    text_ids = torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype)
+    return PromptEmbeddings(embeds.to(device=device, dtype=dtype), pooled.to(device=device, dtype=dtype), text_ids)
+
+
+# ---------------------------------------------------------------------------- latents
+
+
+def vae_scale_factor(vae: nn.Module) -> int:
+    """Pixels per latent cell of a diffusers VAE (``2 ** (len(block_out_channels) - 1)``)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _vae_shift_scale(vae: nn.Module) -> tuple[float, float]:
+    shift = vae.config.get("shift_factor", None)
+    return float(shift or 0.0), float(vae.config.scaling_factor)
+
+
+def encode_image(vae: nn.Module, image: torch.Tensor, generator: torch.Generator | None = None,
+                 sample: bool = False) -> torch.Tensor:
+    """Latents ``(E(image) - shift) * scale`` [B, c, H/s, W/s] of ``image`` [B, C, H, W] in ``[-1, 1]``.
+
+    ``sample`` draws from the posterior (training targets); otherwise its mode (conditions).
+    """
+    dist = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    latents = dist.sample(generator) if sample else dist.mode()
+    shift, scale = _vae_shift_scale(vae)
+    return (latents - shift) * scale
+
+
+def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(latents / scale + shift)``: [B, C, H, W], nominally in ``[-1, 1]`` (not clamped)."""
+    shift, scale = _vae_shift_scale(vae)
+    return vae.decode((latents / scale + shift).to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """FLUX's 2x2 packing: [B, C, H, W] -> [B, H/2 * W/2, 4C] (``H``, ``W`` even)."""
+    b, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise LaminaError(f"latents of size {h}x{w} cannot be packed 2x2 (sides must be even)")
+    latents = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`pack_latents`: [B, H/2 * W/2, 4C] -> [B, C, H, W] (``height``, ``width`` in latent cells)."""
+    b, n, c4 = packed.shape
+    if n != (height // 2) * (width // 2):
+        raise LaminaError(f"{n} packed tokens do not match a {height}x{width} latent grid")
+    latents = packed.view(b, height // 2, width // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(b, c4 // 4, height, width)
+
+
+def latent_image_ids(height: int, width: int, device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """FLUX image position ids [H/2 * W/2, 3] , ``(0, row, col)`` per token, of a latent grid ``height x width``."""
+    h, w = height // 2, width // 2
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    return ids.reshape(h * w, 3).to(device=device, dtype=dtype)
+
+
+def pack_mask(mask: torch.Tensor, scale_factor: int) -> torch.Tensor:
+    """Fill's mask condition: [B, 1, H, W] in ``{0, 1}`` -> pixel-unshuffled by ``s`` and packed: [B, N, 4 s^2].
+
+    Channel order as ``FluxFillPipeline.prepare_mask_latents`` (``(dy, dx)`` inside each latent cell).
+    """
+    b, _, height, width = mask.shape
+    s = scale_factor
+    if height % (2 * s) or width % (2 * s):
+        raise LaminaError(f"mask of size {height}x{width} is not a multiple of {2 * s} (VAE factor x 2)")
+    h, w = height // s, width // s
+    cells = mask[:, 0].reshape(b, h, s, w, s).permute(0, 2, 4, 1, 3).reshape(b, s * s, h, w)
+    return pack_latents(cells)
+
+
+def prepare_fill_condition(vae: nn.Module, background: torch.Tensor, mask: torch.Tensor,
+                           masked: bool = False) -> torch.Tensor:
+    """The Fill condition [B, N, 4c + 4 s^2]: packed latents of the background, then the packed mask.
+
+    Args:
+        background: [B, 3, H, W] in ``[-1, 1]`` (``H``, ``W`` multiples of ``2 s``).
+        mask: [B, 1, H, W], 1 inside the region to synthesise, 0 elsewhere.
+        masked: encode ``B * (1 - M)`` as stock ``FluxFillPipeline`` does; BFS encodes the unmasked ``B``
+            (the default), because the layer's shadows fall on the visible background.
+    """
+    if background.shape[-2:] != mask.shape[-2:]:
+        raise LaminaError(f"background {tuple(background.shape[-2:])} and mask {tuple(mask.shape[-2:])} sizes differ")
+    mask = mask.to(device=background.device, dtype=background.dtype)
+    image = background * (1 - mask) if masked else background
+    latents = pack_latents(encode_image(vae, image))
+    packed_mask = pack_mask(mask, vae_scale_factor(vae)).to(device=latents.device, dtype=latents.dtype)
+    return torch.cat([latents, packed_mask], dim=-1)
+
+
+# ---------------------------------------------------------------------------- the transformer call
+
+
+def _has_joint_processors(transformer: nn.Module) -> bool:
+    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+    return any(isinstance(b.attn.processor, BFSJointProcessor) for b in blocks)
+
+
+def predict_velocity(
+    transformer: nn.Module,
+    joint: BFSJointAdapter | None,
+    latents_x: torch.Tensor,
+    latents_y: torch.Tensor,
+    condition: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    pooled: torch.Tensor,
+    text_ids: torch.Tensor,
+    img_ids: torch.Tensor,
+    timestep: torch.Tensor | float,
+    guidance: torch.Tensor | float | None = None,
+) -> VelocityOutput:
+    """Velocities of both branches from one call of ``transformer`` on the batch ``[x; y]``.
+
+    Args:
+        transformer: a stock Fill-style ``FluxTransformer2DModel`` (or a DDP / accelerate wrapper of one).
+        joint: the coupling; attached to ``transformer`` here if it is not yet. ``None`` runs the
+            branches uncoupled (any attached joint processors are switched off for this call).
+        latents_x, latents_y: packed noisy latents [B, N, 4c] of the composite and foreground branches.
+        condition: Fill condition [B, N, 4c + 4 s^2] (:func:`prepare_fill_condition`), shared by both branches.
+        prompt_embeds: [B, L, D]; pooled: [B, P]; text_ids: [L, 3]; img_ids: [N, 3] (both branches share them).
+        timestep: sigma in ``[0, 1]`` ([B] or a number; FLUX multiplies it by 1000 itself).
+        guidance: guidance-embedding value ([B] or a number) for guidance-distilled models, else ``None``.
+    Returns:
+        :class:`VelocityOutput` with ``velocity_x``, ``velocity_y`` [B, N, 4c] (``noise - clean``).
+    """
+    model = getattr(transformer, "module", transformer)  # the model inside a DDP / accelerate wrapper
+    if latents_x.shape != latents_y.shape:
+        raise LaminaError(f"branch latents differ in shape: {tuple(latents_x.shape)} vs {tuple(latents_y.shape)}")
+    b, n, _ = latents_x.shape
+    if condition.shape[:2] != (b, n):
+        raise LaminaError(f"condition {tuple(condition.shape)} does not match latents {tuple(latents_x.shape)}")
+    expected = int(model.config.in_channels)
+    if latents_x.shape[-1] + condition.shape[-1] != expected:
+        raise LaminaError(f"latents ({latents_x.shape[-1]}) + condition ({condition.shape[-1]}) channels != the "
+                          f"transformer's in_channels {expected}")
+    dtype = model.dtype
+    device = latents_x.device
+    hidden = torch.cat([torch.cat([latents_x, condition], -1), torch.cat([latents_y, condition], -1)]).to(dtype)
+
+    def batch(value: torch.Tensor | float | None) -> torch.Tensor | None:
+        if value is None:
+            return None
+        value = torch.as_tensor(value, device=device, dtype=torch.float32)
+        return (value.expand(b) if value.ndim == 0 else value).repeat(2).to(dtype)
+
+    kwargs: dict[str, Any] | None = None
+    if joint is not None:
+        joint = getattr(joint, "module", joint)
+        if not joint.is_attached(model):
+            joint.attach(model)
+        kwargs = {"bfs_image_tokens": n}
+    elif _has_joint_processors(model):
+        kwargs = {"bfs_joint": False}
+    guided = bool(model.config.guidance_embeds)
+    if guided and guidance is None:
+        raise LaminaError("this transformer has a guidance embedding (guidance_embeds=True): pass guidance")
+    out = transformer(
+        hidden_states=hidden,
+        encoder_hidden_states=prompt_embeds.repeat(2, 1, 1).to(dtype),
+        pooled_projections=pooled.repeat(2, 1).to(dtype),
+        timestep=batch(timestep),
+        img_ids=img_ids,
+        txt_ids=text_ids,
+        guidance=batch(guidance) if guided else None,
+        joint_attention_kwargs=kwargs,
+        return_dict=False,
+    )[0]
+    velocity_x, velocity_y = out.chunk(2)
+    return VelocityOutput(velocity_x=velocity_x, velocity_y=velocity_y)
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+def working_size(height: int, width: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """``(h, w)`` the model runs at for a ``height x width`` image: short side ``resolution``, aspect kept,
+    both sides rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
+    scale = resolution / min(height, width)
+
+    def side(n: int) -> int:
+        return max(multiple, int(round(n * scale / multiple)) * multiple)
+
+    return side(height), side(width)
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+                    max_shift: float = 1.15) -> float:
+    """FLUX's resolution-dependent timestep shift ``mu``: linear in the number of image tokens."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * slope + base_shift - slope * base_seq_len
+
+
+def flux_sigmas(num_steps: int) -> list[float]:
+    """FLUX's sigma schedule before shifting: ``linspace(1, 1 / N, N)``."""
+    return torch.linspace(1.0, 1.0 / num_steps, num_steps).tolist()
+
+
+def resize_premultiplied(rgba: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize straight RGBA [B, 4, h, w] to ``size`` through premultiplied colour (no dark fringes); [0, 1].
+
+    Bilinear (antialiased when shrinking); colour is 0 where the resized alpha is 0.
+    """
+    from ..compositing import premultiply, unpremultiply
+
+    if tuple(rgba.shape[-2:]) == tuple(size):
+        return rgba
+    shrink = size[0] < rgba.shape[-2] or size[1] < rgba.shape[-1]
+    resized = nnf.interpolate(premultiply(rgba.float()), size=size, mode="bilinear", align_corners=False,
+                              antialias=shrink).clamp(0, 1)
+    return unpremultiply(resized)
+
+
+def _background_array(background: Any) -> np.ndarray:
+    """The caller's background as an ``[H, W, 3|4]`` array, unchanged where it already is one."""
+    if isinstance(background, np.ndarray):
+        array = background
+    elif isinstance(background, torch.Tensor):
+        tensor = background.detach().cpu()
+        if tensor.ndim == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tensor.ndim != 3 or tensor.shape[0] not in (3, 4):
+            raise LaminaError(f"background tensor must be [3, H, W] (or [1, 3, H, W]) in [0, 1], got "
+                              f"{tuple(background.shape)}")
+        array = tensor.permute(1, 2, 0).numpy()
+    elif hasattr(background, "mode") and hasattr(background, "size"):  # PIL image
+        array = np.asarray(background.convert("RGB") if background.mode not in ("RGB", "RGBA") else background)
+    else:
+        raise LaminaError(f"background must be a PIL image, an [H, W, 3] array or a [3, H, W] tensor, got "
+                          f"{type(background).__name__}")
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise LaminaError(f"background must be [H, W, 3], got shape {tuple(array.shape)}")
+    return array
+
+
+def _region_mask(box: Any, mask: Any, height: int, width: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The full-size region ``[H, W]`` (bool) of a box or a mask, and its bounding box."""
+    if (box is None) == (mask is None):
+        raise LaminaError("give exactly one of box=(x0, y0, x1, y1) and mask=[H, W]")
+    if box is not None:
+        x0, y0, x1, y1 = check_box(box, width, height)
+        region = np.zeros((height, width), dtype=bool)
+        region[y0:y1, x0:x1] = True
+        return region, (x0, y0, x1, y1)
+    region = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    if region.ndim == 3 and region.shape[-1] == 1:
+        region = region[..., 0]
+    if region.shape != (height, width):
+        raise LaminaError(f"mask must be [H, W] = [{height}, {width}] like the background, got {region.shape}")
+    region = region.astype(np.float32) > (MASK_THRESHOLD * (255 if region.dtype == np.uint8 else 1))
+    if not region.any():
+        raise LaminaError("the region mask is empty")
+    rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+    return region, (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+class BFSPipeline(DiffusionPipeline):
+    """BFS: one straight-alpha layer (object + shadows/reflections) for a background, a region and a caption.
+
+    Components (FLUX.1-Fill's, plus two): ``scheduler`` (flow-matching Euler), ``vae`` (RGB;
+    decodes the composite branch), ``trans_vae`` (RGBA, :mod:`.transparency`; decodes the layer),
+    ``text_encoder`` / ``tokenizer`` (CLIP), ``text_encoder_2`` / ``tokenizer_2`` (T5),
+    ``transformer`` (a stock Fill ``FluxTransformer2DModel``) and ``joint``
+    (:class:`~lamina.bfs.joint.BFSJointAdapter`, attached to the transformer here).
+
+    Config: ``resolution`` (short side the model works at), ``inference_steps``,
+    ``guidance_scale`` (the guidance embedding's value for guidance-distilled transformers, else the
+    true-CFG scale; 1 means no CFG), ``max_sequence_length`` (T5 tokens).
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae->trans_vae"
+    _optional_components: list[str] = []
+
+    def __init__(self, scheduler: Any, vae: Any, trans_vae: Any, text_encoder: Any, tokenizer: Any,
+                 text_encoder_2: Any, tokenizer_2: Any, transformer: Any, joint: BFSJointAdapter,
+                 resolution: int = 512, inference_steps: int = 50, guidance_scale: float = 30.0,
+                 max_sequence_length: int = 512) -> None:
+        super().__init__()
+        self.register_modules(scheduler=scheduler, vae=vae, trans_vae=trans_vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                              transformer=transformer, joint=joint)
+        self.register_to_config(resolution=int(resolution), inference_steps=int(inference_steps),
+                                guidance_scale=float(guidance_scale), max_sequence_length=int(max_sequence_length))
+        multiple = self.packing_multiple
+        if resolution % multiple:
+            raise LaminaError(f"BFS resolution {resolution} must be a multiple of {multiple} (VAE factor x 2)")
+        if int(trans_vae.config.latent_channels) != int(vae.config.latent_channels):
+            raise LaminaError(f"trans_vae has {trans_vae.config.latent_channels} latent channels, the VAE "
+                              f"{vae.config.latent_channels}")
+        joint.attach(transformer)
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_components(cls, components: dict[str, Any], resolution: int = 64, inference_steps: int = 20,
+                        guidance_scale: float = 1.0, max_sequence_length: int = 24) -> BFSPipeline:
+        """A pipeline from a dict of components (e.g. :func:`~lamina.bfs.components.build_components`)."""
+        names = ("scheduler", "vae", "trans_vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                 "transformer", "joint")
+        missing = [n for n in names if n not in components]
+        if missing:
+            raise LaminaError(f"BFS components missing: {missing}")
+        return cls(**{n: components[n] for n in names}, resolution=resolution, inference_steps=inference_steps,
+                   guidance_scale=guidance_scale, max_sequence_length=max_sequence_length)
+
+    @classmethod
+    def from_fill(
+        cls,
+        model: str | Path,
+        trans_vae: Any = None,
+        joint: Any = None,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        rank: int = 4,
+        share_base: bool = True,
+        resolution: int | None = None,
+        inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        max_sequence_length: int = 512,
+        **kwargs: Any,
+    ) -> BFSPipeline:
+        """BFS on a FLUX.1-Fill-style model (hub id, e.g. ``black-forest-labs/FLUX.1-Fill-dev``, or folder).
+
+        Args:
+            trans_vae: the RGBA VAE: a folder / hub id, an ``AutoencoderKL``, or ``None`` for the Fill VAE
+                widened to RGBA (:func:`~lamina.bfs.transparency.widen_vae`; untrained: opaque layers).
+            joint: a :class:`BFSJointAdapter`, a folder / hub id saved by it, or ``None`` for a new one
+                (``rank``, ``share_base``; zero ``post``: the layer branch then equals the composite branch).
+            torch_dtype, device: for every component (e.g. ``torch.bfloat16``, ``"cuda"``).
+            resolution: short side to work at; default ``64 x`` the VAE factor (512 for FLUX).
+            guidance_scale: default 30 for a guidance-distilled transformer (Fill-dev), else 1 (no CFG).
+            kwargs: more ``from_pretrained`` options (``revision``, ``local_files_only``...).
+        """
+        from diffusers import AutoencoderKL, FluxFillPipeline
+
+        from ..hub import from_pretrained
+        from .transparency import widen_vae
+
+        kwargs.pop("local_files_only", None)  # lamina.hub decides: folders and the cache first
+        fill = from_pretrained(FluxFillPipeline, model, "Fill model", torch_dtype=torch_dtype, **kwargs)
+        if isinstance(trans_vae, (str, Path)):
+            trans_vae = from_pretrained(AutoencoderKL, trans_vae, "transparency VAE", torch_dtype=torch_dtype)
+        if isinstance(joint, (str, Path)):
+            joint = from_pretrained(BFSJointAdapter, joint, "BFS joint adapter", torch_dtype=torch_dtype)
+
+        parts = dict(fill.components)
+        transformer = parts["transformer"]
+        if trans_vae is None:
+            trans_vae = widen_vae(parts["vae"])
+        if joint is None:
+            joint = BFSJointAdapter.for_transformer(transformer, rank=rank, lora_alpha=float(rank),
+                                                    share_base=share_base)
+        factor = vae_scale_factor(parts["vae"])
+        guided = bool(transformer.config.guidance_embeds)
+        pipe = cls(scheduler=parts["scheduler"], vae=parts["vae"], trans_vae=trans_vae,
+                   text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                   text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"],
+                   transformer=transformer, joint=joint, resolution=resolution or 64 * factor,
+                   inference_steps=inference_steps,
+                   guidance_scale=guidance_scale if guidance_scale is not None else (30.0 if guided else 1.0),
+                   max_sequence_length=max_sequence_length)
+        if torch_dtype is not None:
+            pipe.trans_vae.to(dtype=torch_dtype)
+            pipe.joint.to(dtype=torch_dtype)
+        if device is not None:
+            pipe.to(device)
+        return pipe
+
+    # ------------------------------------------------------------ geometry
+    @property
+    def vae_scale_factor(self) -> int:
+        return vae_scale_factor(self.vae)
+
+    @property
+    def packing_multiple(self) -> int:
+        """Working sizes are multiples of this: the VAE factor times FLUX's 2x2 packing."""
+        return 2 * self.vae_scale_factor
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` the model runs at for a ``height x width`` background (:func:`working_size`)."""
+        return working_size(height, width, int(self.config.resolution), self.packing_multiple)
+
+    # ------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        background: Any,
+        box: Sequence[int] | None = None,
+        mask: Any = None,
+        prompt: str = "",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        return_composite: bool = False,
+    ) -> LayeredImage:
+        """Synthesise one layer for ``prompt`` in the region (``box`` or ``mask``) over ``background``.
+
+        Args:
+            background: PIL image, NumPy ``[H, W, 3]`` (float in ``[0, 1]`` or uint8) or torch ``[3, H, W]``
+                in ``[0, 1]``; any size (the model works at :meth:`working_size`).
+            box: ``(x0, y0, x1, y1)`` pixel box of the object (exclusive end), or
+            mask: ``[H, W]`` region mask (> 0.5 inside).
+            prompt: the object's caption (names the layer).
+            num_inference_steps, guidance_scale: default to the pipeline's config.
+            generator: for the initial noise of both branches.
+            return_composite: add the decoded composite branch as a hidden top layer ``"bfs composite"``
+                (a preview; BFS's output composite is the layer over the untouched background).
+        Returns:
+            ``LayeredImage(background, [Layer(F, name=prompt)])``: the background is the caller's, untouched;
+            ``F`` is straight RGBA at the background's full size.
+        """
+        array = _background_array(background)
+        height, width = array.shape[:2]
+        region, bbox = _region_mask(box, mask, height, width)
+        steps = int(num_inference_steps or self.config.inference_steps)
+        if steps < 1:
+            raise LaminaError(f"num_inference_steps must be >= 1, got {steps}")
+        scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
+        device = self._execution_device
+        dtype = self.transformer.dtype
+
+        # 1. background and region at the working size
+        h, w = self.working_size(height, width)
+        rgb = torch.from_numpy(np.ascontiguousarray(_to_unit_float(array)[..., :3])).permute(2, 0, 1)[None]
+        small = nnf.interpolate(rgb, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        small_mask = nnf.interpolate(torch.from_numpy(region.astype(np.float32))[None, None], size=(h, w),
+                                     mode="area") > REGION_COVERAGE
+        small_mask = small_mask.float()
+        vae_dtype = self.vae.dtype
+        condition = prepare_fill_condition(self.vae, (small * 2 - 1).to(device, vae_dtype),
+                                           small_mask.to(device, vae_dtype))
+
+        # 2. text
+        guided = bool(self.transformer.config.guidance_embeds)
+        cfg = not guided and scale > 1.0
+        texts = [prompt, ""] if cfg else [prompt]
+        text = encode_prompts(texts, self.tokenizer, self.text_encoder, self.tokenizer_2, self.text_encoder_2,
+                              int(self.config.max_sequence_length), device=device, dtype=dtype)
+
+        # 3. noise and schedule
+        lh, lw = h // self.vae_scale_factor, w // self.vae_scale_factor
+        channels = int(self.vae.config.latent_channels)
+        tokens = (lh // 2) * (lw // 2)
+        noise = torch.randn((2, tokens, 4 * channels), generator=generator, dtype=torch.float32)
+        latents = noise.to(device=device, dtype=dtype)  # rows: [x; y]
+        img_ids = latent_image_ids(lh, lw, device=device, dtype=dtype)
+        sched = self.scheduler.config
+        mu = calculate_shift(tokens, sched.get("base_image_seq_len", 256), sched.get("max_image_seq_len", 4096),
+                             sched.get("base_shift", 0.5), sched.get("max_shift", 1.15))
+        self.scheduler.set_timesteps(sigmas=flux_sigmas(steps), device=device, mu=mu)
+
+        # 4. denoise both branches together
+        repeat = len(texts)
+        cond = condition.repeat(repeat, 1, 1)
+        disable = getattr(self, "_progress_bar_config", {}).get("disable")
+        for t in progress(self.scheduler.timesteps, desc="BFS sampling", disable=disable):
+            lx, ly = latents[:1].repeat(repeat, 1, 1), latents[1:].repeat(repeat, 1, 1)
+            sigma = (t / self.scheduler.config.num_train_timesteps).to(dtype)
+            out = predict_velocity(self.transformer, self.joint, lx, ly, cond, text.prompt_embeds, text.pooled,
+                                   text.text_ids, img_ids, sigma, guidance=scale if guided else None)
+            velocity = torch.cat([out.velocity_x, out.velocity_y])  # [x_c, (x_u), y_c, (y_u)]
+            if cfg:
+                v = velocity.view(2, 2, *velocity.shape[1:])
+                velocity = v[:, 1] + scale * (v[:, 0] - v[:, 1])
+            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+        # 5. decode: the layer with the RGBA VAE, the composite (preview only) with the RGB VAE
+        from .transparency import decode_layer
+
+        grid = unpack_latents(latents.float(), lh, lw)
+        layer_small = decode_layer(self.trans_vae, grid[1:].to(self.trans_vae.dtype)).float().cpu()
+        layer_full = resize_premultiplied(layer_small, (height, width))[0].permute(1, 2, 0).numpy()
+        name = prompt.strip() or "layer"
+        meta = {"caption": prompt, "box": list(bbox), "method": "bfs"}
+        layers = [Layer(np.ascontiguousarray(layer_full), name=name, metadata=meta)]
+        if return_composite:
+            composite = decode_latents(self.vae, grid[:1].to(self.vae.dtype)).float().cpu()
+            composite = ((composite + 1) / 2).clamp(0, 1)
+            composite = nnf.interpolate(composite, size=(height, width), mode="bilinear", align_corners=False)
+            layers.append(Layer(composite[0].clamp(0, 1).permute(1, 2, 0).numpy(), name="bfs composite",
+                                visible=False, metadata={"preview": "decoded composite branch"}))
+        metadata = {"method": "bfs", "prompt": prompt, "box": list(bbox), "steps": steps, "guidance_scale": scale,
+                    "working_size": [h, w]}
+        return LayeredImage(array, layers, metadata=metadata)
+
+
+def _to_unit_float(array: np.ndarray) -> np.ndarray:
+    """``[H, W, C]`` as float32 in ``[0, 1]`` (integers rescaled)."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    out = array.astype(np.float32)
+    if not np.isfinite(out).all() or out.min() < -1e-4 or out.max() > 1 + 1e-4:
+        raise LaminaError("background floats must be finite and in [0, 1]")
+    return out.clip(0, 1)
+
+
+def load_pipeline(model: str | Path, **kwargs: Any) -> BFSPipeline:
+    """A saved :class:`BFSPipeline` (folder or hub id), or BFS on a FLUX.1-Fill-style model (``from_fill``).
+
+    The folder's (or hub repo's) ``model_index.json`` decides; errors are one line (:mod:`lamina.hub`).
+    ``kwargs`` go to ``from_pretrained`` / :meth:`BFSPipeline.from_fill`.
+    """
+    import json
+
+    from ..hub import from_pretrained, hub_errors, hub_unreachable, is_local, load_error
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise LaminaError(f"BFS model {model}: no model_index.json (not a saved pipeline or Fill model)")
+    elif is_local(model):
+        raise LaminaError(f"BFS model {model}: not a folder saved by BFSPipeline.save_pretrained")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        revision = kwargs.get("revision")
+        try:
+            index = Path(hf_hub_download(str(model), "model_index.json", revision=revision, local_files_only=True))
+        except hub_errors():
+            reason = hub_unreachable()
+            if reason is not None:
+                raise LaminaError(f"cannot load the BFS model {str(model)!r}: it is not in the local Hugging Face "
+                                  f"cache and {reason}") from None
+            try:
+                index = Path(hf_hub_download(str(model), "model_index.json", revision=revision))
+            except hub_errors() as exc:
+                raise load_error("BFS model", model, exc) from None
+    name = json.loads(index.read_text()).get("_class_name")
+    if name == "BFSPipeline":
+        return from_pretrained(BFSPipeline, model, "BFS model", **kwargs)
+    if name == "FluxFillPipeline":
+        return BFSPipeline.from_fill(model, **kwargs)
+    raise LaminaError(f"{model}: a {name}, neither a BFSPipeline nor a FluxFillPipeline")
