@@ -389,6 +389,10 @@ def test_alpha_zero_leaves_background_bit_exact_at_odd_sizes(pipe):
     assert np.array_equal(out.background.pixels[..., :3], background)
     alpha = layer.pixels[..., 3]
     assert (alpha == 0).any() and (alpha > 0).any()
+    from lamina.bfs.pipeline import ALPHA_FLOOR
+
+    assert alpha[alpha > 0].min() >= ALPHA_FLOOR  # decoder noise below the floor is snapped to exactly 0
+    assert (layer.pixels[alpha == 0] == 0).all()
     composite = out.composite()[..., :3]
     assert np.array_equal(composite[alpha == 0], background[alpha == 0])
 

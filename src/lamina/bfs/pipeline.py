@@ -38,6 +38,9 @@ from .joint import BFSJointAdapter, BFSJointProcessor
 MASK_THRESHOLD = 0.5
 #: A working-size mask cell is inside when more than this fraction of its full-size pixels are (0: any).
 REGION_COVERAGE = 0.0
+#: Decoded alpha below this is set to exactly 0 (colour too): under half an 8-bit step, it is invisible once
+#: written, but left in place it would make the whole background count as covered by the layer.
+ALPHA_FLOOR = 0.5 / 255
 
 # ---------------------------------------------------------------------------- outputs
 
@@ -573,6 +576,8 @@ class BFSPipeline(DiffusionPipeline):
         grid = unpack_latents(latents.float(), lh, lw)
         layer_small = decode_layer(self.trans_vae, grid[1:].to(self.trans_vae.dtype)).float().cpu()
         layer_full = resize_premultiplied(layer_small, (height, width))[0].permute(1, 2, 0).numpy()
+        faint = layer_full[..., 3] < ALPHA_FLOOR  # the RGBA VAE's noise around 0: B stays untouched there
+        layer_full[faint] = 0.0
         name = prompt.strip() or "layer"
         meta = {"caption": prompt, "box": list(bbox), "method": "bfs"}
         layers = [Layer(np.ascontiguousarray(layer_full), name=name, metadata=meta)]
