@@ -83,7 +83,7 @@ class Trainer:
                  device: torch.device = CPU, precision: str = "fp32") -> None:
         over = {"model.modconv": modconv, "train.channels_last": layout == "nhwc", "train.precision": precision}
         if batch:
-            over["train.batch"] = batch
+            over["train.batch_size"] = batch
         self.cfg = cfg = get_preset(preset).with_overrides(over)
         self.device = device
         torch.manual_seed(0)
@@ -94,13 +94,13 @@ class Trainer:
         self.opt_D = torch.optim.Adam(self.D.parameters(), **cfg.optimizer_kwargs("D"))
         self.loss = FurryGANLoss(self.G, self.D, cfg)
         res = cfg.model.resolution
-        self.real = (torch.rand(cfg.train.batch, 3, res, res, device=device) * 2 - 1).contiguous(
+        self.real = (torch.rand(cfg.train.batch_size, 3, res, res, device=device) * 2 - 1).contiguous(
             memory_format=memory_format)
 
     def phase(self, name: str, step: int) -> None:
         opt = self.opt_G if name == "G" else self.opt_D
         opt.zero_grad(set_to_none=True)
-        z = None if name == "Dreg" else torch.randn(self.cfg.train.batch, self.G.z_dim, device=self.device)
+        z = None if name == "Dreg" else torch.randn(self.cfg.train.batch_size, self.G.z_dim, device=self.device)
         self.loss.accumulate_gradients(name, self.real, z, step)
         opt.step()
 
@@ -139,7 +139,7 @@ def measure(preset: str, modconv: str, steps: int, batch: int | None, layout: st
     # FLOPs are left out while its time is in: the FLOP/s column errs low by R1's share (~1/interval).
     n_even = (steps + 1) // 2  # weighted as the timed steps were
     flops = (flops_even * n_even + flops_odd * (steps - n_even)) / steps
-    return {"batch": t.cfg.train.batch, "sec_step": sec_step, "flops_step": flops}
+    return {"batch": t.cfg.train.batch_size, "sec_step": sec_step, "flops_step": flops}
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ echo "== 1. training throughput"
 
 echo "== 2. $train_preset for $minutes minutes"
 run="$out/$train_preset"
-lamina furrygan train --data synth --preset "$train_preset" --set train.precision=tf32 --set train.save_every=1000 \
+lamina furrygan train --data synth --preset "$train_preset" --set train.precision=tf32 --set train.checkpoint_every=1000 \
     --out "$run" --workers "${WORKERS:-8}" --max-minutes "$minutes" | tail -n 3
 tail -n 1 "$run/log.jsonl"
 for psi in 1.0 0.7; do

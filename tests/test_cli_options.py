@@ -32,7 +32,7 @@ from lamina.cli_options import (
 )
 from lamina.devices import resolve_device, resolve_dtype, set_threads
 from lamina.errors import LaminaError, OutputExistsError
-from lamina.tensors import grow_mask, image_and_alpha, image_to_array, resize, resize_array, to_nchw, to_signed
+from lamina.tensors import grow_mask, image_and_alpha, resize, resize_array, to_nchw, to_signed
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -248,18 +248,6 @@ def test_tensor_helpers() -> None:
     assert grow_mask(mask, 1).sum() == 9
 
 
-def test_image_to_array_accepts_pil_numpy_torch() -> None:
-    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(image_to_array(Image.fromarray(rgb)), rgb)
-    assert image_to_array(Image.fromarray(rgb).convert("P")).shape == (6, 7, 3)
-    sixteen = Image.fromarray(np.full((4, 5), 40000, np.uint16))
-    assert image_to_array(sixteen).dtype == np.uint16
-    chw = torch.rand(3, 6, 7)
-    np.testing.assert_allclose(image_to_array(chw), chw.permute(1, 2, 0).numpy())
-    np.testing.assert_allclose(image_to_array(chw[None]), chw.permute(1, 2, 0).numpy())
-    assert image_to_array(rgb) is rgb
-
-
 # ------------------------------------------------------------------ import cost and python -m lamina
 def _run(code: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -273,6 +261,8 @@ def test_help_and_import_do_not_load_torch() -> None:
     result = _run(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("NO-TORCH") and "decompose" in result.stdout
+    sub = _run(code.replace("main(['--help'])", "main(['decompose', '--help'])"))
+    assert sub.stdout.strip().endswith("NO-TORCH") and "--split-effects" in sub.stdout, sub.stderr
     lazy = _run("import lamina, sys; print(lamina.LayeredImage.__name__, 'torch' in sys.modules)")
     assert lazy.stdout.split() == ["LayeredImage", "True"], lazy.stderr
 

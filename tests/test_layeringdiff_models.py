@@ -201,8 +201,13 @@ def test_unreachable_hub_endpoint_fails_fast(tmp_path) -> None:
     code = ("from transformers import SamModel\n"
             "from lamina.errors import LaminaError\n"
             "from lamina.hub import from_pretrained\n"
+            "from lamina.layeringdiff.fbdd import load_pipeline\n"
             "import time\n"
             "start = time.time()\n"
+            "try:\n"
+            "    load_pipeline('lamina-test/no-such-fbdd')\n"
+            "except LaminaError as exc:\n"
+            "    print('FBDD', exc)\n"
             "try:\n"
             "    from_pretrained(SamModel, 'lamina-test/no-such-model', 'segmenter')\n"
             "except LaminaError as exc:\n"
@@ -211,9 +216,11 @@ def test_unreachable_hub_endpoint_fails_fast(tmp_path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 2 and lines[-1].startswith("ERROR cannot load the segmenter 'lamina-test/no-such-model'"), out
+    assert len(lines) == 3 and lines[-1].startswith("ERROR cannot load the segmenter 'lamina-test/no-such-model'"), out
+    assert lines[0].startswith("FBDD cannot load the FBDD model 'lamina-test/no-such-fbdd'"), out
+    assert "cannot be reached" in lines[0]
     assert "127.0.0.1:9 cannot be reached" in lines[-1] and "HF_HUB_OFFLINE" in lines[-1]
-    assert float(lines[0]) < 5.0  # the client alone retries a refused connection for ~25 s per file
+    assert float(lines[1]) < 5.0  # both; the client alone retries a refused connection for ~25 s per file
 
 
 def test_text_to_layered_file_end_to_end(models, tmp_path) -> None:

@@ -213,3 +213,59 @@ def test_run_dir_migrates_an_old_furrygan_layout(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.width"):  # the old config is checked too
         (tmp_path / "training-config.json").unlink()
         _open(tmp_path, {"model": {"width": 9}}).load_state()
+
+
+# A loop on the run protocol that saves its state and export at every step (a real kill lands in a save).
+_KILLABLE_LOOP = """
+import sys
+import torch
+from lamina.training import RunDir
+
+run = RunDir(sys.argv[1], echo=print)
+config = {"total_steps": int(sys.argv[2])}
+run.open(config)
+state = run.load_state()
+w, step = (state["w"], state["step"]) if state else (torch.zeros(4096), 0)
+write = lambda folder: torch.save(w, folder / "w.pt")
+if run.export_is_stale():
+    run.export(write, step)
+while step < config["total_steps"]:
+    w, step = w + 1, step + 1
+    run.log({"step": step, "loss": float(w[0])})
+    run.save_state({"step": step, "w": w, "config": config})
+    run.export(write, step)
+"""
+
+
+def test_kill_9_in_a_run_protocol_loop_then_resume(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run, steps = tmp_path / "run", 120
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", _KILLABLE_LOOP, str(run), str(steps)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if (run / "log.jsonl").is_file() and len((run / "log.jsonl").read_text().splitlines()) >= 20:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = torch.load(run / "training-state.pt", weights_only=True)["step"]
+    assert killed_at < steps
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = torch.load(run / "training-state.pt", weights_only=True)
+    assert state["step"] == steps and torch.equal(state["w"], torch.full((4096,), float(steps)))
+    assert torch.equal(torch.load(run / "export" / "w.pt"), state["w"])
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == \
+        list(range(1, steps + 1))
+    assert not list(run.glob(".*"))  # no temporaries of the killed save

@@ -80,11 +80,15 @@ def _lazy_available(name: str) -> bool:
 
 
 def _seed_option(func: Any) -> Any:
-    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
+    from .cli_options import seed_option
+
+    return seed_option(func)
 
 
 def _overwrite_option(func: Any) -> Any:
-    return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(func)
+    from .cli_options import overwrite_option
+
+    return overwrite_option(func)
 
 
 @click.group(cls=LaminaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,7 +96,10 @@ def _overwrite_option(func: Any) -> Any:
 def main() -> None:
     """lamina: layered image synthesis (FurryGAN, LayeringDiff, BFS) on one layered-image core.
 
-    Layered files are .psd, .ora, or a PNG-stack folder (any path without a suffix).
+    Layered files are .psd, .ora, or a PNG-stack folder (any path without a suffix). Method
+    commands share --device (auto: the GPU when there is one), --dtype, --threads, --seed,
+    --out, --overwrite and --preview/--no-preview; decompose and furrygan segment take a
+    folder or a quoted glob of photos and resume a half-done output folder.
     """
 
 
@@ -152,9 +159,12 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
 @click.argument("dst", type=click.Path(path_type=Path))
 @_overwrite_option
 def convert(src: Path, dst: Path, overwrite: bool) -> None:
-    """Convert between PSD, OpenRaster and PNG stack (by extension)."""
-    from .io import load, save
+    """Convert between PSD, OpenRaster and PNG stack, or flatten to .png/.jpg/.tif (format by suffix)."""
+    from .io import file_format, load, save
+    from .io.atomic import check_writable
 
+    file_format(dst)  # refuse an unknown format or a taken/unwritable output before reading anything
+    check_writable(dst, overwrite)
     image = load(src)
     save(image, dst, overwrite=overwrite)
     click.echo(f"{src} -> {dst} ({len(image.layers) + 1} layers, {image.width}x{image.height})")
@@ -167,7 +177,9 @@ def convert(src: Path, dst: Path, overwrite: bool) -> None:
 def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Contact sheet: each layer over a checkerboard, then the composite."""
     from .io import load, save_contact_sheet
+    from .io.atomic import check_writable
 
+    check_writable(out, overwrite)  # before reading anything
     save_contact_sheet((load(path) for path in src), out, overwrite=overwrite)  # one image in memory at a time
     click.echo(f"wrote {out}")
 
@@ -179,9 +191,13 @@ def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
 @_overwrite_option
 def crop(src: Path, dst: Path, box: str, overwrite: bool) -> None:
     """Crop every layer of a layered file to a box."""
-    from .io import load, save
+    from .io import file_format, load, save
+    from .io.atomic import check_writable
     from .layers import parse_box
 
+    parse_box(box)
+    file_format(dst)
+    check_writable(dst, overwrite)  # before reading anything
     image = load(src).crop(parse_box(box))
     save(image, dst, overwrite=overwrite)
     click.echo(f"{src} -> {dst} ({image.width}x{image.height})")
@@ -194,11 +210,13 @@ def info(src: Path) -> None:
     from .io import load
 
     image = load(src)
-    click.echo(f"{src}: {image.width}x{image.height}, {len(image.layers)} layers over '{image.background.name}'")
+    click.echo(f"{src}: {image.width}x{image.height}, {image.bit_depth}-bit, {len(image.layers)} layers over "
+               f"'{image.background.name}'")
     for layer in reversed(image.all_layers):  # top first, as editors show them
         box = layer.bbox()
+        blend = "" if layer.blend_mode == "normal" else f" {layer.blend_mode}"
         click.echo(f"  {layer.name:<24} {layer.width}x{layer.height} at {layer.offset} opacity {layer.opacity:.2f}"
-                   f"{'' if layer.visible else ' hidden'} content {box}")
+                   f"{blend}{'' if layer.visible else ' hidden'} content {box}")
     if image.metadata:
         click.echo(f"  metadata: {json.dumps(image.metadata)}")
 

@@ -71,15 +71,23 @@ def from_pretrained(cls: Any, ident: str | Path, what: str, **kwargs: Any) -> An
         return cls.from_pretrained(str(ident), local_files_only=True, **kwargs)
     except hub_errors():
         pass
+    require_hub(what, ident)
+    try:
+        return cls.from_pretrained(str(ident), **kwargs)
+    except hub_errors() as exc:
+        raise load_error(what, ident, exc) from None
+
+
+def require_hub(what: str, ident: str | Path) -> None:
+    """Raise a one-line :class:`LaminaError` naming the model when the hub cannot be asked for it.
+
+    Call it after a cache-only attempt (``local_files_only=True``) failed and before the download.
+    """
     unreachable = hub_unreachable()
     if unreachable is not None:
         hint = OFFLINE_HINT.replace(", set HF_HUB_OFFLINE=1 to use only the local cache", "")
         raise LaminaError(f"cannot load the {what} {str(ident)!r}: it is not in the local Hugging Face cache and "
                           f"{unreachable}: {hint if 'OFFLINE' in unreachable else OFFLINE_HINT}")
-    try:
-        return cls.from_pretrained(str(ident), **kwargs)
-    except hub_errors() as exc:
-        raise load_error(what, ident, exc) from None
 
 
 def hub_unreachable() -> str | None:
@@ -90,7 +98,8 @@ def hub_unreachable() -> str | None:
     """
     from huggingface_hub import constants
 
-    if constants.is_offline_mode():
+    offline = getattr(constants, "is_offline_mode", None)  # huggingface_hub >= 1.0; earlier: the constant
+    if offline() if offline is not None else constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub.utils import get_session
 

@@ -4,9 +4,7 @@ Conventions of the whole library: NumPy images are channel-last ``[H, W, C]`` (o
 ``[N, H, W, C]``), torch tensors channel-first ``[N, C, H, W]``, values in ``[0, 1]`` unless a
 function says ``[-1, 1]`` (the range diffusion models sample in).
 
-Also the user-facing input converter :func:`image_to_array`, which accepts what a
-diffusers / transformers user has at hand: a PIL image, a NumPy array (uint8, uint16 or
-float) or a torch tensor (``[3, H, W]``, ``[1, 3, H, W]``, or ``[H, W, 3]``).
+User-facing image inputs (PIL, NumPy, torch) are converted by :func:`lamina.layers.as_float_image`.
 """
 
 from __future__ import annotations
@@ -77,43 +75,3 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
 def grow_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     """Binary dilation of a ``[N, 1, H, W]`` float mask by a ``(2 p + 1)^2`` square."""
     return nnf.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels) if pixels else mask
-
-
-def image_to_array(image: Any, what: str = "image") -> Any:
-    """A PIL image, NumPy array or torch tensor as a channel-last NumPy array (dtype kept).
-
-    * PIL: RGB/RGBA/L/I;16 modes as ``uint8`` / ``uint16`` arrays (palette and other modes
-      are converted to RGB, or RGBA when they carry transparency);
-    * torch: ``[C, H, W]`` or ``[1, C, H, W]`` (C in 1, 3, 4) become ``[H, W, C]`` float32;
-      a tensor ``[H, W, C]`` whose last axis is 1, 3 or 4 and first is not is taken channel-last;
-    * NumPy arrays pass through.
-
-    Range and channel checks are left to the caller (:func:`lamina.layers.as_float_image`).
-    """
-    if isinstance(image, np.ndarray):
-        return image
-    if isinstance(image, torch.Tensor):
-        t = image.detach().to("cpu")
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
-            t = t.permute(1, 2, 0)
-        elif t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] in (1, 3, 4) and t.shape[0] < t.shape[-1]:
-            t = t.permute(1, 2, 0)  # ambiguous tiny image: channel-first, as torch does
-        if t.ndim not in (2, 3):
-            raise LaminaError(f"{what}: expected a [C, H, W] or [1, C, H, W] tensor, got {tuple(image.shape)}")
-        return t.numpy() if t.dtype in (torch.uint8,) else t.float().numpy()
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        Image = None  # noqa: N806
-    if Image is not None and isinstance(image, Image.Image):
-        mode = image.mode
-        if mode in ("I;16", "I;16B", "I;16L"):
-            return np.asarray(image, dtype=np.uint16)
-        if mode == "I":
-            return np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
-        if mode not in ("RGB", "RGBA", "L"):
-            image = image.convert("RGBA" if "transparency" in image.info or mode in ("LA", "PA") else "RGB")
-        return np.asarray(image)
-    return image

@@ -271,14 +271,17 @@ def segment(checkpoint: str, images: tuple[str, ...], out_dir: Path, steps: int,
         chunk = todo[start:start + batch]
         claimed = []
         for path, pair in chunk:  # claim each image's outputs, read it; a failure drops that image only
+            # Half of a pair (the mask without the layers: a run stopped between the two writes) is redone.
+            leftover = overwrite or any(p.exists() for p in pair)
             try:
-                claim = claim_outputs(pair, overwrite)
+                claim = claim_outputs([p for p in pair if overwrite or not p.exists()], overwrite)
                 claim.__enter__()
             except LaminaError as exc:
                 report.failed.append((path, str(exc)))
                 continue
             try:
-                claimed.append((path, pair, claim, torch.from_numpy(read_rgb(path).transpose(2, 0, 1).copy())))
+                pixels = torch.from_numpy(read_rgb(path).transpose(2, 0, 1).copy())
+                claimed.append((path, pair, claim, pixels, leftover))
             except LaminaError as exc:
                 claim.__exit__(None, None, None)
                 report.failed.append((path, str(exc)))
@@ -295,20 +298,20 @@ def segment(checkpoint: str, images: tuple[str, ...], out_dir: Path, steps: int,
             originals = [item[3] for item in claimed]
             target = torch.stack([resize_crop(rgb, G.cfg.resolution, G.cfg.resolution) for rgb in originals])
             result = invert(G, target, steps=steps, lr=lr, D=D, feature_weight=feature_weight, seed=seed + start)
-            for i, (path, (mask_path, layered_path), _, original) in enumerate(claimed):
+            for i, (path, (mask_path, layered_path), _, original, replace) in enumerate(claimed):
                 if out_size == "original":
                     alpha, layered = result.alpha_at(i, *original.shape[1:]), result.to_layered_at(i, original)
                 else:
                     alpha, layered = result.alpha[i].float().cpu(), result.to_layered(i)
                 layered.metadata["source"] = path.name
-                write_png(alpha[0].numpy(), mask_path, overwrite=overwrite)
-                save(layered, layered_path, overwrite=overwrite)
+                write_png(alpha[0].numpy(), mask_path, overwrite=replace)
+                save(layered, layered_path, overwrite=replace)
                 report.done.append(layered_path)
                 click.echo(f"{path}: mask {mask_path}, layers {layered_path} (reconstruction L1 "
                            f"{(result.output.composite[i].float().cpu().add(1).div(2) - target[i]).abs().mean():.4f})")
         finally:
-            for _, _, claim, _ in claimed:
-                claim.__exit__(None, None, None)
+            for item in claimed:
+                item[2].__exit__(None, None, None)
     finish_batch(report)
 
 

@@ -380,13 +380,12 @@ class FurryGAN:
         from ..data.datasets import resize_crop
         from ..errors import LaminaError
         from ..layers import as_float_image
-        from ..tensors import image_to_array
 
         if size not in ("original", "model"):
             raise LaminaError(f"size must be 'original' or 'model', got {size!r}")
         many = isinstance(image, (list, tuple))
         images = list(image) if many else [image]
-        originals = [torch.from_numpy(as_float_image(image_to_array(x), "image", channels=(3,)).transpose(2, 0, 1)
+        originals = [torch.from_numpy(as_float_image(x, "image", channels=(3,)).transpose(2, 0, 1)
                                       .copy()) for x in images]
         res = self.resolution
         target = torch.stack([resize_crop(rgb, res, res) for rgb in originals])

@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from accelerate import Accelerator
+    from ..extras import require
+
+    Accelerator = require("accelerate", "train").Accelerator
 
     from .config import get_preset
     from .datasets import SynthComposites

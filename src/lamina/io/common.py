@@ -144,10 +144,13 @@ def assemble(
 def stored_layer(pixels: np.ndarray, entry: dict[str, Any], label: str) -> Layer:
     """A :class:`Layer` from its pixels and a :func:`layer_record`-like dict (missing keys get defaults)."""
     try:
+        name = entry.get("name") or "layer"
+        if not isinstance(name, str):
+            raise LayerError(f"name must be a string, got {type(name).__name__}")
         offset = entry.get("offset", (0, 0))
         if not isinstance(offset, (list, tuple)) or len(offset) != 2:
             raise LayerError(f"offset must be [left, top], got {offset!r}")
-        return Layer(pixels, name=str(entry.get("name") or "layer"), offset=tuple(offset),
+        return Layer(pixels, name=name, offset=tuple(offset),
                      opacity=entry.get("opacity", 1.0), visible=entry.get("visible", True),
                      metadata=entry.get("metadata"), blend_mode=entry.get("blend_mode", "normal"))
     except (LayerError, TypeError, ValueError, OverflowError, RecursionError) as exc:

@@ -129,6 +129,7 @@ def decode_image_depth(
     """
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF etc.: errors are raised, not printed
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 _check_pixels(image.size, label, max_pixels)
@@ -181,6 +182,7 @@ def image_size(source: str | os.PathLike[str] | IO[bytes], label: str, max_pixel
     """``(width, height)`` from the header only (no decoding); :class:`InputFileError` if unreadable."""
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF etc.: errors are raised, not printed
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 _check_pixels(image.size, label, max_pixels)

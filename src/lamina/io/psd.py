@@ -203,7 +203,9 @@ def load_psd(path: Path, memory_budget: int | None = None) -> LayeredImage:
     """Read a PSD (ours or an editor's); a document without layers gives its merged image as background."""
     label = str(path)
     try:
-        psd = PSDImage.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # problems are raised as errors below, not printed
+            psd = PSDImage.open(path)
     except FileNotFoundError:
         raise InputFileError(f"{label}: no such file") from None
     except IsADirectoryError:
@@ -213,6 +215,7 @@ def load_psd(path: Path, memory_budget: int | None = None) -> LayeredImage:
     if psd.width * psd.height > MAX_IMAGE_PIXELS:
         raise InputFileError(f"{label}: {psd.width}x{psd.height} canvas has more than {MAX_IMAGE_PIXELS:,} pixels")
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         warnings.simplefilter("error", PSDDecompressionWarning)  # corrupt channel data: an error, not black
         try:
             record = _xmp_record(psd, label)

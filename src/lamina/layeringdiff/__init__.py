@@ -11,55 +11,45 @@ FBDD comes in two forms: :mod:`.fbdd`, a small pixel-space model trained from sc
 built-in one), and :mod:`.latent`, the latent model on a pretrained VAE and inpainting UNet;
 :mod:`.hfa` is the learned high-frequency alignment a pixel-space FBDD may carry, and
 :mod:`.selfsim` the parameter-free completion of a repeating background texture under the object.
-All three need diffusers and are imported only when used (their names are re-exported lazily:
-``from lamina.layeringdiff import FBDDPipeline`` imports it then).
+Every name below is imported on first use (``from lamina.layeringdiff import FBDDPipeline``
+imports :mod:`.fbdd`, and diffusers, then).
 Training is in :mod:`.train`, the text stages (Grounding DINO, SAM, ViTMatte, any diffusers
 text-to-image pipeline) in :mod:`.grounding`, the commands in :mod:`.cli`.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import Any
 
-from .classical import ClassicalConfig, ClassicalDecomposer
-from .decompose import decompose_image, make_decomposer, peel, regions_from_args, split_effects_layers
-from .disassembly import Decomposer, Decomposition, finish_decomposition, project_recomposition
-from .foreground import (
-    ForegroundConfig,
-    ForegroundEstimate,
-    estimate_alpha,
-    foreground_from_box,
-    foreground_from_mask,
-    grabcut_mask,
-    trimap_from_mask,
-)
-from .pipeline import LayeringDiff
-from .saliency import SaliencyConfig, salient_boxes
-
-#: Names of :mod:`.fbdd`, imported on first access.
-_FBDD_NAMES = ("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "compute_prefill", "fbdd_loss", "load_builtin",
-               "load_pipeline", "make_scheduler", "make_unet", "telea_prefill")
-
-
-#: Names of :mod:`.latent`, imported on first access.
-_LATENT_NAMES = ("LatentFBDDPipeline", "latent_fbdd_loss", "widen_unet")
-
-#: Names of :mod:`.hfa`, imported on first access.
-_HFA_NAMES = ("HFANet", "hfa_loss")
+#: Public name -> submodule that defines it; every name is imported on first access, so
+#: ``lamina decompose --help`` (which imports :mod:`.cli` inside this package) needs no torch.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("ClassicalConfig", "ClassicalDecomposer"), "classical"),
+    **dict.fromkeys(("decompose_image", "make_decomposer", "peel", "regions_from_args", "split_effects_layers"),
+                    "decompose"),
+    **dict.fromkeys(("Decomposer", "Decomposition", "finish_decomposition", "project_recomposition"), "disassembly"),
+    **dict.fromkeys(("ForegroundConfig", "ForegroundEstimate", "estimate_alpha", "foreground_from_box",
+                     "foreground_from_mask", "grabcut_mask", "trimap_from_mask"), "foreground"),
+    "LayeringDiff": "pipeline",
+    **dict.fromkeys(("SaliencyConfig", "salient_boxes"), "saliency"),
+    **dict.fromkeys(("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "compute_prefill", "fbdd_loss",
+                     "load_builtin", "load_pipeline", "make_scheduler", "make_unet", "telea_prefill"), "fbdd"),
+    **dict.fromkeys(("LatentFBDDPipeline", "latent_fbdd_loss", "widen_unet"), "latent"),
+    **dict.fromkeys(("HFANet", "hfa_loss"), "hfa"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FBDD_NAMES:
-        from . import fbdd
-
-        return getattr(fbdd, name)
-    if name in _LATENT_NAMES:
-        from . import latent
-
-        return getattr(latent, name)
-    if name in _HFA_NAMES:
-        from . import hfa
-
-        return getattr(hfa, name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -49,8 +49,8 @@ _common_decompose_options = [
                  help="FBDD: under an opaque object, continue a repeating background texture (checks, tiles, "
                       "stripes, brick) from where the photo shows it; a background without one is left alone"),
     click.option("--split-effects", is_flag=True,
-                 help="write each object's shadow/reflection as its own layer under the object (blend mode "
-                      "multiply where it only darkens), so effects can be toggled in an editor"),
+                 help="write each object's shadow and reflection as their own layers under the object (blend "
+                      "modes multiply and screen), so effects can be toggled in an editor"),
     click.option("--grounding-model", "grounding", multiple=True, metavar="ROLE=ID",
                  help="detector=ID (Grounding DINO, for --prompt), segmenter=ID (SAM: also segments --box and "
                       "automatic boxes), matting=ID (ViTMatte); hub ids or local folders"),
@@ -108,7 +108,9 @@ class _Settings:
             prompts: tuple[str, ...] = (), layers: int | None = None) -> Any:
         from .decompose import decompose_image
 
-        kwargs: dict[str, Any] = {"layers": layers, "decomposer": self.decomposer, "grounder": self.grounder,
+        # Boxes (given or automatic) go to SAM only when the user named one; prompts always need the grounder.
+        grounder = self.grounder if prompts or "segmenter" in self.grounding else None
+        kwargs: dict[str, Any] = {"layers": layers, "decomposer": self.decomposer, "grounder": grounder,
                                   "split_effects": self.split_effects}
         if boxes:
             kwargs["box"] = list(boxes)

@@ -449,6 +449,14 @@ def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline | Any:
         model = path
     elif path.exists() or path.is_absolute() or str(model).startswith((".", "~")):
         raise LaminaError(f"FBDD model {model}: not a folder saved by FBDDPipeline.save_pretrained")
+    if not kwargs.get("local_files_only"):  # a hub id: the cache first, then the hub if it answers
+        from ..hub import require_hub
+
+        cached = {**kwargs, "local_files_only": True}
+        try:
+            return _pipeline_class(model, cached).from_pretrained(str(model), **cached)
+        except (OSError, ValueError):
+            require_hub("FBDD model", model)
     try:
         return _pipeline_class(model, kwargs).from_pretrained(str(model), **kwargs)
     except (OSError, ValueError) as exc:

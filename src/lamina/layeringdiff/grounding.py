@@ -91,7 +91,9 @@ class Grounder:
 
     def _load(self, role: str) -> tuple[Any, Any]:
         if role not in self._models:
-            import transformers as tf
+            from ..extras import require
+
+            tf = require("transformers", "prompt")
 
             c = self.config
             ident, (processor_cls, model_cls), what = {

@@ -147,12 +147,21 @@ class LatentFBDDPipeline(DiffusionPipeline):
         ``kwargs`` go to every ``from_pretrained`` (e.g. ``torch_dtype``, ``revision``). A hub id that
         is neither cached nor reachable fails at once with a one-line error.
         """
-        from transformers import AutoTokenizer, CLIPTextModel
+        from ..extras import require
 
+        transformers = require("transformers", "prompt")
+        AutoTokenizer, CLIPTextModel = transformers.AutoTokenizer, transformers.CLIPTextModel
         path = Path(model).expanduser()
         if path.is_dir():
             kwargs.setdefault("local_files_only", True)
             model = str(path)
+        elif not kwargs.get("local_files_only"):  # a hub id: fail fast when not cached and the hub does not answer
+            from ..hub import require_hub
+
+            try:
+                UNet2DConditionModel.load_config(model, subfolder="unet", local_files_only=True)
+            except (OSError, ValueError):
+                require_hub("FBDD backbone", model)
         try:
             base = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kwargs)
             vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **kwargs)

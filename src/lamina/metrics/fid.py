@@ -120,8 +120,10 @@ class _Precomputed(nn.Module):
 def fid_kid_from_features(real: torch.Tensor, fake: torch.Tensor, kid_subset_size: int | None = None,
                           kid_subsets: int = 100, seed: int = 0) -> dict[str, float]:
     """FID and KID of two feature sets ``[N_real, D]`` and ``[N_fake, D]`` (see :func:`fid_kid`)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
+    from ..extras import require
+
+    FrechetInceptionDistance = require("torchmetrics.image.fid", "eval").FrechetInceptionDistance
+    KernelInceptionDistance = require("torchmetrics.image.kid", "eval").KernelInceptionDistance
 
     real, fake = real.to(torch.float64), fake.to(torch.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:

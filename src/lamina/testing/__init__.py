@@ -1,0 +1,1 @@
+"""Test support shipped with lamina: the malformed-input generator and reliability runner (:mod:`.fuzz`)."""
