@@ -225,14 +225,16 @@ class WindowPart:
     Attributes:
         planes: ``float32`` ``[4, h, w]``: the layer (straight colour and alpha: object over effects).
         offset: ``(left, top)`` of the box on the canvas.
-        part: the same as a :class:`~lamina.layeringdiff.disassembly.Decomposition` of the box
-            (channel-last views; ``background`` is the completed background under it), for
-            :func:`~lamina.layeringdiff.decompose.split_effects_layers`.
+        effects: whether the layer holds effects (shadows, reflections) of the object.
+        part: with ``keep_alphas``, the same as a :class:`~lamina.layeringdiff.disassembly.Decomposition`
+            of the box (channel-last views; ``background`` is the completed background under it), for
+            :func:`~lamina.layeringdiff.decompose.split_effects_layers`; else ``None``.
     """
 
     planes: np.ndarray
     offset: tuple[int, int]
-    part: Decomposition
+    effects: bool
+    part: Decomposition | None
 
 
 def _region_window(kind: str, value: Any, canvas: np.ndarray, config: BoundedConfig,
@@ -293,10 +295,12 @@ def _estimate(kind: str, value: Any, crop: np.ndarray, config: Any, grounder: An
 
 
 def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decomposer, config: Any = None,
-                grounder: Any = None, saliency: Any = None, bounded: BoundedConfig | None = None) -> WindowPart | None:
+                grounder: Any = None, saliency: Any = None, bounded: BoundedConfig | None = None,
+                keep_alphas: bool = False) -> WindowPart | None:
     """Peel one object off ``canvas`` (``float32`` ``[4, H, W]``, the current background, edited in place).
 
-    Returns the object's layer on its box, or ``None`` when the layer came out empty.
+    Returns the object's layer on its box, or ``None`` when the layer came out empty. ``keep_alphas``:
+    also the object's alpha and the effects' opacity on the box (:attr:`WindowPart.part`).
     """
     from .foreground import ForegroundConfig
 
@@ -320,7 +324,8 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
     del low
     release_memory()
     planes = np.zeros((4, y1 - y0, x1 - x0), np.float32)
-    object_alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
+    has_effects = bool((stacked[8] > 0).any())
+    object_alpha = np.zeros((y1 - y0, x1 - x0) if keep_alphas else (0, 0), np.float32)
     effects = np.zeros_like(object_alpha)
     exact = full == tuple(stacked.shape[1:])
     buffer = None if exact else np.empty((stacked.shape[0], min(bounded.band_rows, y1 - y0), x1 - x0), np.float32)
@@ -335,12 +340,16 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
             np.clip(band, 0.0, 1.0, out=band)
             project_band(target, band[0], band[1:4], band[4:7])
         planes[:3, r0:r1], planes[3, r0:r1] = band[1:4], band[0]
-        object_alpha[r0:r1], effects[r0:r1] = band[7], band[8]
+        if keep_alphas:
+            object_alpha[r0:r1], effects[r0:r1] = band[7], band[8]
         target[...] = band[4:7]
+    offset = (cols.start + x0, rows.start + y0)
+    if not keep_alphas:
+        return WindowPart(planes=planes, offset=offset, effects=has_effects, part=None)
     background = canvas[:3, rows.start + y0:rows.start + y1, cols.start + x0:cols.start + x1].transpose(1, 2, 0)
     part = Decomposition(foreground=planes.transpose(1, 2, 0), background=background, object_alpha=object_alpha,
                          effects_alpha=effects)
-    return WindowPart(planes=planes, offset=(cols.start + x0, rows.start + y0), part=part)
+    return WindowPart(planes=planes, offset=offset, effects=has_effects, part=part)
 
 
 def peel_bounded(
@@ -352,19 +361,21 @@ def peel_bounded(
     grounder: Any = None,
     saliency: Any = None,
     bounded: BoundedConfig | None = None,
+    keep_alphas: bool = False,
 ) -> LayeredImage:
     """Peel ``regions`` front to back off a large photo (``[H, W, 3]`` uint8, uint16 or float in ``[0, 1]``).
 
     ``make_layers(k, window_part)`` turns the ``k``-th object (1 = front-most; ``None`` when its
     layer came out empty) into its layers, front-most first, with offsets on the canvas; it is
     called right after that object is peeled (the canvas then holds the background under it).
+    ``keep_alphas``: the window parts carry the objects' alpha and effects (:func:`peel_window`).
     Returns the layered image, the objects back to front.
     """
     background = Layer(image, name="background")  # float32 planes [4, H, W]: the canvas, edited in place
     stack: list[Layer] = []
     for k, (kind, value) in enumerate(regions, start=1):
         stack += make_layers(k, peel_window(background.planes, kind, value, decomposer, config, grounder, saliency,
-                                            bounded))
+                                            bounded, keep_alphas))
         release_memory()
     return LayeredImage(background, list(reversed(stack)))
 

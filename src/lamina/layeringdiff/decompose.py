@@ -203,10 +203,12 @@ def decompose_image(
     taken: set[str] = set()
 
     def make_layers(k: int, part: Decomposition | None, planes: np.ndarray | None = None,
-                    offset: tuple[int, int] = (0, 0)) -> list[Layer]:
-        """The ``k``-th object's layer(s), front-most first (``planes``: its layer as planes, used as they are)."""
+                    offset: tuple[int, int] = (0, 0), effects: bool | None = None) -> list[Layer]:
+        """The ``k``-th object's layer(s), front-most first (``planes``: its layer as planes, used as they are;
+        ``effects``: whether it holds effects, when ``part`` is not there to say)."""
         kind, value = regions[k - 1]
-        effects = part is not None and bool(part.effects_alpha.any())
+        if effects is None:
+            effects = part is not None and bool(part.effects_alpha.any())
         meta: dict[str, Any] = {"order": k, "effects": effects}
         if kind == "box":
             meta["box"] = [int(v) for v in value]
@@ -216,9 +218,9 @@ def decompose_image(
             meta["auto"] = True
         name = _unique_name(names[k - 1] if names is not None else
                             value.strip() if kind == "prompt" else f"object_{k}", taken)
-        if part is None:  # nothing of the object was found at full resolution: an empty layer keeps the order
+        if part is None and planes is None:  # nothing of the object was found: an empty layer keeps the order
             return [Layer(np.zeros((1, 1, 4), np.float32), name=name, offset=offset, metadata=meta)]
-        if split_effects and effects:
+        if split_effects and effects and part is not None:
             out = split_effects_layers(part, name, meta)
             for layer in out:
                 layer.offset = offset
@@ -230,8 +232,8 @@ def decompose_image(
     if large:
         result = peel_bounded(rgb, regions, decomposer,
                               lambda k, w: make_layers(k, None) if w is None else make_layers(
-                                  k, w.part, w.planes, w.offset),
-                              config, grounder, saliency, bounded)
+                                  k, w.part, w.planes, w.offset, w.effects),
+                              config, grounder, saliency, bounded, keep_alphas=split_effects)
         recomposition = recomposition_psnr(result, rgb, bounded.band_rows)
     else:
         peeled = peel(rgb, regions, decomposer, config, grounder, saliency)
