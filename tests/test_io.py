@@ -477,3 +477,23 @@ def test_memory_budget_setting(monkeypatch, tmp_path):
         with pytest.raises(InputFileError, match=r"over the memory budget of 20\.0 KB; set LAMINA_MEMORY_BUDGET"):
             load(target)
     assert len(load(path, memory_budget=1 << 20).layers) == 2
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_psd_merged_image_matches_psd_tools_encoder(bit_depth):
+    """Our banded merged-image planes are byte-identical to psd-tools' own encoder of our composite
+    (colour matted over white where alpha > 0, as Photoshop stores it)."""
+    from psd_tools.api.numpy_io import encode_image_data
+
+    rng = np.random.default_rng(8)
+    background = rng.random((300, 30, 4), dtype=np.float32)  # > MERGED_BAND_ROWS rows: several bands
+    background[:, :10, 3] = 0.0
+    background[:, 10:20, 3] = 0.4
+    image = LayeredImage(Layer(background, "background"),
+                         [Layer(rng.random((8, 9, 4), dtype=np.float32), "x", offset=(12, 3), blend_mode="screen")])
+    psd = PSDImage.new("RGBA", image.size, depth=bit_depth)
+    composite = image.composite()
+    reference = b"".join(encode_image_data(psd, composite[:, :, :3], composite[:, :, 3:]))
+    assert lamina.io.psd._set_merged_image(psd, image)
+    stored = psd._record.image_data.get_data(psd._record.header)
+    assert (b"".join(stored) if isinstance(stored, (list, tuple)) else stored) == reference

@@ -28,6 +28,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "layeringdiff": ("lamina.layeringdiff.cli", "layeringdiff", "LayeringDiff: train the FBDD decomposition model."),
     "decompose": ("lamina.layeringdiff.cli", "decompose", "Split a photo into foreground layer(s) and a background."),
     "generate": ("lamina.layeringdiff.cli", "generate", "Text -> composite -> layers with a text-to-image model."),
+    "studio": ("lamina.studio.cli", "studio", "A local browser app to make layered images and edit their layers."),
 }
 
 LAYERED_SUFFIXES = (".psd", ".ora")
