@@ -261,6 +261,9 @@ class Layer:
                 f"opacity={self.opacity:g}, visible={self.visible}{blend})")
 
 
+#: Rows of the canvas composited at a time (:meth:`LayeredImage.composite`): the scratch memory of one band.
+COMPOSITE_BAND_ROWS = 256
+
 #: Offsets and layer edges must fit the int32 fields of the PSD writer.
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -315,14 +318,19 @@ def _unpremultiply_(acc: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def _placement(layer: Layer, width: int, height: int) -> tuple[slice, slice, slice, slice] | None:
-    """Canvas and layer slices where ``layer`` overlaps a ``width x height`` canvas."""
+def _placement(layer: Layer, width: int, height: int, rows: tuple[int, int] | None = None
+               ) -> tuple[slice, slice, slice, slice] | None:
+    """Canvas and layer slices where ``layer`` overlaps a ``width x height`` canvas.
+
+    With ``rows`` ``(r0, r1)``, only the canvas rows ``r0..r1``, and the canvas slice counts rows from ``r0``.
+    """
+    r0, r1 = rows if rows is not None else (0, height)
     left, top = layer.offset
-    x0, y0 = max(left, 0), max(top, 0)
-    x1, y1 = min(left + layer.width, width), min(top + layer.height, height)
+    x0, y0 = max(left, 0), max(top, r0)
+    x1, y1 = min(left + layer.width, width), min(top + layer.height, r1)
     if x0 >= x1 or y0 >= y1:
         return None
-    return slice(y0, y1), slice(x0, x1), slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
+    return slice(y0 - r0, y1 - r0), slice(x0, x1), slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
 
 
 class LayeredImage:
@@ -433,9 +441,10 @@ class LayeredImage:
         layer = self.background if key is None else self.layers[self.index(key)]
         return self._canvas_planes(layer).transpose(1, 2, 0)
 
-    def _canvas_planes(self, layer: Layer) -> np.ndarray:
-        out = np.zeros((4, self.height, self.width), np.float32)
-        place = _placement(layer, self.width, self.height)
+    def _canvas_planes(self, layer: Layer, rows: tuple[int, int] | None = None) -> np.ndarray:
+        r0, r1 = rows if rows is not None else (0, self.height)
+        out = np.zeros((4, r1 - r0, self.width), np.float32)
+        place = _placement(layer, self.width, self.height, rows)
         if place is not None:
             cy, cx, ly, lx = place
             out[:, cy, cx] = layer.planes[:, ly, lx]
@@ -459,7 +468,7 @@ class LayeredImage:
             ``float32`` ``[H, W, 4]`` straight RGBA in ``[0, 1]`` (alpha is 1 everywhere
             when the background is opaque).
         """
-        return np.ascontiguousarray(self._composite(layers, background, include_hidden).permute(1, 2, 0).numpy())
+        return self._composite_bands(layers, background, include_hidden, np.float32, lambda band: band)
 
     def composite_uint8(
         self,
@@ -468,28 +477,42 @@ class LayeredImage:
         include_hidden: bool = False,
     ) -> np.ndarray:
         """:meth:`composite` rounded half-up to ``uint8`` ``[H, W, 4]``."""
-        out = self._composite(layers, background, include_hidden)
-        out = out.mul_(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
-        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+        return self._composite_bands(layers, background, include_hidden, np.uint8,
+                                     lambda band: band.mul_(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8))
 
-    def _composite(self, layers: Sequence[int | str] | None, background: bool, include_hidden: bool) -> torch.Tensor:
-        """Planar ``[4, H, W]`` straight-RGBA composite."""
+    def _composite_bands(self, layers: Sequence[int | str] | None, background: bool, include_hidden: bool,
+                         dtype: Any, convert: Any) -> np.ndarray:
+        """The channel-last composite ``[H, W, 4]`` of ``dtype``, made :data:`COMPOSITE_BAND_ROWS` rows at a time.
+
+        Every operation is per pixel, so the bands give exactly the whole canvas's values, while the
+        scratch memory is one band instead of a planar copy of the canvas.
+        """
         chosen = range(len(self.layers)) if layers is None else sorted({self.index(k) for k in layers})
         draw = [self.layers[i] for i in chosen if self.layers[i].visible or include_hidden]
         use_bg = background and (include_hidden or self.background.visible)
-        bg = torch.from_numpy(self.background.planes)
-        if use_bg and self.background.opacity == 1.0 and bool(bg[3].min() >= 1.0):
-            return self._composite_opaque(bg, draw)
+        opaque = use_bg and self.background.opacity == 1.0 and bool(self.background.planes[3].min() >= 1.0)
+        out = np.empty((self.height, self.width, 4), dtype)
+        for r0 in range(0, self.height, COMPOSITE_BAND_ROWS):
+            rows = (r0, min(r0 + COMPOSITE_BAND_ROWS, self.height))
+            band = self._composite(draw, use_bg, opaque, rows)
+            out[rows[0]:rows[1]] = convert(band).permute(1, 2, 0).numpy()
+        return out
+
+    def _composite(self, draw: list[Layer], use_bg: bool, opaque: bool, rows: tuple[int, int]) -> torch.Tensor:
+        """Planar ``[4, r, W]`` straight-RGBA composite of the canvas rows ``rows``."""
+        bg = torch.from_numpy(self.background.planes)[:, rows[0]:rows[1]]
+        if opaque:
+            return self._composite_opaque(bg, draw, rows)
         if use_bg:
-            acc = torch.from_numpy(self._canvas_planes(self.background))
+            acc = torch.from_numpy(self._canvas_planes(self.background, rows))
             acc[:3].mul_(acc[3:])  # premultiply in place
         else:
-            acc = torch.zeros((4, self.height, self.width), dtype=torch.float32)
+            acc = torch.zeros((4, rows[1] - rows[0], self.width), dtype=torch.float32)
         # General case, premultiplied and in place, on each layer's region (backdrop c_b, a_b
         # premultiplied; source C_s straight with alpha a_s): C' <- a_s C'_s + c_b (1 - a_s),
         # where C'_s = (1 - a_b) C_s + a_b B(C_b, C_s) is the blended source (W3C compositing);
         # see lamina.compositing.blended_source for C'_s without division.
-        for cy, cx, src, a, mode in self._regions(draw):
+        for cy, cx, src, a, mode in self._regions(draw, rows):
             region = acc[:, cy, cx]
             if mode == "normal":
                 region.mul_(1.0 - a)
@@ -501,21 +524,22 @@ class LayeredImage:
             region[3:].add_(a)
         return _unpremultiply_(acc)
 
-    def _composite_opaque(self, bg: torch.Tensor, draw: list[Layer]) -> torch.Tensor:
+    def _composite_opaque(self, bg: torch.Tensor, draw: list[Layer], rows: tuple[int, int]) -> torch.Tensor:
         # Over an opaque destination the result stays opaque and "over" reduces to a lerp
         # of straight colour, C <- C + a_s (B(C, C_s) - C): one fused pass per layer with no
         # premultiplication or division (B(C_b, C_s) = C_s for normal).
         acc = bg.clone()
-        for cy, cx, src, a, mode in self._regions(draw):
+        for cy, cx, src, a, mode in self._regions(draw, rows):
             region = acc[:3, cy, cx]
             target = src[:3] if mode == "normal" else blend_function(mode)(region, src[:3])
             region.lerp_(target, a)
         return acc
 
-    def _regions(self, draw: list[Layer]) -> Iterable[tuple[slice, slice, torch.Tensor, torch.Tensor, str]]:
-        """For each drawn layer: canvas slices, its overlapping ``[4, h, w]`` planes, effective alpha, blend mode."""
+    def _regions(self, draw: list[Layer], rows: tuple[int, int]
+                 ) -> Iterable[tuple[slice, slice, torch.Tensor, torch.Tensor, str]]:
+        """For each drawn layer: band slices, its overlapping ``[4, h, w]`` planes, effective alpha, blend mode."""
         for layer in draw:
-            place = _placement(layer, self.width, self.height)
+            place = _placement(layer, self.width, self.height, rows)
             if place is None:
                 continue
             cy, cx, ly, lx = place

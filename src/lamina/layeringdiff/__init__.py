@@ -25,6 +25,7 @@ from typing import Any
 #: Public name -> submodule that defines it; every name is imported on first access, so
 #: ``lamina decompose --help`` (which imports :mod:`.cli` inside this package) needs no torch.
 _LAZY: dict[str, str] = {
+    **dict.fromkeys(("BoundedConfig", "read_photo"), "bounded"),
     **dict.fromkeys(("ClassicalConfig", "ClassicalDecomposer"), "classical"),
     **dict.fromkeys(("decompose_image", "make_decomposer", "peel", "regions_from_args", "split_effects_layers"),
                     "decompose"),
@@ -53,6 +54,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BoundedConfig",
     "ClassicalConfig",
     "ClassicalDecomposer",
     "Decomposer",
@@ -68,6 +70,7 @@ __all__ = [
     "LatentFBDDPipeline",
     "compute_prefill",
     "decompose_image",
+    "read_photo",
     "estimate_alpha",
     "fbdd_loss",
     "finish_decomposition",

@@ -190,7 +190,8 @@ def decompose(inputs: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[Path
         unique_stems,
         write_layered,
     )
-    from ..io import read_image, read_rgb
+    from ..io import read_image
+    from .bounded import read_photo
 
     paths, batch = expand_inputs(inputs)
     parsed = _check_hints(boxes, masks, prompts, layers)
@@ -212,7 +213,7 @@ def decompose(inputs: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[Path
                                   f"{size[0]}x{size[1]}")
         with claim_outputs([out] + ([sheet_path(out)] if preview else []), overwrite):
             settings.load()
-            layered = settings.run(read_rgb(paths[0]), boxes=boxes, masks=mask_arrays, prompts=prompts,
+            layered = settings.run(read_photo(paths[0]), boxes=boxes, masks=mask_arrays, prompts=prompts,
                                    layers=layers)
             write_layered(layered, out, overwrite=overwrite, preview=preview)
         _report(layered, out, preview)
@@ -233,7 +234,7 @@ def decompose(inputs: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[Path
     make_output_folder(out)
 
     def work(source: Path, target: Path) -> None:
-        layered = settings.run(read_rgb(source), boxes=boxes, prompts=prompts, layers=layers)
+        layered = settings.run(read_photo(source), boxes=boxes, prompts=prompts, layers=layers)
         layered.metadata["source"] = source.name
         write_layered(layered, target, overwrite=overwrite, preview=preview)
 

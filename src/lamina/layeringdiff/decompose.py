@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..errors import LaminaError
-from ..layers import Layer, LayeredImage, parse_box
+from ..layers import Layer, LayeredImage, parse_box, pil_to_array
 from ._util import BUILTIN_MODEL, BUILTIN_NAME
+from .bounded import BoundedConfig, is_large, layer_from_planes, peel_bounded, recomposition_psnr
 from .disassembly import Decomposer, Decomposition, psnr
 from .foreground import ForegroundConfig, ForegroundEstimate, as_rgb, foreground_from_box, foreground_from_mask
 
@@ -28,6 +30,8 @@ __all__ = ["BUILTIN_MODEL", "BUILTIN_NAME", "METHODS", "Region", "decompose_imag
            "regions_from_args"]
 
 METHODS = ("classical", "layeringdiff")
+#: Photos with a longer side above 1024 px are decomposed in windows at a bounded resolution (:mod:`.bounded`).
+DEFAULT_BOUNDED = BoundedConfig()
 
 # ----------------------------------------------------------------- the pipeline
 #: ("box", (x0, y0, x1, y1)), ("mask", array), ("prompt", "the cat") or ("auto", None): the most salient object left.
@@ -149,6 +153,7 @@ def decompose_image(
     device: Any = None,
     dtype: Any = None,
     saliency: Any = None,
+    bounded: BoundedConfig | None = DEFAULT_BOUNDED,
 ) -> LayeredImage:
     """Decompose a photo into a background and one layer per object (LayeringDiff stages 2 and 3).
 
@@ -177,21 +182,34 @@ def decompose_image(
         names: the layers' names, front-most first (default: the prompt's words, else ``object_1``...).
         device, dtype: where the FBDD model runs (:mod:`lamina.devices`; ``None``: CPU, float32).
         saliency: :class:`~lamina.layeringdiff.saliency.SaliencyConfig` of automatic mode.
+        bounded: :class:`~lamina.layeringdiff.bounded.BoundedConfig`: a photo with a longer side above
+            its ``max_side`` is decomposed object by object in windows at a bounded resolution, so
+            memory does not grow with the photo (:mod:`.bounded`; the foreground layers then hold
+            only their boxes, with offsets); ``None``: always the whole photo at full resolution.
     Returns:
         A :class:`LayeredImage` with the completed background and the objects back to front
         (the front-most last, on top); ``metadata`` records the method, the regions and
         ``recomposition_psnr`` (dB) of the layers against the input.
     """
-    rgb = as_rgb(image)
+    photo = pil_to_array(image, (3,)) if isinstance(image, Image.Image) else image
+    if not (isinstance(photo, np.ndarray) and photo.ndim == 3 and photo.dtype in (np.uint8, np.uint16)):
+        photo = as_rgb(photo)
+    large = is_large(*photo.shape[:2], bounded)
+    rgb = _check_photo(photo) if large else as_rgb(photo)
     regions = regions_from_args(box, mask, layers, prompt, auto=True)
     if names is not None and len(names) != len(regions):
         raise LaminaError(f"{len(names)} layer name(s) for {len(regions)} object(s)")
     decomposer = decomposer or make_decomposer(method, model, device=device, dtype=dtype, **(options or {}))
-    peeled = peel(rgb, regions, decomposer, config, grounder, saliency)
     taken: set[str] = set()
-    stack: list[Layer] = []  # front-most first
-    for k, ((kind, value), (_, part)) in enumerate(zip(regions, peeled, strict=True), start=1):
-        meta: dict[str, Any] = {"order": k, "effects": bool(part.effects_alpha.any())}
+
+    def make_layers(k: int, part: Decomposition | None, planes: np.ndarray | None = None,
+                    offset: tuple[int, int] = (0, 0), effects: bool | None = None) -> list[Layer]:
+        """The ``k``-th object's layer(s), front-most first (``planes``: its layer as planes, used as they are;
+        ``effects``: whether it holds effects, when ``part`` is not there to say)."""
+        kind, value = regions[k - 1]
+        if effects is None:
+            effects = part is not None and bool(part.effects_alpha.any())
+        meta: dict[str, Any] = {"order": k, "effects": effects}
         if kind == "box":
             meta["box"] = [int(v) for v in value]
         elif kind == "prompt":
@@ -200,18 +218,46 @@ def decompose_image(
             meta["auto"] = True
         name = _unique_name(names[k - 1] if names is not None else
                             value.strip() if kind == "prompt" else f"object_{k}", taken)
-        if split_effects:
-            stack += split_effects_layers(part, name, meta)
-        else:
-            stack.append(Layer(part.foreground, name=name, metadata=meta))
-    result = LayeredImage(peeled[-1][1].background, list(reversed(stack)))
+        if part is None and planes is None:  # nothing of the object was found: an empty layer keeps the order
+            return [Layer(np.zeros((1, 1, 4), np.float32), name=name, offset=offset, metadata=meta)]
+        if split_effects and effects and part is not None:
+            out = split_effects_layers(part, name, meta)
+            for layer in out:
+                layer.offset = offset
+            return out
+        if planes is not None:
+            return [layer_from_planes(planes, name, offset=offset, metadata=meta)]
+        return [Layer(part.foreground, name=name, offset=offset, metadata=meta)]
+
+    if large:
+        result = peel_bounded(rgb, regions, decomposer,
+                              lambda k, w: make_layers(k, None) if w is None else make_layers(
+                                  k, w.part, w.planes, w.offset, w.effects),
+                              config, grounder, saliency, bounded, keep_alphas=split_effects)
+        recomposition = recomposition_psnr(result, rgb, bounded.band_rows)
+    else:
+        peeled = peel(rgb, regions, decomposer, config, grounder, saliency)
+        stack: list[Layer] = []  # front-most first
+        for k, (_, part) in enumerate(peeled, start=1):
+            stack += make_layers(k, part)
+        result = LayeredImage(peeled[-1][1].background, list(reversed(stack)))
+        recomposition = psnr(result.composite()[:, :, :3], rgb)
     result.metadata = {
         "method": decomposer.name,
         "layers": len(regions),
         "regions": [kind for kind, _ in regions],
-        "recomposition_psnr": round(psnr(result.composite()[:, :, :3], rgb), 3),
+        "recomposition_psnr": round(recomposition, 3),
     }
     return result
+
+
+def _check_photo(array: np.ndarray) -> np.ndarray:
+    """A large photo kept in its own dtype: ``[H, W, 3]`` uint8 or uint16 as it is, float checked for ``[0, 1]``."""
+    if array.shape[2] != 3:
+        raise LaminaError(f"image: expected shape [H, W, 3] (channel-last), got {tuple(array.shape)}")
+    if array.dtype in (np.uint8, np.uint16):
+        return array
+    return as_rgb(array)
 
 
 def _unique_name(name: str, taken: set[str]) -> str:

@@ -1,0 +1,415 @@
+"""Bounded memory for large photos: each object is decomposed in a window, at a bounded resolution.
+
+:func:`~lamina.layeringdiff.decompose.decompose_image` on a photo whose longer side is at most
+:attr:`BoundedConfig.max_side` runs the foreground stage and the decomposer on the whole photo
+(the exact path). A larger photo goes through :func:`peel_bounded` instead, so that memory and
+time no longer grow like the photo (about 340 bytes per pixel before: 4 GB for 12 Mpx):
+
+* the photo stays in its 8-bit (or 16-bit) form; the only full-size float array is the
+  background layer itself (``float32`` RGBA, 16 bytes per pixel, which :class:`~lamina.Layer`
+  requires), which starts as the photo and is edited in place;
+* each object gets a **window**: its box (a mask's or saliency's box; for a prompt, the whole
+  photo) grown to a square of :attr:`BoundedConfig.window` times its longer side, centred and
+  shifted inside the photo, which holds the effects region (half an object height below) and
+  the FBDD window; the window is cut out of the current background and downscaled to at most
+  ``max_side`` (area averaging);
+* the usual chain runs on that crop: the foreground stage (GrabCut / matting, SAM with a
+  grounder), the decomposer (FBDD or classical) -- the same code as the exact path;
+* back at full resolution, only over the box where the layer's alpha is non-zero and in bands
+  of :attr:`BoundedConfig.band_rows` rows: the layer's alpha, colour and the background are
+  upsampled (bilinear) and projected onto ``t F + (1 - t) B = I`` with the full-resolution
+  photo (:func:`~lamina.layeringdiff.disassembly.project_recomposition`), so every pixel the
+  object does not hide keeps the photo's own detail and the layers recompose it exactly; under
+  an opaque object the completed background has the window's working resolution;
+* the foreground layer holds only that box (a :class:`~lamina.Layer` with an offset), not a
+  full-canvas RGBA.
+
+Peak memory is then about the photo in ``uint8`` (3 bytes per pixel), the background layer
+(16), the foreground layers' boxes (16 each) and a working set bounded by ``max_side`` and
+``band_rows``, on top of what the libraries take when imported (about 0.4 GB for torch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import LaminaError
+from ..layers import Layer, LayeredImage, check_box
+from ._util import import_cv2
+from .disassembly import Decomposer, Decomposition, project_recomposition
+
+__all__ = ["BoundedConfig", "is_large", "layer_from_planes", "peel_bounded", "read_photo", "recomposition_psnr"]
+
+
+@dataclass(frozen=True)
+class BoundedConfig:
+    """How :func:`~lamina.layeringdiff.decompose.decompose_image` bounds memory on large photos.
+
+    Attributes:
+        max_side: photos whose longer side is at most this are decomposed whole at full
+            resolution; above it each object's window is processed downscaled to this side.
+        window: side of an object's window / the longer side of its box.
+        band_rows: rows per band when the results go back to full resolution.
+    """
+
+    max_side: int = 1024
+    window: float = 2.0
+    band_rows: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_side < 64 or self.band_rows < 1:
+            raise LaminaError(f"BoundedConfig: max_side >= 64 and band_rows >= 1, got {self.max_side}, "
+                              f"{self.band_rows}")
+        if self.window < 1.0:
+            raise LaminaError(f"BoundedConfig.window must be >= 1 (the object's box), got {self.window}")
+
+
+def is_large(height: int, width: int, config: BoundedConfig | None) -> bool:
+    """Whether a ``width x height`` photo takes the bounded path (never when ``config`` is ``None``)."""
+    return config is not None and max(height, width) > config.max_side
+
+
+# ------------------------------------------------------------------------ inputs
+#: Pillow modes decoded to 8-bit RGB without loss (16-bit and float images go through :func:`lamina.io.read_rgb`).
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"})
+
+
+def read_photo(path: str | Path) -> np.ndarray:
+    """A photo for decomposition: ``uint8`` ``[H, W, 3]`` for 8-bit files (a quarter of ``float32``).
+
+    16-bit files keep their precision (:func:`lamina.io.read_rgb`'s ``float32``); any alpha is
+    dropped (not composited), the EXIF orientation applied, as by ``read_rgb``. The size limits
+    and errors are ``read_rgb``'s: a file it would refuse is refused with its message.
+    """
+    from PIL import Image, ImageOps
+
+    from ..io import read_rgb
+    from ..io.images import _is_deep_colour, image_size
+
+    image_size(path, str(path))  # pixel limit and decompression bombs, from the header
+    try:
+        with Image.open(path) as image:
+            if image.mode in _EIGHT_BIT_MODES and not _is_deep_colour(image):
+                image.load()
+                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except Exception:  # noqa: BLE001 -- anything unusual: read_rgb decodes it or says what is wrong
+        pass
+    return read_rgb(path)
+
+
+def layer_from_planes(planes: np.ndarray, name: str, offset: tuple[int, int] = (0, 0),
+                      metadata: dict[str, Any] | None = None, blend_mode: str = "normal") -> Layer:
+    """A :class:`~lamina.Layer` holding ``planes`` (``float32`` ``[4, h, w]`` in ``[0, 1]``) itself, not a copy."""
+    if planes.dtype != np.float32 or planes.ndim != 3 or planes.shape[0] != 4:
+        raise LaminaError(f"layer planes must be float32 [4, h, w], got {planes.dtype} {planes.shape}")
+    layer = Layer(np.zeros((1, 1, 4), np.float32), name=name, offset=offset, metadata=metadata,
+                  blend_mode=blend_mode)
+    layer.planes = planes  # the setter would convert (and copy); the planes are already in the layer's form
+    return layer
+
+
+# ------------------------------------------------------------------------ geometry
+def object_window(box: Sequence[int], height: int, width: int, factor: float) -> tuple[slice, slice]:
+    """Rows and columns of the square of ``factor`` times the box's longer side, centred on it, inside the image."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    side = math.ceil(max(x1 - x0, y1 - y0) * factor)
+
+    def span(lo: int, hi: int, limit: int) -> slice:
+        length = min(max(side, hi - lo), limit)
+        start = min(max((lo + hi - length) // 2, 0), limit - length)
+        return slice(start, start + length)
+
+    return span(y0, y1, height), span(x0, x1, width)
+
+
+def _work_size(rows: slice, cols: slice, max_side: int) -> tuple[int, int]:
+    h, w = rows.stop - rows.start, cols.stop - cols.start
+    scale = min(1.0, max_side / max(h, w))
+    return (h, w) if scale == 1.0 else (max(8, round(h * scale)), max(8, round(w * scale)))
+
+
+def _downscale(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[C, h, w]`` planes (any strides) -> ``float32`` ``[H', W', C]`` at ``size``, area-averaged."""
+    if tuple(planes.shape[1:]) == tuple(size):
+        return np.ascontiguousarray(planes.transpose(1, 2, 0), np.float32)
+    cv2 = import_cv2()
+    return np.stack([cv2.resize(np.ascontiguousarray(p, np.float32), (size[1], size[0]),
+                                interpolation=cv2.INTER_AREA) for p in planes], axis=2)
+
+
+def _source_coords(full: int, low: int, start: int, stop: int) -> np.ndarray:
+    """Where full-resolution pixels ``start..stop`` sample ``low`` pixels (half-pixel centres), ``float32``."""
+    return ((np.arange(start, stop, dtype=np.float64) + 0.5) * (low / full) - 0.5).astype(np.float32)
+
+
+def _upsample(low: np.ndarray, full: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int],
+              out: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` and columns ``cols`` of planes ``low`` ``[C, h, w]`` bilinearly resized to ``full``, into ``out``.
+
+    ``out`` is ``float32`` ``[C, r, c]``; the values are those of resizing all of ``low`` (half-pixel
+    centres, edge pixels repeated), computed for the band alone.
+    """
+    cv2 = import_cv2()
+    ys = _source_coords(full[0], low.shape[1], *rows)
+    xs = _source_coords(full[1], low.shape[2], *cols)
+    map_x = np.ascontiguousarray(np.broadcast_to(xs[None, :], (ys.size, xs.size)))
+    map_y = np.ascontiguousarray(np.broadcast_to(ys[:, None], (ys.size, xs.size)))
+    for plane, target in zip(low, out, strict=True):
+        cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, dst=target, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def project_band(image: np.ndarray, total: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> None:
+    """:func:`~lamina.layeringdiff.disassembly.project_recomposition` of planar ``[3, r, c]`` layers, in place.
+
+    Where the layer is opaque (``total >= 1``) the result is ``F = I`` with ``B`` as estimated, where
+    it is clear (``total <= 0``) ``B = I`` with ``F`` as estimated (what the projection gives there);
+    only the pixels in between go through the general projection.
+    """
+    opaque, clear = total >= 1.0, total <= 0.0
+    np.copyto(foreground, image, where=opaque[None])
+    np.copyto(background, image, where=clear[None])
+    soft = ~(opaque | clear)
+    if not soft.any():
+        return
+    f, b = project_recomposition(torch.from_numpy(image[:, soft]), torch.from_numpy(total[soft][None]),
+                                 torch.from_numpy(foreground[:, soft]), torch.from_numpy(background[:, soft]))
+    foreground[:, soft], background[:, soft] = f.numpy(), b.numpy()
+
+
+def _support(mask: np.ndarray, full: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Full-resolution box ``(y0, y1, x0, x1)`` holding every pixel that bilinear upsampling of ``mask`` reaches."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    (h, w), (hf, wf) = mask.shape, full
+
+    def reach(lo: int, hi: int, low: int, n: int) -> tuple[int, int]:
+        k = n / low
+        return max(0, math.floor((lo - 1.0 + 0.5) * k - 0.5)), min(n, math.ceil((hi + 1.0 + 0.5) * k - 0.5) + 1)
+
+    y0, y1 = reach(int(ys.min()), int(ys.max()), h, hf)
+    x0, x1 = reach(int(xs.min()), int(xs.max()), w, wf)
+    return y0, y1, x0, x1
+
+
+def release_memory() -> None:
+    """Hand memory freed by the C heap back to the system (glibc ``malloc_trim``; nothing elsewhere).
+
+    The matting and the decomposer free hundreds of MB of arrays at the working size; glibc keeps
+    much of it in its heap, where it would add to the peak of what follows (full-resolution layers,
+    the writers).
+    """
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to do
+            pass
+
+
+# ------------------------------------------------------------------------ the peel
+@dataclass
+class WindowPart:
+    """One peeled object at full resolution, on the box where its layer is non-zero.
+
+    Attributes:
+        planes: ``float32`` ``[4, h, w]``: the layer (straight colour and alpha: object over effects).
+        offset: ``(left, top)`` of the box on the canvas.
+        effects: whether the layer holds effects (shadows, reflections) of the object.
+        part: with ``keep_alphas``, the same as a :class:`~lamina.layeringdiff.disassembly.Decomposition`
+            of the box (channel-last views; ``background`` is the completed background under it), for
+            :func:`~lamina.layeringdiff.decompose.split_effects_layers`; else ``None``.
+    """
+
+    planes: np.ndarray
+    offset: tuple[int, int]
+    effects: bool
+    part: Decomposition | None
+
+
+def _region_window(kind: str, value: Any, canvas: np.ndarray, config: BoundedConfig,
+                   saliency: Any) -> tuple[str, Any, slice, slice]:
+    """The window of a region on the ``[4, H, W]`` canvas; automatic regions become boxes."""
+    from .foreground import check_mask
+
+    height, width = canvas.shape[1:]
+    if kind == "auto":
+        from .saliency import salient_boxes
+
+        size = _work_size(slice(0, height), slice(0, width), config.max_side)
+        proxy = _downscale(canvas[:3], size)
+        x0, y0, x1, y1 = salient_boxes(proxy, 1, saliency)[0]
+        sy, sx = height / size[0], width / size[1]
+        kind, value = "box", (math.floor(x0 * sx), math.floor(y0 * sy), min(width, math.ceil(x1 * sx)),
+                              min(height, math.ceil(y1 * sy)))
+    if kind == "box":
+        box = check_box(value, width, height)
+        if box == (0, 0, width, height):
+            raise LaminaError(f"box {','.join(map(str, box))} covers the whole {width}x{height} image: GrabCut "
+                              "needs background pixels outside the box (use a tighter box or pass a mask)")
+        return kind, box, *object_window(box, height, width, config.window)
+    if kind == "mask":
+        hard = check_mask(value, height, width)
+        ys, xs = np.nonzero(hard)
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        return kind, hard, *object_window(box, height, width, config.window)
+    return kind, value, slice(0, height), slice(0, width)  # a prompt: found in the whole photo
+
+
+def _in_window(kind: str, value: Any, rows: slice, cols: slice, size: tuple[int, int]) -> Any:
+    """A box or mask in the coordinates of the window's working crop."""
+    sy, sx = size[0] / (rows.stop - rows.start), size[1] / (cols.stop - cols.start)
+    if kind == "box":
+        x0, y0, x1, y1 = value
+        bx0, by0 = math.floor((x0 - cols.start) * sx), math.floor((y0 - rows.start) * sy)
+        return (bx0, by0, max(bx0 + 1, min(size[1], math.ceil((x1 - cols.start) * sx))),
+                max(by0 + 1, min(size[0], math.ceil((y1 - rows.start) * sy))))
+    if kind == "mask":
+        return _downscale(value[None, rows, cols].astype(np.float32), size)[:, :, 0] > 0.5
+    return value
+
+
+def _estimate(kind: str, value: Any, crop: np.ndarray, config: Any, grounder: Any) -> Any:
+    from .foreground import foreground_from_box, foreground_from_mask
+
+    if kind == "box":
+        return foreground_from_box(crop, value, config) if grounder is None else grounder.estimate_box(
+            crop, value, config)
+    if kind == "prompt":
+        if grounder is None:
+            from .grounding import Grounder
+
+            grounder = Grounder()
+        return grounder.estimate(crop, value, config)
+    return foreground_from_mask(crop, value, config)
+
+
+def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decomposer, config: Any = None,
+                grounder: Any = None, saliency: Any = None, bounded: BoundedConfig | None = None,
+                keep_alphas: bool = False) -> WindowPart | None:
+    """Peel one object off ``canvas`` (``float32`` ``[4, H, W]``, the current background, edited in place).
+
+    Returns the object's layer on its box, or ``None`` when the layer came out empty. ``keep_alphas``:
+    also the object's alpha and the effects' opacity on the box (:attr:`WindowPart.part`).
+    """
+    from .foreground import ForegroundConfig
+
+    bounded = bounded or BoundedConfig()
+    config = config or ForegroundConfig()
+    kind, value, rows, cols = _region_window(kind, value, canvas, bounded, saliency)
+    full = (rows.stop - rows.start, cols.stop - cols.start)
+    size = _work_size(rows, cols, bounded.max_side)
+    crop = _downscale(canvas[:3, rows, cols], size)
+    estimate = _estimate(kind, _in_window(kind, value, rows, cols, size), crop, config, grounder)
+    low = decomposer.decompose(crop, estimate.alpha, estimate.effects_region)
+    del crop, estimate
+    total = low.foreground[:, :, 3]
+    box = _support(total > 0, full)
+    if box is None:
+        return None
+    y0, y1, x0, x1 = box
+    # Everything the assembly needs, as planes at the working size: t, F (3), B (3), object alpha, effects.
+    stacked = np.concatenate([low.foreground.transpose(2, 0, 1)[3:], low.foreground.transpose(2, 0, 1)[:3],
+                              low.background.transpose(2, 0, 1), low.object_alpha[None], low.effects_alpha[None]])
+    del low
+    release_memory()
+    planes = np.zeros((4, y1 - y0, x1 - x0), np.float32)
+    has_effects = bool((stacked[8] > 0).any())
+    object_alpha = np.zeros((y1 - y0, x1 - x0) if keep_alphas else (0, 0), np.float32)
+    effects = np.zeros_like(object_alpha)
+    exact = full == tuple(stacked.shape[1:])
+    buffer = None if exact else np.empty((stacked.shape[0], min(bounded.band_rows, y1 - y0), x1 - x0), np.float32)
+    for b0 in range(y0, y1, bounded.band_rows):
+        b1 = min(b0 + bounded.band_rows, y1)
+        r0, r1 = b0 - y0, b1 - y0
+        target = canvas[:3, rows.start + b0:rows.start + b1, cols.start + x0:cols.start + x1]
+        if exact:  # the window ran at full resolution: its layers are final
+            band = stacked[:, b0:b1, x0:x1]
+        else:  # upsampled, then projected onto the full-resolution image
+            band = _upsample(stacked, full, (b0, b1), (x0, x1), buffer[:, :b1 - b0])
+            np.clip(band, 0.0, 1.0, out=band)
+            project_band(target, band[0], band[1:4], band[4:7])
+        planes[:3, r0:r1], planes[3, r0:r1] = band[1:4], band[0]
+        if keep_alphas:
+            object_alpha[r0:r1], effects[r0:r1] = band[7], band[8]
+        target[...] = band[4:7]
+    offset = (cols.start + x0, rows.start + y0)
+    if not keep_alphas:
+        return WindowPart(planes=planes, offset=offset, effects=has_effects, part=None)
+    background = canvas[:3, rows.start + y0:rows.start + y1, cols.start + x0:cols.start + x1].transpose(1, 2, 0)
+    part = Decomposition(foreground=planes.transpose(1, 2, 0), background=background, object_alpha=object_alpha,
+                         effects_alpha=effects)
+    return WindowPart(planes=planes, offset=offset, effects=has_effects, part=part)
+
+
+def peel_bounded(
+    image: np.ndarray,
+    regions: Sequence[tuple[str, Any]],
+    decomposer: Decomposer,
+    make_layers: Callable[[int, WindowPart | None], list[Layer]],
+    config: Any = None,
+    grounder: Any = None,
+    saliency: Any = None,
+    bounded: BoundedConfig | None = None,
+    keep_alphas: bool = False,
+) -> LayeredImage:
+    """Peel ``regions`` front to back off a large photo (``[H, W, 3]`` uint8, uint16 or float in ``[0, 1]``).
+
+    ``make_layers(k, window_part)`` turns the ``k``-th object (1 = front-most; ``None`` when its
+    layer came out empty) into its layers, front-most first, with offsets on the canvas; it is
+    called right after that object is peeled (the canvas then holds the background under it).
+    ``keep_alphas``: the window parts carry the objects' alpha and effects (:func:`peel_window`).
+    Returns the layered image, the objects back to front.
+    """
+    background = Layer(image, name="background")  # float32 planes [4, H, W]: the canvas, edited in place
+    stack: list[Layer] = []
+    for k, (kind, value) in enumerate(regions, start=1):
+        stack += make_layers(k, peel_window(background.planes, kind, value, decomposer, config, grounder, saliency,
+                                            bounded, keep_alphas))
+        release_memory()
+    return LayeredImage(background, list(reversed(stack)))
+
+
+def recomposition_psnr(layered: LayeredImage, image: np.ndarray, band_rows: int = 256, cap: float = 100.0) -> float:
+    """PSNR in dB of ``layered``'s composite against ``image`` ``[H, W, 3]``, composited in bands of rows.
+
+    Only the box the foreground layers cover is composited: elsewhere :func:`peel_bounded` leaves
+    the background equal to the image (to float32 rounding of its 8 or 16 bits, counted as 0).
+    """
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
+    width, height = layered.size
+    boxes = [(max(layer.offset[0], 0), max(layer.offset[1], 0), min(layer.offset[0] + layer.width, width),
+              min(layer.offset[1] + layer.height, height)) for layer in layered.layers]
+    boxes = [b for b in boxes if b[0] < b[2] and b[1] < b[3]]
+    total = 0.0
+    if boxes:
+        x0, x1 = min(b[0] for b in boxes), max(b[2] for b in boxes)
+        for y0 in range(min(b[1] for b in boxes), max(b[3] for b in boxes), band_rows):
+            y1 = min(y0 + band_rows, height)
+            band = LayeredImage(layer_from_planes(layered.background.planes[:, y0:y1, x0:x1], "background"),
+                                [_band_layer(layer, x0, y0, y1) for layer in layered.layers])
+            composite = band.composite()[:, :, :3].astype(np.float64)
+            total += float(np.square(composite - image[y0:y1, x0:x1].astype(np.float64) / scale).sum())
+    mse = total / (width * height * 3)
+    return cap if mse <= 10 ** (-cap / 10) else float(-10.0 * np.log10(mse))
+
+
+def _band_layer(layer: Layer, x0: int, y0: int, y1: int) -> Layer:
+    """Rows ``y0..y1`` of ``layer`` (a view) on a canvas whose corner is the canvas point ``(x0, y0)``."""
+    left, top = layer.offset
+    a, b = min(max(y0 - top, 0), layer.height), min(max(y1 - top, 0), layer.height)
+    planes = layer.planes[:, a:b] if b > a else np.zeros((4, 1, 1), np.float32)
+    offset = (left - x0, top + a - y0) if b > a else (-1, -1)
+    band = layer_from_planes(planes, layer.name, offset=offset, blend_mode=layer.blend_mode)
+    band.opacity, band.visible = layer.opacity, layer.visible
+    return band

@@ -1,0 +1,131 @@
+"""Bounded memory on large photos (issue 23): windows at a bounded resolution, cropped layers, banded composites."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lamina.layers as layers_module
+from lamina.layeringdiff.bounded import BoundedConfig, _upsample, object_window, read_photo
+from lamina.layeringdiff.decompose import decompose_image
+from lamina.layers import Layer, LayeredImage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def scene(height: int = 300, width: int = 400) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A uint8 photo: a horizontal gradient with a red rectangle and its box (x0, y0, x1, y1)."""
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = np.linspace(60, 200, width).astype(np.uint8)[None, :, None]
+    image[:, :, 2] = 170
+    y0, y1, x0, x1 = height // 3, 2 * height // 3, 3 * width // 8, 5 * width // 8
+    image[y0:y1, x0:x1] = (210, 50, 40)
+    return image, (x0 - width // 16, y0 - height // 16, x1 + width // 16, y1 + height // 16)
+
+
+@pytest.mark.parametrize("hint", ["box", "mask", "auto"])
+def test_large_photo_gives_a_cropped_layer_and_an_exact_background_outside_it(hint):
+    image, box = scene()
+    kwargs = {"box": box} if hint == "box" else {} if hint == "auto" else {
+        "mask": (np.abs(image.astype(int) - (210, 50, 40)).sum(axis=2) == 0)}
+    small = BoundedConfig(max_side=128, band_rows=37)  # 400 px > 128: the bounded path, downscaled windows
+    layered = decompose_image(image, method="classical", bounded=small, **kwargs)
+    layer = layered.layers[0]
+    left, top = layer.offset
+    assert layer.width * layer.height < 0.6 * image.shape[0] * image.shape[1]  # its box, not the canvas
+    assert left > 0 and top > 0
+    # The object is in the layer, opaque, and the layers recompose the photo.
+    inside = layer.alpha[150 - top, 200 - left]
+    assert inside > 0.95
+    assert layered.metadata["recomposition_psnr"] > 60.0
+    np.testing.assert_allclose(layered.composite()[:, :, :3], image / 255.0, atol=1e-4)
+    # Outside the layer's box the background is the photo itself.
+    background = layered.background.rgb
+    outside = np.ones(image.shape[:2], bool)
+    outside[top:top + layer.height, left:left + layer.width] = False
+    np.testing.assert_allclose(background[outside], image[outside] / 255.0, atol=1e-6)
+    # Under the object the background is completed (no red left).
+    assert background[150, 200, 0] < 0.6
+
+
+def test_small_photo_and_no_config_take_the_whole_photo_path():
+    image, box = scene(96, 128)
+    default = decompose_image(image, box=box, method="classical")
+    whole = decompose_image(image, box=box, method="classical", bounded=None)
+    assert default.layers[0].offset == (0, 0) and default.layers[0].width == 128
+    np.testing.assert_array_equal(default.layers[0].planes, whole.layers[0].planes)
+    np.testing.assert_array_equal(default.background.planes, whole.background.planes)
+
+
+def test_two_objects_and_split_effects_on_the_bounded_path():
+    image, box = scene()
+    image[20:60, 30:80] = (30, 200, 40)
+    layered = decompose_image(image, box=[box, (20, 10, 95, 75)], method="classical",
+                              bounded=BoundedConfig(max_side=128), split_effects=True)
+    assert [layer.name for layer in layered.layers][-1] == "object_1"
+    assert layered.metadata["recomposition_psnr"] > 60.0
+    np.testing.assert_allclose(layered.composite()[:, :, :3], image / 255.0, atol=1e-4)
+
+
+def test_window_and_upsampling_helpers():
+    rows, cols = object_window((10, 20, 30, 60), 100, 200, 2.0)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (80, 80) and rows.start == 0
+    low = np.random.default_rng(0).random((3, 7, 9), dtype=np.float32)
+    import torch
+
+    ref = torch.nn.functional.interpolate(torch.from_numpy(low)[None], size=(31, 40), mode="bilinear",
+                                          align_corners=False)[0].numpy()
+    out = _upsample(low, (31, 40), (5, 20), (3, 33), np.empty((3, 15, 30), np.float32))
+    np.testing.assert_allclose(out, ref[:, 5:20, 3:33], atol=1e-5)
+
+
+def test_banded_composite_is_bit_identical(monkeypatch):
+    rng = np.random.default_rng(3)
+    background = rng.random((70, 50, 4), dtype=np.float32)
+    layers = [Layer(rng.random((40, 60, 4), dtype=np.float32), name=f"l{k}", offset=(-5 + 9 * k, 20 * k - 3),
+                    opacity=0.7, blend_mode=mode) for k, mode in enumerate(["normal", "multiply", "screen"])]
+    image = LayeredImage(background, layers)
+    whole = [image.composite(), image.composite_uint8(), image.composite(background=False)]
+    monkeypatch.setattr(layers_module, "COMPOSITE_BAND_ROWS", 7)
+    banded = [image.composite(), image.composite_uint8(), image.composite(background=False)]
+    for a, b in zip(whole, banded, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_photo_keeps_8_bit_files_in_uint8(tmp_path):
+    image, _ = scene(20, 30)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(np.dstack([image, np.full(image.shape[:2], 128, np.uint8)])).save(tmp_path / "b.png")
+    for name in ("a.png", "b.png"):
+        photo = read_photo(tmp_path / name)
+        assert photo.dtype == np.uint8 and photo.shape == (20, 30, 3)
+        np.testing.assert_array_equal(photo, image)
+    from lamina.errors import InputFileError
+
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(InputFileError, match="bad.png"):
+        read_photo(tmp_path / "bad.png")
+
+
+@pytest.mark.slow
+def test_a_12_mpx_photo_decomposes_within_1_5_gb(tmp_path):
+    """``lamina decompose`` (built-in model, PSD + sheet) on a 4000 x 3000 photo: peak RSS of the process <= 1.5 GB."""
+    image, box = scene(3000, 4000)
+    noise = np.random.default_rng(0).integers(-12, 13, image.shape)
+    Image.fromarray(np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)).save(tmp_path / "photo.jpg",
+                                                                                      quality=92)
+    command = [sys.executable, "-m", "lamina", "decompose", str(tmp_path / "photo.jpg"), "--box",
+               ",".join(map(str, box)), "--out", str(tmp_path / "out.psd"), "--threads", "1"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), LAMINA_PROGRESS="0")
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, child.stderr.read().decode()[-2000:]
+    assert usage.ru_maxrss * 1024 <= 1.5 * (1 << 30)
+    assert (tmp_path / "out.psd").stat().st_size > 0
