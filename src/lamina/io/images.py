@@ -69,7 +69,7 @@ def pil_to_float(image: Image.Image, alpha: bool | None = None, what: str = "ima
     return as_float_image(image, what, channels=channels)
 
 
-def _is_deep_colour(image: Image.Image) -> bool:
+def is_deep_colour(image: Image.Image) -> bool:
     """True for colour images stored with 16 bits per channel (Pillow would cut them to 8)."""
     if image.mode in DEEP_GREY_MODES or not image.tile:
         return False
@@ -142,7 +142,7 @@ def decode_image_depth(
                 budget.add(*image.size)
                 budget.check()
                 channels = (3, 4) if alpha is None else (4,) if alpha else (3,)
-                if _is_deep_colour(image):
+                if is_deep_colour(image):
                     array, depth = _decode_16bit(source, image, label, alpha), 16
                 else:
                     image.load()

@@ -91,12 +91,12 @@ def read_photo(path: str | Path) -> np.ndarray:
     from PIL import Image, ImageOps
 
     from ..io import read_rgb
-    from ..io.images import _is_deep_colour, image_size
+    from ..io.images import is_deep_colour, image_size
 
     image_size(path, str(path))  # pixel limit and decompression bombs, from the header
     try:
         with Image.open(path) as image:
-            if image.mode in _EIGHT_BIT_MODES and not _is_deep_colour(image):
+            if image.mode in _EIGHT_BIT_MODES and not is_deep_colour(image):
                 image.load()
                 return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except Exception:  # noqa: BLE001 -- anything unusual: read_rgb decodes it or says what is wrong
