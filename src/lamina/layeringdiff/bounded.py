@@ -91,7 +91,7 @@ def read_photo(path: str | Path) -> np.ndarray:
     from PIL import Image, ImageOps
 
     from ..io import read_rgb
-    from ..io.images import is_deep_colour, image_size
+    from ..io.images import image_size, is_deep_colour
 
     image_size(path, str(path))  # pixel limit and decompression bombs, from the header
     try:
