@@ -63,16 +63,6 @@ def _decompose_options(func: Any) -> Any:
     return seed_option(help="seed of the FBDD sampling noise")(func)
 
 
-def _grounding_models(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        role, sep, value = pair.partition("=")
-        if not sep or role not in ("detector", "segmenter", "matting") or not value:
-            raise LaminaError(f"--grounding-model {pair!r}: use detector=ID, segmenter=ID or matting=ID")
-        out[role] = value
-    return out
-
-
 class _Settings:
     """What ``decompose`` and ``generate`` share: the parsed options, checked, and the models loaded once."""
 
@@ -88,7 +78,9 @@ class _Settings:
             if not self_similar:
                 self.options["self_similar"] = None
         self.split_effects = split_effects
-        self.grounding = _grounding_models(grounding)
+        from .grounding import parse_model_roles
+
+        self.grounding = parse_model_roles(grounding)
         self.use_grounder = bool(prompts) or bool(self.grounding)
         self.decomposer: Any = None
         self.grounder: Any = None

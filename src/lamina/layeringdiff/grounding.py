@@ -36,6 +36,21 @@ from .foreground import (
     trimap_from_mask,
 )
 
+#: The model roles of the grounding chain, as named on the command line (``--grounding-model ROLE=ID``).
+ROLES = ("detector", "segmenter", "matting")
+
+
+def parse_model_roles(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``("segmenter=ID", ...)`` -> ``{"segmenter": "ID"}``; a malformed pair is a one-line error."""
+    out = {}
+    for pair in pairs:
+        role, sep, value = pair.partition("=")
+        if not sep or role not in ROLES or not value:
+            raise LaminaError(f"--grounding-model {pair!r}: use detector=ID, segmenter=ID or matting=ID")
+        out[role] = value
+    return out
+
+
 #: Defaults: the models the paper's chain uses, in their smallest public sizes.
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
 DEFAULT_SEGMENTER = "facebook/sam-vit-base"

@@ -5,18 +5,7 @@ from __future__ import annotations
 import click
 
 from ..cli_options import runtime_options
-from ..errors import LaminaError
 from .backend import BackendConfig
-
-
-def _grounding(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        role, sep, value = pair.partition("=")
-        if not sep or role not in ("detector", "segmenter", "matting") or not value:
-            raise LaminaError(f"--grounding-model {pair!r}: use detector=ID, segmenter=ID or matting=ID")
-        out[role] = value
-    return out
 
 
 @click.command("studio")
@@ -47,11 +36,12 @@ def studio(host: str, port: int | None, model: str | None, device: str, dtype: s
 
     require("gradio", "studio")  # a one-line error naming the extra when gradio is missing
     set_threads(threads)
+    from ..layeringdiff.grounding import parse_model_roles
     from .app import launch
     from .backend import Backend
     from .handlers import StudioLimits
 
-    config = BackendConfig(model=model, device=device, dtype=dtype, grounding=_grounding(grounding), t2i=t2i,
+    config = BackendConfig(model=model, device=device, dtype=dtype, grounding=parse_model_roles(grounding), t2i=t2i,
                            furrygan=furrygan_checkpoint, bfs_model=bfs_model, steps=steps)
     launch(Backend(config), host=host, port=port, limits=StudioLimits(max_pixels=max_pixels),
            concurrency=concurrency, open_browser=open_browser)
