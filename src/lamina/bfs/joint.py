@@ -37,17 +37,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
 from ..errors import LaminaError
-
-try:
-    from diffusers import ConfigMixin, ModelMixin
-    from diffusers.configuration_utils import register_to_config
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-    from diffusers.models.embeddings import apply_rotary_emb
-except ImportError as exc:  # pragma: no cover - exercised only without diffusers
-    raise ImportError("lamina.bfs needs diffusers: pip install 'lamina[diffusion]'") from exc
 
 #: Projections carrying a LoRA in dual-stream blocks and in single-stream blocks (no ``to_out`` there).
 DUAL_PROJECTIONS = ("q", "k", "v", "out")

@@ -20,18 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..errors import LaminaError
 from ..layers import Layer, LayeredImage, check_box
 from ..progress import progress
-
-try:
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import BaseOutput
-except ImportError as exc:  # pragma: no cover - exercised only without diffusers
-    raise ImportError("lamina.bfs needs diffusers: pip install 'lamina[diffusion]'") from exc
-
 from .joint import BFSJointAdapter, BFSJointProcessor
 
 #: A pixel of a region mask is inside above this value (masks in [0, 1]; uint8 masks are scaled).

@@ -22,13 +22,9 @@ The losses that train it belong to :mod:`lamina.bfs.losses`; :func:`composite_ov
 from __future__ import annotations
 
 import torch
+from diffusers import AutoencoderKL
 
 from ..errors import LaminaError
-
-try:
-    from diffusers import AutoencoderKL
-except ImportError as exc:  # pragma: no cover - exercised only without diffusers
-    raise ImportError("lamina.bfs needs diffusers: pip install 'lamina[diffusion]'") from exc
 
 #: The neutral grey (in ``[0, 1]``) a layer is composited over before encoding.
 NEUTRAL_GREY = 0.5
