@@ -26,8 +26,10 @@ whether the learned model has overfitted to the procedural look.
 the FBDD model's sampled foreground residual added to the closed-form ``F`` or not
 (``foreground_residual``; plain ``layeringdiff`` uses the model's own setting), and
 ``layeringdiff-hfa``: the learned path without the model's learned HFA (closed form only);
-``layeringdiff-selfsim``: without the self-similar completion of the hidden background's high
-frequencies (:mod:`lamina.layeringdiff.selfsim`); ``layeringdiff-hfa-selfsim``: without either.
+``classical-telea``: the classical path as it was before 2026-12-06 (Telea fill, the difference
+model of effects; issue 4's baseline); ``layeringdiff-selfsim``: without the self-similar
+completion of the hidden background's high frequencies (:mod:`lamina.layeringdiff.selfsim`);
+``layeringdiff-hfa-selfsim``: without either.
 
     python benchmarks/bench_decompose.py [--count64 40] [--count256 16] [--model PATH] [--steps N]
     python benchmarks/bench_decompose.py --backgrounds skimage
@@ -125,6 +127,8 @@ def run_one(method: str, size: int, count: int, first_seed: int, model: str | No
     photos = [read_rgb(path) for path in photo_files(backgrounds)] if backgrounds else None
 
     options: dict = {}
+    if method == "classical-telea":  # the classical path before issue 21 (Telea fill, difference effects)
+        method, options = "classical", {"inpaint": "telea", "effects_model": "difference"}
     if method in VARIANTS:
         method, options = "layeringdiff", dict(VARIANTS[method])
     if method == "layeringdiff":

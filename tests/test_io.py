@@ -443,3 +443,57 @@ def test_object_api_save_load_to_pil(tmp_path):
     image.save(tmp_path / "flat.png", overwrite=True)
     with pytest.raises(InputFileError, match="not an image file"):
         lamina.load(tmp_path / "stack" / "layers.json")
+
+
+def test_output_folder_that_cannot_be_created_is_refused_first(tmp_path):
+    from lamina.io.atomic import check_writable
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LaminaError, match="is a file, not a folder"):
+        check_writable(tmp_path / "file" / "sub" / "out.psd", overwrite=False)
+    with pytest.raises(LaminaError, match="is a file, not a folder"):
+        save(make_image(), tmp_path / "file" / "out.psd")
+    assert check_writable(tmp_path / "new" / "deeper" / "out.psd", overwrite=False).name == "out.psd"
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(LaminaError, match="no write permission"):
+            check_writable(locked / "out.psd", overwrite=False)
+
+
+def test_memory_budget_setting(monkeypatch, tmp_path):
+    from lamina.io.budget import DEFAULT_MEMORY_BUDGET, memory_budget, parse_size
+
+    assert parse_size("2G") == 2 << 30 and parse_size("512m") == 512 << 20 and parse_size("1000") == 1000
+    assert parse_size("1.5GiB") == 3 << 29
+    monkeypatch.delenv("LAMINA_MEMORY_BUDGET", raising=False)
+    assert memory_budget() == DEFAULT_MEMORY_BUDGET and memory_budget(123) == 123
+    monkeypatch.setenv("LAMINA_MEMORY_BUDGET", "lots")
+    with pytest.raises(LaminaError, match="LAMINA_MEMORY_BUDGET='lots' is not a positive size"):
+        memory_budget()
+    monkeypatch.setenv("LAMINA_MEMORY_BUDGET", "20K")  # a 40x30 image and its canvas need 38 KB
+    path = save(make_image(), tmp_path / "x.psd")
+    for target in (path, save(make_image(), tmp_path / "x.ora"), save(make_image(), tmp_path / "stack")):
+        with pytest.raises(InputFileError, match=r"over the memory budget of 20\.0 KB; set LAMINA_MEMORY_BUDGET"):
+            load(target)
+    assert len(load(path, memory_budget=1 << 20).layers) == 2
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_psd_merged_image_matches_psd_tools_encoder(bit_depth):
+    """Our banded merged-image planes are byte-identical to psd-tools' own encoder of our composite
+    (colour matted over white where alpha > 0, as Photoshop stores it)."""
+    from psd_tools.api.numpy_io import encode_image_data
+
+    rng = np.random.default_rng(8)
+    background = rng.random((300, 30, 4), dtype=np.float32)  # > MERGED_BAND_ROWS rows: several bands
+    background[:, :10, 3] = 0.0
+    background[:, 10:20, 3] = 0.4
+    image = LayeredImage(Layer(background, "background"),
+                         [Layer(rng.random((8, 9, 4), dtype=np.float32), "x", offset=(12, 3), blend_mode="screen")])
+    psd = PSDImage.new("RGBA", image.size, depth=bit_depth)
+    composite = image.composite()
+    reference = b"".join(encode_image_data(psd, composite[:, :, :3], composite[:, :, 3:]))
+    assert lamina.io.psd._set_merged_image(psd, image)
+    stored = psd._record.image_data.get_data(psd._record.header)
+    assert (b"".join(stored) if isinstance(stored, (list, tuple)) else stored) == reference

@@ -14,8 +14,12 @@ import pytest
 from lamina.testing.fuzz import OPERATIONS, generate_cases, run_cases, summarise
 
 
-def _check(level: str, tmp_path) -> None:
-    cases = generate_cases(tmp_path / "cases", level=level)
+@pytest.fixture(scope="module")
+def quick_cases(tmp_path_factory: pytest.TempPathFactory) -> list:
+    return generate_cases(tmp_path_factory.mktemp("quick"), level="quick")
+
+
+def _check(cases: list) -> None:
     records = run_cases(cases, op_timeout=120)
     summary = summarise(cases, records)
     bad = [f"{r['case']} {r['op']}: {r['outcome']} ({r['detail'][:200]})" for r in records
@@ -29,21 +33,21 @@ def _check(level: str, tmp_path) -> None:
         assert must in names
 
 
-def test_reliability_quick(tmp_path) -> None:
-    _check("quick", tmp_path)
+def test_reliability_quick(quick_cases) -> None:
+    _check(quick_cases)
 
 
 @pytest.mark.slow
 def test_reliability_full(tmp_path) -> None:
-    _check("full", tmp_path)
+    _check(generate_cases(tmp_path, level="full"))
 
 
-def test_issue_23_files_refused_before_decoding(tmp_path, monkeypatch) -> None:
+def test_issue_23_files_refused_before_decoding(quick_cases, monkeypatch) -> None:
     """The amplification files are refused by the budget check, naming the budget and how to raise it."""
     import lamina
     from lamina.errors import InputFileError
 
-    cases = {case.name: case for case in generate_cases(tmp_path, level="quick")}
+    cases = {case.name: case for case in quick_cases}
     monkeypatch.setenv("LAMINA_MEMORY_BUDGET", "8M")
     for name in ("amplification/ora_same_png_x12", "amplification/stack_same_png_x12", "amplification/psd_6x500"):
         with pytest.raises(InputFileError, match=r"over the memory budget of 8\.0 MB; set LAMINA_MEMORY_BUDGET"):

@@ -28,6 +28,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "layeringdiff": ("lamina.layeringdiff.cli", "layeringdiff", "LayeringDiff: train the FBDD decomposition model."),
     "decompose": ("lamina.layeringdiff.cli", "decompose", "Split a photo into foreground layer(s) and a background."),
     "generate": ("lamina.layeringdiff.cli", "generate", "Text -> composite -> layers with a text-to-image model."),
+    "studio": ("lamina.studio.cli", "studio", "A local browser app to make layered images and edit their layers."),
 }
 
 LAYERED_SUFFIXES = (".psd", ".ora")
@@ -159,9 +160,12 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
 @click.argument("dst", type=click.Path(path_type=Path))
 @_overwrite_option
 def convert(src: Path, dst: Path, overwrite: bool) -> None:
-    """Convert between PSD, OpenRaster and PNG stack (by extension)."""
-    from .io import load, save
+    """Convert between PSD, OpenRaster and PNG stack, or flatten to .png/.jpg/.tif (format by suffix)."""
+    from .io import file_format, load, save
+    from .io.atomic import check_writable
 
+    file_format(dst)  # refuse an unknown format or a taken/unwritable output before reading anything
+    check_writable(dst, overwrite)
     image = load(src)
     save(image, dst, overwrite=overwrite)
     click.echo(f"{src} -> {dst} ({len(image.layers) + 1} layers, {image.width}x{image.height})")
@@ -174,7 +178,9 @@ def convert(src: Path, dst: Path, overwrite: bool) -> None:
 def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Contact sheet: each layer over a checkerboard, then the composite."""
     from .io import load, save_contact_sheet
+    from .io.atomic import check_writable
 
+    check_writable(out, overwrite)  # before reading anything
     save_contact_sheet((load(path) for path in src), out, overwrite=overwrite)  # one image in memory at a time
     click.echo(f"wrote {out}")
 
@@ -186,9 +192,13 @@ def view(src: tuple[Path, ...], out: Path, overwrite: bool) -> None:
 @_overwrite_option
 def crop(src: Path, dst: Path, box: str, overwrite: bool) -> None:
     """Crop every layer of a layered file to a box."""
-    from .io import load, save
+    from .io import file_format, load, save
+    from .io.atomic import check_writable
     from .layers import parse_box
 
+    parse_box(box)
+    file_format(dst)
+    check_writable(dst, overwrite)  # before reading anything
     image = load(src).crop(parse_box(box))
     save(image, dst, overwrite=overwrite)
     click.echo(f"{src} -> {dst} ({image.width}x{image.height})")
@@ -201,11 +211,13 @@ def info(src: Path) -> None:
     from .io import load
 
     image = load(src)
-    click.echo(f"{src}: {image.width}x{image.height}, {len(image.layers)} layers over '{image.background.name}'")
+    click.echo(f"{src}: {image.width}x{image.height}, {image.bit_depth}-bit, {len(image.layers)} layers over "
+               f"'{image.background.name}'")
     for layer in reversed(image.all_layers):  # top first, as editors show them
         box = layer.bbox()
+        blend = "" if layer.blend_mode == "normal" else f" {layer.blend_mode}"
         click.echo(f"  {layer.name:<24} {layer.width}x{layer.height} at {layer.offset} opacity {layer.opacity:.2f}"
-                   f"{'' if layer.visible else ' hidden'} content {box}")
+                   f"{blend}{'' if layer.visible else ' hidden'} content {box}")
     if image.metadata:
         click.echo(f"  metadata: {json.dumps(image.metadata)}")
 

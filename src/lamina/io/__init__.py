@@ -153,7 +153,7 @@ def load(path: str | os.PathLike[str], *, memory_budget: int | None = None) -> L
 def _load_flat(path: Path, memory_budget_: int | None) -> LayeredImage:
     from .images import decode_image_depth
 
-    pixels, depth = decode_image_depth(path, str(path), memory_budget=memory_budget_)
+    pixels, depth = decode_image_depth(path, str(path), memory_budget=memory_budget_, raw=True)
     return LayeredImage(Layer(pixels, name="background"), bit_depth=depth)
 
 

@@ -17,10 +17,22 @@ from ..errors import LaminaError, OutputExistsError
 
 
 def check_writable(path: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Return ``path`` as a :class:`Path`; raise :class:`OutputExistsError` if it exists and not ``overwrite``."""
+    """Return ``path`` as a :class:`Path` once it is known that it can be written.
+
+    Raises :class:`OutputExistsError` if it exists and not ``overwrite``, and
+    :class:`LaminaError` if its folder cannot be created or written (the nearest existing
+    ancestor is a file, or not writable), so that commands can refuse before any work.
+    """
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{path}: output already exists (pass overwrite=True / --overwrite to replace it)")
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LaminaError(f"{path}: cannot create the output folder ({ancestor} is a file, not a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LaminaError(f"{path}: cannot write the output (no write permission in {ancestor})")
     return path
 
 
@@ -37,8 +49,11 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
     exists and ``overwrite`` is False.
     """
     path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".lamina-tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".lamina-tmp", dir=path.parent))
+    except OSError as exc:
+        raise LaminaError(f"{path}: cannot create the output ({exc.strerror or exc})") from None
     try:
         staged = workdir / path.name
         yield staged

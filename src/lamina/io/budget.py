@@ -29,6 +29,9 @@ BYTES_PER_LAYER = 4096
 #: Largest side of any image or canvas (the PSD/PSB limit; int32 offsets leave room around it).
 MAX_SIDE = 300_000
 
+#: :meth:`Budget.add` refuses at once past this multiple of the budget (the sum is a lower bound then).
+EARLY_STOP = 64
+
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -81,6 +84,11 @@ class Budget:
         check_size(width, height, f"{self.label}: {what}")
         self.pixels += width * height
         self.layers += what != "canvas"
+        if self.needed > EARLY_STOP * self.limit:  # hopeless already: stop reading headers
+            self.check()
+
+    def check(self) -> None:
+        """Refuse the file (:class:`InputFileError` naming the budget and how to raise it) if over the budget."""
         if self.needed > self.limit:
             raise InputFileError(
                 f"{self.label}: decoding needs about {format_bytes(self.needed)} ({self.layers} layer(s), "

@@ -30,7 +30,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputFileError, LaminaError
-from ..layers import DEEP_GREY_MODES, as_float_image, to_uint8, to_uint16
+from ..layers import DEEP_GREY_MODES, as_float_image, pil_to_array, to_uint8, to_uint16
 from .atomic import atomic_output
 from .budget import Budget
 
@@ -79,7 +79,7 @@ def _is_deep_colour(image: Image.Image) -> bool:
 
 
 def _decode_16bit(source: Any, image: Image.Image, label: str, alpha: bool | None) -> np.ndarray:
-    """Decode a 16-bit colour PNG/TIFF at full precision with OpenCV: ``float32`` ``[H, W, 3|4]``."""
+    """Decode a 16-bit colour PNG/TIFF at full precision with OpenCV: ``uint16`` ``[H, W, 3|4]`` RGB(A)."""
     import cv2  # only for 16-bit colour files
 
     if isinstance(source, (str, os.PathLike)):
@@ -109,7 +109,7 @@ def _decode_16bit(source: Any, image: Image.Image, label: str, alpha: bool | Non
     orientation = image.getexif().get(0x0112)
     if orientation in _ORIENT:
         array = np.ascontiguousarray(_ORIENT[orientation](array))
-    return as_float_image(array, label, channels=(3, 4))
+    return array
 
 
 def decode_image_depth(
@@ -120,12 +120,15 @@ def decode_image_depth(
     alpha: bool | None = None,
     budget: Budget | None = None,
     memory_budget: int | None = None,
+    raw: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Safely decode a file (path or binary file object); returns the pixels and the bit depth (8 or 16).
 
     ``budget`` (one per layered file) counts this image before it is decoded; without one
     the image gets its own (the image plus its canvas, against ``memory_budget`` bytes,
-    default :func:`~lamina.io.budget.memory_budget`). See :func:`read_image`.
+    default :func:`~lamina.io.budget.memory_budget`). ``raw``: return the decoded array as
+    it is (``uint8``, ``uint16`` or ``float32`` ``[H, W, C]``, for :class:`~lamina.layers.Layer`
+    to convert straight into its planes without a float copy). See :func:`read_image`.
     """
     try:
         with warnings.catch_warnings():
@@ -137,11 +140,15 @@ def decode_image_depth(
                     budget = Budget(label, memory_budget)
                     budget.add(*image.size, what="canvas")
                 budget.add(*image.size)
+                budget.check()
+                channels = (3, 4) if alpha is None else (4,) if alpha else (3,)
                 if _is_deep_colour(image):
-                    return _decode_16bit(source, image, label, alpha), 16
-                image.load()
-                depth = 16 if image.mode in DEEP_GREY_MODES else 8
-                return pil_to_float(ImageOps.exif_transpose(image), alpha, label), depth
+                    array, depth = _decode_16bit(source, image, label, alpha), 16
+                else:
+                    image.load()
+                    depth = 16 if image.mode in DEEP_GREY_MODES else 8
+                    array = pil_to_array(ImageOps.exif_transpose(image), channels)
+                return (array if raw else as_float_image(array, label, channels=channels)), depth
     except LaminaError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -217,11 +217,12 @@ def _load(archive: zipfile.ZipFile, label: str, memory_budget: int | None) -> La
         src = element.get("src")
         sizes.append(_member_size(archive, src, label))
         budget.add(*sizes[-1], what=f"layer {src}")
+    budget.check()  # the whole file, before decoding any layer
     layers, depths = [], [8]
     for element, (width, height) in zip(elements, sizes, strict=True):
         src, name = element.get("src"), element.get("name") or "layer"
         data = _member(archive, src, label, _layer_limit(width, height))
-        pixels, depth = decode_image_depth(io.BytesIO(data), f"{label}:{src}", alpha=True)
+        pixels, depth = decode_image_depth(io.BytesIO(data), f"{label}:{src}", alpha=True, raw=True)
         del data
         if pixels.shape[:2] != (height, width):
             raise InputFileError(f"{label}:{src}: image size changed while reading")

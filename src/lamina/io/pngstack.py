@@ -81,9 +81,10 @@ def load_png_stack(path: Path, memory_budget: int | None = None) -> LayeredImage
         file = safe_member(path, entry.get("file"), label)
         budget.add(*image_size(file, str(file)), what=f"layer file {file.name}")
         files.append(file)
+    budget.check()  # the whole file, before decoding any layer
     layers, depths = [], [8]
     for entry, file in zip(record["layers"], files, strict=True):
-        pixels, file_depth = decode_image_depth(file, str(file), alpha=True)
+        pixels, file_depth = decode_image_depth(file, str(file), alpha=True, raw=True)
         layers.append(stored_layer(pixels, entry, label))
         depths.append(file_depth)
     return assemble(layers, size, record.get("metadata"), str(path), bit_depth=depth or max(depths))

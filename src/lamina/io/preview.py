@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import LaminaError, LayerError
-from ..layers import LayeredImage, to_uint8
+from ..layers import Layer, LayeredImage, _placement, to_uint8
 from .atomic import check_writable
 from .images import write_png
 
@@ -69,15 +69,27 @@ def _thumbnails(image: LayeredImage, limit: int) -> list[tuple[str, np.ndarray]]
     scale = min(1.0, limit / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     out = []
-    for i, layer in enumerate(image.all_layers):
+    for layer in image.all_layers:
         label = layer.name + ("" if layer.visible else " (hidden)")
-        out.append((label, _fit(image.canvas(None if i == 0 else i - 1), size)))
-    out.append(("composite", _fit(image.composite(), size)))
+        out.append((label, _fit(_canvas_uint8(image, layer), size)))
+    out.append(("composite", _fit(image.composite_uint8(), size)))
+    return out
+
+
+def _canvas_uint8(image: LayeredImage, layer: Layer) -> np.ndarray:
+    """``to_uint8(image.canvas(layer))`` without the float32 canvas: only the layer's overlap is converted."""
+    out = np.zeros((image.height, image.width, 4), np.uint8)
+    place = _placement(layer, image.width, image.height)
+    if place is not None:
+        cy, cx, ly, lx = place
+        region = layer.pixels[ly, lx]
+        out[cy, cx, :3] = to_uint8(region[:, :, :3])
+        out[cy, cx, 3] = to_uint8(region[:, :, 3] * np.float32(layer.opacity))
     return out
 
 
 def _fit(rgba: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    pil = Image.fromarray(to_uint8(rgba), "RGBA")
+    pil = Image.fromarray(rgba, "RGBA")
     return np.asarray(pil if pil.size == size else pil.resize(size, Image.Resampling.BOX))  # Pillow premultiplies
 
 

@@ -84,21 +84,35 @@ def _write(psd: PSDImage, path: Path, merged: bool) -> None:
         psd.save(path)
 
 
+#: Rows of the merged image encoded at a time (bounded float temporaries).
+MERGED_BAND_ROWS = 256
+
+
 def _set_merged_image(psd: PSDImage, image: LayeredImage) -> bool:
-    """Store our exact composite as the merged preview; False if this psd-tools lacks the hooks.
+    """Store our exact composite as the merged preview; False if this psd-tools lacks the hook.
 
     psd-tools' ``save()`` re-renders the preview with its own compositor, which costs several
-    float64 canvases; ours is exact for our blend modes and costs one float32 canvas.
+    float64 canvases; ours is exact for our blend modes. The planes are R, G, B, A at the
+    document's depth, colour matted over white where alpha > 0 (how Photoshop stores the
+    merged image of a transparent document, and how psd-tools and Pillow undo it), encoded a
+    band of rows at a time next to the one float32 composite.
     """
+    composite = image.composite()
+    scale, dtype = (65535.0, ">u2") if psd.depth == 16 else (255.0, ">u1")
+    planes = [bytearray() for _ in range(4)]
+    for r0 in range(0, image.height, MERGED_BAND_ROWS):
+        band = composite[r0:r0 + MERGED_BAND_ROWS]
+        alpha = band[:, :, 3]
+        for c in range(4):
+            plane = band[:, :, c]
+            if c < 3:
+                plane = np.where(alpha > 0, plane * alpha + (1.0 - alpha), plane)
+            planes[c] += np.rint(np.clip(plane, 0.0, 1.0) * scale).astype(dtype).tobytes()
+    del composite
     try:
-        from psd_tools.api.numpy_io import encode_image_data
-
-        composite = image.composite()
-        planes = encode_image_data(psd, composite[:, :, :3], composite[:, :, 3:])
-        del composite
-        psd._record.image_data.set_data(planes, psd._record.header)
+        psd._record.image_data.set_data([bytes(p) for p in planes], psd._record.header)
         return True
-    except (ImportError, AttributeError, TypeError):
+    except (AttributeError, TypeError):
         return False
 
 
@@ -196,6 +210,7 @@ def _count(psd: PSDImage, budget: Budget, label: str) -> list[Any]:
         if mask is not None and mask.width > 0 and mask.height > 0:
             budget.add(mask.width, mask.height, what=f"mask of layer {str(psd_layer.name)[:80]!r}")
         layers.append(psd_layer)
+    budget.check()  # the whole file, before decoding any layer
     return layers
 
 

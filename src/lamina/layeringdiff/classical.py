@@ -9,9 +9,23 @@ Given the composite ``I`` and the object's alpha:
   object and its effects region leave: the pixels with ``alpha > alpha_floor``, grown by
   ``hole_margin`` pixels so that no colour of the object bleeds into the fill;
 * with an effects region, two passes: the background is first completed under the object
-  and the whole region, the effects found against it (``detect_effects``; by default only
-  those touching the object), and then completed again under the object and those effects
-  only, from nearer pixels;
+  and the whole region; then the effects are found against it, and the background is
+  completed again under the object only. How the effects are found (``effects_model``):
+
+  - ``"shadow"`` (the default since 2026-12-06, :func:`relight_shadows`): a shadow is a
+    smooth darkening of a background that still shows through it, so its opacity is one
+    minus the ratio of the *smoothed* brightness of the image without the object to that of
+    the completed background (a Gaussian of ``shadow_sigma`` of the image side, over the
+    region's visible pixels); above ``effects_threshold`` and touching the object, it becomes
+    a black layer of that opacity, and the background under it is the image *relit*,
+    ``E / (1 - s)``: the real texture under the shadow, not a fill. The object's hole is
+    then filled from the relit image, so the shadow's darkness does not bleed into it.
+    On real photographs with exact ground truth this halves the alpha error and gains about
+    1.3 dB on the hidden background over the difference model (``benchmarks/bench_photos.py``);
+  - ``"difference"`` (the only model before): per pixel, where every channel of the image is
+    darker (or brighter) than the completed background by ``effects_threshold``
+    (``detect_effects``), the background under those effects is completed again from nearer
+    pixels and the effects are the least opaque layer over it;
 * then :func:`~lamina.layeringdiff.disassembly.finish_decomposition`: effects into the
   foreground layer, projection onto ``alpha F + (1 - alpha) B = I``.
 
@@ -41,10 +55,22 @@ from scipy import ndimage
 
 from ..errors import LaminaError
 from ._util import bbox_slices, import_cv2, import_pymatting
-from .disassembly import Decomposition, check_alpha, detect_effects, finish_decomposition, touching_components
+from .disassembly import (
+    ALPHA_EPS,
+    Decomposition,
+    check_alpha,
+    detect_effects,
+    finish_decomposition,
+    touching_components,
+)
 from .foreground import as_rgb
 
-INPAINT_METHODS = ("telea", "ns")
+INPAINT_METHODS = ("harmonic", "telea", "ns")
+EFFECTS_MODELS = ("shadow", "difference")
+#: Rec. 601 luma weights: the brightness a shadow scales.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+#: The shadow model's largest opacity (a relit pixel is divided by at least ``1 - MAX_SHADOW``).
+MAX_SHADOW = 0.95
 
 
 @dataclass(frozen=True)
@@ -52,9 +78,12 @@ class ClassicalConfig:
     """Options of the classical decomposer. Widths in pixels; ``None`` scales with the image.
 
     Attributes:
-        inpaint: ``"telea"`` (fast marching) or ``"ns"`` (Navier-Stokes).
-        inpaint_radius: neighbourhood of each inpainted pixel. ``None``: ``max(3, min(H, W) // 64)``.
-        inpaint_max_side: inpainting runs on the hole's bounding box downscaled to at most this side.
+        inpaint: ``"harmonic"`` (the smoothest fill, :func:`harmonic_fill`; the default since
+            2026-12-06), ``"telea"`` (fast marching, the default before) or ``"ns"`` (Navier-Stokes).
+        inpaint_radius: neighbourhood of each inpainted pixel (Telea / Navier-Stokes).
+            ``None``: ``max(3, min(H, W) // 64)``.
+        inpaint_max_side: inpainting runs on the hole's bounding box downscaled to at most this side
+            (``"harmonic"``: at most :data:`HARMONIC_MAX_SIDE`, its fill is smooth).
         hole_margin: how far the hole is grown beyond ``alpha > alpha_floor``.
             ``None``: ``max(1, min(H, W) // 100)``.
         alpha_floor: alpha above this counts as covered by the object.
@@ -62,9 +91,11 @@ class ClassicalConfig:
         effects_attached: keep only effects that touch the object (contact shadows, reflections);
             detached blobs are more often inpainting error on a textured background than a shadow.
         foreground_regularization: smoothness of the estimated foreground colours.
+        effects_model: ``"shadow"`` (:func:`relight_shadows`) or ``"difference"`` (``detect_effects``).
+        shadow_sigma: the shadow model's smoothing, a fraction of the image's short side.
     """
 
-    inpaint: str = "telea"
+    inpaint: str = "harmonic"
     inpaint_radius: int | None = None
     inpaint_max_side: int = 384
     hole_margin: int | None = None
@@ -72,8 +103,14 @@ class ClassicalConfig:
     effects_threshold: float = 0.1
     effects_attached: bool = True
     foreground_regularization: float = 1e-5
+    effects_model: str = "shadow"
+    shadow_sigma: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.effects_model not in EFFECTS_MODELS:
+            raise LaminaError(f"unknown effects model {self.effects_model!r}; choose from {', '.join(EFFECTS_MODELS)}")
+        if not 0.0 < self.shadow_sigma <= 1.0:
+            raise LaminaError(f"ClassicalConfig.shadow_sigma must lie in (0, 1], got {self.shadow_sigma!r}")
         if self.inpaint not in INPAINT_METHODS:
             raise LaminaError(f"unknown inpainting method {self.inpaint!r}; choose from {', '.join(INPAINT_METHODS)}")
         if self.inpaint_max_side < 8:
@@ -86,15 +123,66 @@ class ClassicalConfig:
             raise LaminaError("ClassicalConfig.alpha_floor and effects_threshold must lie in [0, 1)")
 
 
+#: The harmonic fill is solved on the hole's box downscaled to at most this side (it is smooth;
+#: the sparse solve grows faster than the hole's area).
+HARMONIC_MAX_SIDE = 160
+
+
+def harmonic_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Fill ``hole`` (``bool`` ``[H, W]``) of ``image`` ``[H, W, C]`` with the harmonic (membrane) interpolant.
+
+    Inside the hole each channel solves Laplace's equation ``4 u(p) = sum of its 4 neighbours``
+    (the neighbours outside the image left out), with the pixels around the hole as boundary
+    values: the smoothest surface through the hole's border, exactly, by one sparse LU solve
+    (SuperLU). Unlike Telea's fast marching, which carries each border pixel inwards along its
+    normal (streaks and smears on large holes), every hidden pixel is a weighted mean of the
+    whole border, which is the least-squares-friendliest guess of an unknown background:
+    +1.1 dB over Telea under real-photo objects (``benchmarks/bench_fill.py``). ``float32``.
+    """
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import splu
+
+    hole = np.asarray(hole, bool)
+    out = np.array(image, np.float32, copy=True)
+    ys, xs = np.nonzero(hole)
+    n = ys.size
+    if n == 0:
+        return out
+    h, w = hole.shape
+    index = np.full((h, w), -1, np.int64)
+    index[ys, xs] = np.arange(n)
+    degree = np.zeros(n)
+    rhs = np.zeros((n, out.shape[2]))
+    rows, cols = [np.arange(n)], [np.arange(n)]
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        degree += inside
+        src, ny, nx = np.nonzero(inside)[0], ny[inside], nx[inside]
+        unknown = hole[ny, nx]
+        rows.append(src[unknown])
+        cols.append(index[ny[unknown], nx[unknown]])
+        np.add.at(rhs, src[~unknown], out[ny[~unknown], nx[~unknown]])
+    values = np.concatenate([degree, -np.ones(sum(r.size for r in rows[1:]))])
+    matrix = csc_matrix((values, (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    out[ys, xs] = np.clip(splu(matrix).solve(rhs), 0.0, 1.0)
+    return out
+
+
 def inpaint_background(image: np.ndarray, hole: np.ndarray, method: str = "telea", radius: int = 5,
                        max_side: int = 384) -> np.ndarray:
     """Fill ``hole`` (``bool`` ``[H, W]``) of ``image`` ``[H, W, 3]`` from its surroundings; ``float32``.
 
-    Works on the hole's bounding box plus a margin, downscaled to at most ``max_side`` (the
-    fill is smooth, so little is lost, and Telea's cost grows with the hole's area times
-    ``radius^2``). Each channel is inpainted in ``float32`` (no 8-bit rounding); pixels
-    outside the hole are returned unchanged.
+    ``method``: ``"harmonic"`` (:func:`harmonic_fill`), ``"telea"`` or ``"ns"`` (OpenCV).
+    Works on the hole's bounding box plus a margin, downscaled to at most ``max_side``
+    (:data:`HARMONIC_MAX_SIDE` for ``"harmonic"``; the fill is smooth, so little is lost, and
+    Telea's cost grows with the hole's area times ``radius^2``). Each channel is inpainted in
+    ``float32`` (no 8-bit rounding); pixels outside the hole are returned unchanged.
     """
+    if method not in INPAINT_METHODS:
+        raise LaminaError(f"unknown inpainting method {method!r}; choose from {', '.join(INPAINT_METHODS)}")
+    if method == "harmonic":
+        max_side = min(max_side, HARMONIC_MAX_SIDE)
     cv2 = import_cv2()
     out = np.array(image, np.float32, copy=True)
     if not hole.any():
@@ -111,15 +199,58 @@ def inpaint_background(image: np.ndarray, hole: np.ndarray, method: str = "telea
         # A small pixel belongs to the hole if any of the pixels it averages does (no object colour leaks in).
         crop_hole = cv2.resize(crop_hole.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
         radius = max(1, round(radius * scale))
-    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
-    hole8 = np.ascontiguousarray(crop_hole, np.uint8)
-    # OpenCV's float path assumes the 0..255 range (Telea goes wrong on [0, 1] values).
-    filled = np.stack([cv2.inpaint(np.ascontiguousarray(crop[:, :, c] * 255.0), hole8, radius, flag)
-                       for c in range(3)], axis=2) / 255.0
+    if method == "harmonic":
+        filled = harmonic_fill(crop, crop_hole)
+    else:
+        flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+        hole8 = np.ascontiguousarray(crop_hole, np.uint8)
+        # OpenCV's float path assumes the 0..255 range (Telea goes wrong on [0, 1] values).
+        filled = np.stack([cv2.inpaint(np.ascontiguousarray(crop[:, :, c] * 255.0), hole8, radius, flag)
+                           for c in range(3)], axis=2) / 255.0
     if scale < 1.0:
         filled = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
     out[rows, cols] = np.where(hole[rows, cols, None], filled, out[rows, cols])
     return np.clip(out, 0.0, 1.0)
+
+
+def relight_shadows(unoccluded: np.ndarray, rough: np.ndarray, region: np.ndarray, sigma_px: float,
+                    threshold: float, seed: np.ndarray,
+                    neutral_spread: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Shadows in ``region`` as a smooth black layer, and the image relit under them.
+
+    Args:
+        unoccluded: ``[H, W, 3]`` the image without the object, ``E = (I - alpha F) / (1 - alpha)``.
+        rough: ``[H, W, 3]`` a background completed under the object and the whole region.
+        region: ``bool`` ``[H, W]`` where shadows may be (and the background shows through them).
+        sigma_px: Gaussian of the brightness ratio, in pixels.
+        threshold: least shadow opacity kept.
+        seed: ``bool`` ``[H, W]``; only shadows touching it are kept (the object, grown).
+        neutral_spread: a shadow darkens the three channels alike: the same ratio per channel,
+            ``s_c``, must be positive and spread by at most this share of ``s``.
+    Returns:
+        ``(opacity [H, W], relit [H, W, 3])``: ``s = 1 - G(luma E) / G(luma rough)`` over the
+        region's pixels (clipped to ``[0, MAX_SHADOW]``) where it exceeds ``threshold`` and is
+        colour-neutral, in components touching ``seed`` (0 elsewhere), and ``E / (1 - s)``
+        (clipped to ``[0, 1]``).
+    """
+    weight = region.astype(np.float32)
+    norm = ndimage.gaussian_filter(weight, sigma_px) + 1e-6
+
+    def smooth(values: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(values * weight, sigma_px) / norm
+
+    opacity = np.clip(1.0 - smooth(unoccluded @ LUMA) / np.maximum(smooth(rough @ LUMA), 1e-3), 0.0, MAX_SHADOW)
+    # A shadow darkens every channel by about the same factor; a darker *colour* (a red saucer on a
+    # brown table) darkens some channels much more than others and is not a shadow.
+    per_channel = np.stack([1.0 - smooth(unoccluded[:, :, c]) / np.maximum(smooth(rough[:, :, c]), 1e-3)
+                            for c in range(3)], axis=2)
+    spread = per_channel.max(axis=2) - per_channel.min(axis=2)
+    neutral = (per_channel.min(axis=2) > 0.0) & (spread <= neutral_spread * np.maximum(opacity, 1e-3))
+    opacity = opacity * region
+    found = touching_components((opacity > threshold) & neutral, seed)
+    opacity = np.where(found, opacity, 0.0).astype(np.float32)
+    relit = np.clip(unoccluded / (1.0 - opacity[:, :, None]), 0.0, 1.0).astype(np.float32)
+    return opacity, relit
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, regularization: float = 1e-5) -> np.ndarray:
@@ -160,6 +291,17 @@ class ClassicalDecomposer:
         radius, margin = self.widths(*image.shape[:2])
         hole = _grow(alpha > c.alpha_floor, margin)
         foreground = estimate_foreground(image, alpha, c.foreground_regularization)
+        if effects_region is not None and effects_region.any() and c.effects_model == "shadow":
+            rough = inpaint_background(image, hole | effects_region, c.inpaint, radius, c.inpaint_max_side)
+            a = alpha[:, :, None]
+            unoccluded = np.clip((image - a * foreground) / np.maximum(1.0 - a, ALPHA_EPS), 0.0, 1.0)
+            sigma = max(1.0, c.shadow_sigma * min(image.shape[:2]))
+            visible = effects_region & (alpha < 0.5)  # where the image shows the background (as detect_effects)
+            effects, relit = relight_shadows(unoccluded, rough, visible, sigma, c.effects_threshold,
+                                             _grow(alpha > c.alpha_floor, margin + 1))
+            source = np.where(effects[:, :, None] > 0, relit, image)
+            background = inpaint_background(source, hole, c.inpaint, radius, c.inpaint_max_side)
+            return finish_decomposition(image, alpha, foreground, background, effects=effects)
         if effects_region is not None and effects_region.any():
             # Two passes: find the effects against a background completed under the whole
             # region, then complete it again under the object and the effects found only,

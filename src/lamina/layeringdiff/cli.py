@@ -49,8 +49,8 @@ _common_decompose_options = [
                  help="FBDD: under an opaque object, continue a repeating background texture (checks, tiles, "
                       "stripes, brick) from where the photo shows it; a background without one is left alone"),
     click.option("--split-effects", is_flag=True,
-                 help="write each object's shadow/reflection as its own layer under the object (blend mode "
-                      "multiply where it only darkens), so effects can be toggled in an editor"),
+                 help="write each object's shadow and reflection as their own layers under the object (blend "
+                      "modes multiply and screen), so effects can be toggled in an editor"),
     click.option("--grounding-model", "grounding", multiple=True, metavar="ROLE=ID",
                  help="detector=ID (Grounding DINO, for --prompt), segmenter=ID (SAM: also segments --box and "
                       "automatic boxes), matting=ID (ViTMatte); hub ids or local folders"),

@@ -172,8 +172,8 @@ def decompose_image(
         config: foreground-stage options (trimap widths, matting method, effects region).
         decomposer: use this instead of ``method``/``model``.
         grounder: the :class:`~lamina.layeringdiff.grounding.Grounder` for prompts (default models otherwise).
-        split_effects: write each object's shadows/reflections as their own layer under the object
-            (blend mode multiply where they only darken; see :func:`split_effects_layers`).
+        split_effects: write each object's shadows and reflections as their own layers under the object
+            (blend modes multiply and screen; see :func:`split_effects_layers`).
         names: the layers' names, front-most first (default: the prompt's words, else ``object_1``...).
         device, dtype: where the FBDD model runs (:mod:`lamina.devices`; ``None``: CPU, float32).
         saliency: :class:`~lamina.layeringdiff.saliency.SaliencyConfig` of automatic mode.
@@ -224,38 +224,50 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return name
 
 
-#: Effects darker than their backdrop by at least this in every channel (over the effect's pixels)
-#: become a multiply layer; otherwise (a reflection that brightens) a normal one.
-MULTIPLY_TOLERANCE = 1e-4
+#: Slack (in ``[0, 1]`` units) when deciding whether an effect pixel darkens or brightens every channel.
+BLEND_TOLERANCE = 1e-4
 
 
 def split_effects_layers(part: Decomposition, name: str, metadata: dict[str, Any] | None = None) -> list[Layer]:
-    """One peeled object as its own layer over a separate effects (shadow/reflection) layer: front-most first.
+    """One peeled object as its own layer over separate effects layers (shadow, reflection): front-most first.
 
     The decomposition's single layer ``(t, f)`` (``t = a + e (1 - a)``, object alpha ``a``,
     effects opacity ``e``) splits exactly: the object ``(a, f)`` over the effects ``(e, f)``
-    composite to ``a f + (1 - a) e f + (1 - t) B = t f + (1 - t) B``. Where every effect pixel
-    is no brighter than the background under it (a shadow), the effects layer uses the
-    ``multiply`` blend mode with colour ``f / B`` (then ``e B (f / B) + (1 - e) B`` is the same
-    pixel) so it keeps darkening whatever a user paints beneath it; otherwise it stays
-    ``normal``. Without effects, the one object layer comes back. Layers hold full-canvas
-    ``[H, W, 4]`` straight RGBA.
+    composite to ``a f + (1 - a) e f + (1 - t) B = t f + (1 - t) B`` over the background ``B``
+    the object was peeled from. The effect pixels are then sorted by what they do to ``B``
+    (W3C separable blending over an opaque backdrop, exact for each):
+
+    * **shadow** (every channel darker, ``f <= B``): blend mode ``multiply`` with colour
+      ``M = f / B``, since ``e B M + (1 - e) B = e f + (1 - e) B``;
+    * **reflection** (every channel lighter, ``f >= B``): ``screen`` with ``M = (f - B) / (1 - B)``,
+      since ``e (B + M - B M) + (1 - e) B = e f + (1 - e) B``;
+    * anything else (channels moving both ways): a ``normal`` layer with colour ``f``.
+
+    So a shadow keeps darkening (and a reflection keeps lighting) whatever a user paints
+    beneath it, and each can be toggled alone. Each layer is returned only when it has pixels
+    (names ``"<name> shadow"``, ``"<name> reflection"``, ``"<name> effects"``); without effects, the
+    one object layer comes back. Layers hold full-canvas ``[H, W, 4]`` straight RGBA.
     """
     meta = dict(metadata or {})
     effects = part.effects_alpha
     if not effects.any():
         return [Layer(part.foreground, name=name, metadata=meta)]
     colour = part.foreground[:, :, :3]
-    obj = np.concatenate([colour, part.object_alpha[:, :, None]], axis=2)
-    obj[:, :, 3] = np.where(part.object_alpha > 0, part.object_alpha, 0.0)
-    shown = effects > 0
     backdrop = part.background
-    blend, effect_colour = "normal", colour
-    darkening = bool(np.all(colour[shown] <= backdrop[shown] + MULTIPLY_TOLERANCE))
-    if darkening:
-        ratio = np.where(backdrop > 1e-6, colour / np.maximum(backdrop, 1e-6), 1.0)
-        effect_colour = np.where(shown[:, :, None], np.clip(ratio, 0.0, 1.0), 1.0).astype(np.float32)
-        blend = "multiply"
-    effect = np.concatenate([effect_colour, effects[:, :, None]], axis=2).astype(np.float32)
-    return [Layer(obj.astype(np.float32), name=name, metadata={**meta, "effects": False}),
-            Layer(effect, name=f"{name} effects", metadata={"effects_of": name}, blend_mode=blend)]
+    obj = np.concatenate([colour, part.object_alpha[:, :, None]], axis=2).astype(np.float32)
+    shown = effects > 0
+    darker = shown & np.all(colour <= backdrop + BLEND_TOLERANCE, axis=2)
+    lighter = shown & ~darker & np.all(colour >= backdrop - BLEND_TOLERANCE, axis=2)
+    mixed = shown & ~darker & ~lighter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        multiply = np.where(backdrop > 1e-6, colour / backdrop, 1.0)
+        screen = np.where(backdrop < 1 - 1e-6, (colour - backdrop) / (1.0 - backdrop), 0.0)
+    layers = [Layer(obj, name=name, metadata={**meta, "effects": False})]
+    for suffix, where, tint, blend in (("shadow", darker, multiply, "multiply"),
+                                       ("reflection", lighter, screen, "screen"),
+                                       ("effects", mixed, colour, "normal")):
+        if where.any():
+            rgba = np.concatenate([np.where(where[:, :, None], np.clip(tint, 0.0, 1.0), 0.0),
+                                   np.where(where, effects, 0.0)[:, :, None]], axis=2).astype(np.float32)
+            layers.append(Layer(rgba, name=f"{name} {suffix}", metadata={"effects_of": name}, blend_mode=blend))
+    return layers

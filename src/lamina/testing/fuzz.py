@@ -401,18 +401,19 @@ def _amplification(root: Path, level: str) -> list[Case]:
     idat = b"".join(compressor.compress(chunk) for _ in range(64)) + compressor.flush()
     path.write_bytes(png_bytes(16, 16, idat=idat))
     cases.append(Case("amplification/png_long_idat", str(path), "any"))
-    # a PSD of several large layers
-    from lamina import Layer, LayeredImage
-    from lamina.io import save
+    # a PSD of several large layers, written with psd-tools directly (no float copies of them here)
+    from psd_tools import PSDImage
 
-    psd_side, count = side, 6
-    zeros = np.zeros((psd_side, psd_side, 4), np.uint8)
-    image = LayeredImage(Layer(np.zeros((psd_side, psd_side, 3), np.uint8), "background"),
-                         [Layer(zeros, f"l{i}") for i in range(count - 1)])
+    psd = PSDImage.new("RGBA", (side, side))
+    zeros = np.zeros((side, side, 4), np.uint8)
+    for i in range(6):
+        psd.create_pixel_layer_from_array(zeros, name=f"l{i}")
     del zeros
-    path = save(image, root / "amp_psd_layers.psd")
-    del image
-    cases.append(Case(f"amplification/psd_{count}x{psd_side}", str(path), "error", env=env))
+    path = root / "amp_psd_layers.psd"
+    psd._updated = False  # keep the blank merged preview: psd-tools' re-render would cost gigabytes here
+    psd.save(path)
+    del psd
+    cases.append(Case(f"amplification/psd_6x{side}", str(path), "error", env=env))
     return cases
 
 
@@ -658,7 +659,7 @@ def run_cases(
                     deadline = time.monotonic() + case_timeout
                     continue
                 done.add(message["op"])
-                records.append({"case": cases[pending[message["case"]]].name, **message,
+                records.append({**message, "case": cases[pending[message["case"]]].name,
                                 "case_index": pending[message["case"]]})
             finished = current + 1 if current is not None else len(pending)
             pending = pending[finished:]

@@ -1,0 +1,105 @@
+"""Issue 21: the ghost metric, the local-feature perceptual error, the harmonic fill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lamina.errors import LaminaError, LayerError
+from lamina.layeringdiff.classical import ClassicalConfig, harmonic_fill, inpaint_background
+from lamina.metrics.background import LocalFeatureDistance, ghost_opacity
+
+
+def _scene(size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """A textured background and an opaque red disc layer ``[H, W, 4]``."""
+    rng = np.random.default_rng(0)
+    background = np.clip(0.4 + 0.1 * rng.standard_normal((size, size, 3)), 0, 1).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    layer = np.zeros((size, size, 4), np.float32)
+    layer[..., 0] = 1.0
+    layer[..., 3] = (np.hypot(yy - size / 2, xx - size / 2) < size / 5).astype(np.float32)
+    return background, layer
+
+
+@pytest.mark.parametrize("opacity", [0.0, 0.3, 1.0])
+def test_ghost_opacity_measures_the_object_left_in_the_background(opacity: float) -> None:
+    background, layer = _scene()
+    a = layer[..., 3:] * opacity
+    predicted = a * layer[..., :3] + (1 - a) * background  # a ghost of the object at `opacity`
+    ghost = ghost_opacity(predicted, background, layer)
+    assert ghost == pytest.approx(opacity * (layer[..., 3] > 0).sum() / _counted(background, layer), abs=0.06)
+
+
+def _counted(background: np.ndarray, layer: np.ndarray) -> int:
+    from scipy import ndimage
+
+    footprint = ndimage.binary_dilation(layer[..., 3] > 0.01, iterations=2)
+    return int(footprint.sum())
+
+
+def test_ghost_opacity_ignores_errors_unrelated_to_the_object() -> None:
+    background, layer = _scene()
+    rng = np.random.default_rng(1)
+    noisy = np.clip(background + 0.1 * rng.standard_normal(background.shape), 0, 1)
+    assert abs(ghost_opacity(noisy, background, layer)) < 0.02
+    assert ghost_opacity(background, background, np.zeros_like(layer)) != ghost_opacity(background, background, layer)
+    with pytest.raises(LayerError):
+        ghost_opacity(background, background, layer[..., :3])
+
+
+def test_local_feature_distance() -> None:
+    background, layer = _scene()
+    metric = LocalFeatureDistance()
+    mask = layer[..., 3] > 0
+    assert metric(background, background, mask) == pytest.approx(0.0, abs=1e-6)
+    smooth = np.full_like(background, background.mean())
+    assert metric(smooth, background, mask) > 0.1  # a smear of a texture is far from it
+    assert np.isnan(metric(smooth, background, np.zeros_like(mask)))
+    with pytest.raises(LayerError):
+        metric(background, background, mask[:10])
+
+
+def test_harmonic_fill_reproduces_a_linear_ramp_and_keeps_known_pixels() -> None:
+    size = 32
+    ramp = np.repeat(np.linspace(0.1, 0.9, size, dtype=np.float32)[None, :, None], size, axis=0)
+    image = np.repeat(ramp, 3, axis=2)
+    hole = np.zeros((size, size), bool)
+    hole[8:24, 6:20] = True
+    damaged = np.where(hole[..., None], 0.0, image).astype(np.float32)
+    out = harmonic_fill(damaged, hole)
+    np.testing.assert_allclose(out, image, atol=1e-5)  # linear functions are harmonic
+    assert np.array_equal(out[~hole], damaged[~hole])
+    via = inpaint_background(damaged, hole, "harmonic")
+    np.testing.assert_allclose(via, image, atol=1e-4)
+
+
+def test_inpaint_methods_are_checked() -> None:
+    assert ClassicalConfig().inpaint == "harmonic"
+    with pytest.raises(LaminaError, match="unknown inpainting method"):
+        inpaint_background(np.zeros((8, 8, 3), np.float32), np.eye(8, dtype=bool), "lama")
+
+
+def test_shadow_model_relights_the_texture_under_a_shadow() -> None:
+    from lamina.layeringdiff.classical import ClassicalDecomposer
+
+    size = 64
+    rng = np.random.default_rng(3)
+    background = np.clip(0.6 + 0.15 * rng.standard_normal((size, size, 3)), 0, 1).astype(np.float32)
+    alpha = np.zeros((size, size), np.float32)
+    alpha[10:30, 20:40] = 1.0
+    shadow = np.zeros_like(alpha)
+    shadow[30:44, 18:42] = 0.5  # a black shadow under the object, touching it
+    image = (1 - shadow[..., None]) * background
+    image = np.where(alpha[..., None] > 0, np.float32(0.1), image).astype(np.float32)
+    region = np.zeros((size, size), bool)
+    region[30:50, 10:50] = True
+    part = ClassicalDecomposer().decompose(image, alpha, region)
+    inner = (slice(32, 42), slice(22, 38))  # away from the shadow's edge (the model smooths over a few px)
+    assert part.effects_alpha[inner].mean() == pytest.approx(0.5, abs=0.1)
+    err_new = np.abs(part.background[inner] - background[inner]).mean()
+    assert err_new < 0.06
+    old = ClassicalDecomposer(ClassicalConfig(effects_model="difference")).decompose(image, alpha, region)
+    assert err_new < np.abs(old.background[inner] - background[inner]).mean()  # the texture is kept, not filled
+    np.testing.assert_allclose(part.composite(), image, atol=1e-4)  # still exact
+    with pytest.raises(LaminaError, match="effects model"):
+        ClassicalConfig(effects_model="magic")
