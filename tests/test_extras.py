@@ -19,7 +19,7 @@ import sys
 for name in ("transformers", "accelerate", "torchmetrics"):
     sys.modules[name] = None  # `import name` now raises ImportError, as when it is not installed
 
-import lamina, lamina.io, lamina.training, lamina.metrics, lamina.furrygan, lamina.layeringdiff
+import lamina, lamina.io, lamina.training, lamina.metrics, lamina.furrygan, lamina.layeringdiff, lamina.bfs
 from lamina.errors import MissingDependencyError
 from lamina.cli import main  # every command group loads
 
@@ -40,6 +40,13 @@ from lamina.metrics.fid import fid_kid_from_features
 print(error(lambda: training_loop(get_preset("tiny-32"), TensorDataset(torch.rand(2, 3, 32, 32)), "unused")))
 print(error(lambda: Grounder()._load("segmenter")))
 print(error(lambda: fid_kid_from_features(torch.rand(4, 8), torch.rand(4, 8))))
+from lamina.bfs.train import load_model
+
+print(error(lambda: load_model("builtin")))
+main(["demo", "--out", "demo", "--n", "1", "--size", "32"], standalone_mode=False)  # BFS rows skipped
+import os
+
+print(sorted(name for name in os.listdir("demo") if name.startswith("bfs")))
 """
 
 
@@ -48,11 +55,14 @@ def test_base_install_without_extras(tmp_path) -> None:
                          cwd=tmp_path, env={"PYTHONPATH": SRC, "LAMINA_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
                                             "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.splitlines() == [
+    assert [line for line in out.stdout.splitlines() if not line.startswith("wrote ")] == [
         "accelerate is not installed: this needs pip install 'lamina[train]'",
         "transformers is not installed: this needs pip install 'lamina[prompt]'",
         "torchmetrics.image.fid is not installed: this needs pip install 'lamina[eval]'",
+        "transformers is not installed: this needs pip install 'lamina[prompt]'",
+        "[]",
     ]
+    assert "BFS rows skipped" in out.stderr
     assert not (tmp_path / "unused").exists()  # refused before the run folder is made
 
 

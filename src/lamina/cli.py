@@ -136,7 +136,8 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
     outputs = [out_dir / f"{stem}{suffix}" for stem in stems for suffix in (".psd", ".ora", "")]
     outputs += [out_dir / f"decomposed_{i:02d}.psd" for i in range(count)]
     outputs += [out_dir / f"furrygan_{i:02d}.psd" for i in range(count)]
-    outputs += [out_dir / f"bfs_{i:02d}.psd" for i in range(count)] + [out_dir / "contact_sheet.png"]
+    with_bfs = importlib.util.find_spec("transformers") is not None  # BFS's text encoders: lamina[prompt]
+    outputs += [out_dir / f"bfs_{i:02d}.psd" for i in range(count) if with_bfs] + [out_dir / "contact_sheet.png"]
     for path in outputs:  # refuse before any work, so a refused run writes nothing
         check_writable(path, overwrite)
 
@@ -147,9 +148,13 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
     decomposed = [decompose_image(scene.composite, box=scene.box, decomposer=decomposer)
                   for scene in progress(scenes, desc="LayeringDiff decomposition")]
     samples = furrygan_generate(load_furrygan(), count, truncation_psi=0.7, seed=seed)
-    from .bfs.synthesize import demo_scenes
+    placed = []
+    if with_bfs:
+        from .bfs.synthesize import demo_scenes
 
-    placed = demo_scenes(count, size, seed, progress=lambda items: progress(items, desc="BFS layers"))
+        placed = demo_scenes(count, size, seed, progress=lambda items: progress(items, desc="BFS layers"))
+    else:
+        click.echo("BFS rows skipped: its text encoders need transformers (pip install 'lamina[prompt]')", err=True)
 
     rows = []
     for i in range(count):
@@ -157,11 +162,13 @@ def demo(out_dir: Path, count: int, size: int, seed: int, overwrite: bool) -> No
             save(truth[i], path, overwrite=overwrite)
         save(decomposed[i], out_dir / f"decomposed_{i:02d}.psd", overwrite=overwrite)
         save(samples[i], out_dir / f"furrygan_{i:02d}.psd", overwrite=overwrite)
-        save(placed[i], out_dir / f"bfs_{i:02d}.psd", overwrite=overwrite)
+        if placed:
+            save(placed[i], out_dir / f"bfs_{i:02d}.psd", overwrite=overwrite)
         rows += [truth[i], decomposed[i]]
     save_contact_sheet(rows + samples + placed, out_dir / "contact_sheet.png", overwrite=overwrite)
     click.echo(f"wrote {len(outputs)} outputs to {out_dir}: scene_* (PSD, ORA, PNG stack; exact ground truth), "
-               f"decomposed_*.psd (LayeringDiff), furrygan_*.psd (FurryGAN), bfs_*.psd (BFS), contact_sheet.png")
+               f"decomposed_*.psd (LayeringDiff), furrygan_*.psd (FurryGAN), "
+               f"{'bfs_*.psd (BFS), ' if placed else ''}contact_sheet.png")
 
 
 @main.command()

@@ -3,7 +3,7 @@
 The base install (``pip install lamina``) reads, writes, views and converts layered files and
 runs ``decompose --box``. The extras add the rest:
 
-* ``lamina[prompt]``: transformers models (Grounding DINO, SAM, ViTMatte, text encoders);
+* ``lamina[prompt]``: transformers models (Grounding DINO, SAM, ViTMatte, text encoders, BFS's CLIP / T5);
 * ``lamina[train]``: accelerate, for every ``train`` command;
 * ``lamina[eval]``: torchmetrics, for FID / KID.
 """

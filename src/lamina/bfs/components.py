@@ -297,8 +297,10 @@ def build_components(config: BFSComponentsConfig | str = "tiny", seed: int = 0) 
     ``trans_vae`` is ``vae`` widened to RGBA (:func:`~lamina.bfs.transparency.widen_vae`), so that
     before training it encodes a layer as ``vae`` encodes its colour.
     """
+    from ..extras import require
     from .transparency import widen_vae
 
+    require("transformers", "prompt")  # the CLIP / T5 text encoders
     if isinstance(config, str):
         config = get_preset(config)
     if config.source is not None:

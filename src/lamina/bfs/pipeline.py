@@ -434,7 +434,10 @@ class BFSPipeline(DiffusionPipeline):
         """
         from diffusers import AutoencoderKL, FluxFillPipeline
 
+        from ..extras import require
         from ..hub import from_pretrained
+
+        require("transformers", "prompt")  # the CLIP / T5 text encoders
         from .transparency import widen_vae
 
         kwargs.pop("local_files_only", None)  # lamina.hub decides: folders and the cache first
@@ -607,7 +610,10 @@ def load_pipeline(model: str | Path, **kwargs: Any) -> BFSPipeline:
     """
     import json
 
+    from ..extras import require
     from ..hub import from_pretrained, hub_errors, hub_unreachable, is_local, load_error
+
+    require("transformers", "prompt")  # the CLIP / T5 text encoders
 
     path = Path(model).expanduser()
     if path.is_dir():
