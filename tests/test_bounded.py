@@ -115,12 +115,15 @@ def test_read_photo_keeps_8_bit_files_in_uint8(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_12_mpx_photo_decomposes_within_1_5_gb(tmp_path):
-    """``lamina decompose`` (built-in model, PSD + sheet) on a 4000 x 3000 photo: peak RSS of the process <= 1.5 GB."""
-    image, box = scene(3000, 4000)
-    noise = np.random.default_rng(0).integers(-12, 13, image.shape)
-    Image.fromarray(np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)).save(tmp_path / "photo.jpg",
-                                                                                      quality=92)
+@pytest.mark.parametrize("height, width", [(3000, 4000), (5477, 7303)])
+def test_a_12_and_a_40_mpx_photo_decompose_within_1_5_gb(tmp_path, height, width):
+    """``lamina decompose`` (built-in model, PSD + sheet) on a 4000 x 3000 and a 7303 x 5477 photo: peak RSS of the
+    process <= 1.5 GB."""
+    image, box = scene(height, width)
+    noise = np.random.default_rng(0).integers(-12, 13, image.shape, dtype=np.int16)
+    noise += image
+    Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).save(tmp_path / "photo.jpg", quality=92)
+    del image, noise
     command = [sys.executable, "-m", "lamina", "decompose", str(tmp_path / "photo.jpg"), "--box",
                ",".join(map(str, box)), "--out", str(tmp_path / "out.psd"), "--threads", "1"]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), LAMINA_PROGRESS="0")

@@ -2,9 +2,12 @@
 
 A :class:`LayeredImage` is a canvas of ``width x height`` pixels holding a background
 :class:`Layer` and an ordered list of foreground layers, **back to front** (``layers[0]``
-sits directly on the background, ``layers[-1]`` is the top). Each layer stores straight
-(non-premultiplied) RGBA as ``float32`` in ``[0, 1]``, channel-last ``[h, w, 4]``, placed
-on the canvas at an integer ``offset`` ``(left, top)`` and drawn with an ``opacity``.
+sits directly on the background, ``layers[-1]`` is the top). Each layer holds straight
+(non-premultiplied) RGBA in ``[0, 1]``, read as ``float32`` channel-last ``[h, w, 4]``
+(:attr:`Layer.pixels`), placed on the canvas at an integer ``offset`` ``(left, top)`` and
+drawn with an ``opacity``. Layers made from ``uint8`` / ``uint16`` pixels keep those integers
+(4 or 8 bytes a pixel instead of 16) until their float pixels are asked for; compositing and
+the writers read them in bands (:class:`Layer`, "compact storage").
 
 Conventions shared by the whole library:
 
@@ -18,7 +21,7 @@ Conventions shared by the whole library:
   Compositing and Blending, separable modes), stored by every file format.
 * :attr:`LayeredImage.bit_depth` (8 or 16) is the precision of the source and the depth
   the writers use by default: a 16-bit PNG/TIFF/PSD reads back as 16 and is written as
-  16-bit PSD/PNG again. Pixels are float32 in memory, which holds 16-bit values exactly.
+  16-bit PSD/PNG again. Float pixels are float32, which holds 16-bit values exactly.
 * Every image input (:func:`as_float_image`) may be a PIL image, a NumPy ``[H, W, C]``
   array (uint8, uint16, bool or float in ``[0, 1]``) or a torch ``[C, H, W]`` /
   ``[1, C, H, W]`` float tensor in ``[0, 1]``.

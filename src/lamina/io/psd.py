@@ -33,7 +33,7 @@ from psd_tools.constants import BlendMode, Compression, Resource
 from psd_tools.psd.image_resources import ImageResource
 
 from ..errors import InputFileError, LaminaError
-from ..layers import QUANTISE_CHUNK, Layer, LayeredImage, as_float_image, integer_scale
+from ..layers import QUANTISE_CHUNK, Layer, LayeredImage, as_float_image, integer_scale, pil_to_array
 from .atomic import atomic_output
 from .budget import Budget
 from .common import MAX_JSON_BYTES, assemble, dump_json, image_record, layer_metadata, load_json, stored_layer
@@ -173,10 +173,16 @@ def _xmp_record(psd: PSDImage, label: str) -> dict[str, Any]:
     return load_json((node.text or "").encode("utf-8"), f"{label} (XMP lamina:record)") if node is not None else {}
 
 
+def _enabled_mask(psd_layer: Any) -> Any:
+    """The layer's pixel mask, or ``None`` when it has none or it is disabled."""
+    mask = psd_layer.mask if psd_layer.has_mask() else None
+    return None if mask is None or mask.disabled else mask
+
+
 def _apply_mask(psd_layer: Any, pixels: np.ndarray, left: int, top: int) -> None:
     """Multiply alpha by the layer's pixel mask (where RGB/CMYK documents keep layer transparency)."""
-    mask = psd_layer.mask if psd_layer.has_mask() else None
-    if mask is None or mask.disabled:
+    mask = _enabled_mask(psd_layer)
+    if mask is None:
         return
     canvas = Image.new("L", (pixels.shape[1], pixels.shape[0]), mask.background_color)
     image = mask.topil()
@@ -213,8 +219,10 @@ def _layer(psd_layer: Any, metadata: dict[str, Any], label: str, depth: int) -> 
                 pil = psd_layer.topil()
                 if pil is None or pil.width * pil.height == 0:
                     return None
-                pixels = pil_to_float(pil, alpha=True, what=what)
-            _apply_mask(psd_layer, pixels, left, top)
+                pixels = pil_to_array(pil, (4,))  # uint8: a compact layer (4 bytes a pixel)
+            if _enabled_mask(psd_layer) is not None:  # the mask multiplies alpha in float
+                pixels = as_float_image(pixels, what, channels=(4,))
+                _apply_mask(psd_layer, pixels, left, top)
         else:
             pil, (left, top) = psd_layer.composite(layer_filter=lambda _: True), psd_layer.bbox[:2]
             if pil is None or pil.width * pil.height == 0:
