@@ -502,8 +502,8 @@ def test_psd_merged_image_matches_psd_tools_encoder(bit_depth):
 
 
 @pytest.mark.parametrize("bit_depth", [8, 16])
-def test_psd_of_compact_layers_is_byte_identical_to_the_float_layers(tmp_path, bit_depth):
-    """Compact (uint8 / uint16) layers are encoded from their integers a plane at a time: the same file."""
+def test_files_of_compact_layers_are_byte_identical_to_the_float_layers(tmp_path, bit_depth):
+    """Compact (uint8 / uint16) layers are encoded from their integers (PSD: a plane at a time): the same files."""
     rng = np.random.default_rng(5)
     bg = rng.integers(0, 256, (300, 21, 3), dtype=np.uint8)  # > MERGED_BAND_ROWS rows
     fg = rng.integers(0, 65536, (9, 7, 4), dtype=np.uint16)
@@ -513,8 +513,15 @@ def test_psd_of_compact_layers_is_byte_identical_to_the_float_layers(tmp_path, b
     assert compact.background.is_compact and compact.layers[0].is_compact
     save(compact, tmp_path / "a.psd", bit_depth=bit_depth)
     save(floats, tmp_path / "b.psd", bit_depth=bit_depth)
+    for suffix in (".ora", ""):  # OpenRaster and PNG stack too
+        save(compact, tmp_path / f"a{suffix}", bit_depth=bit_depth)
+        save(floats, tmp_path / f"b{suffix}", bit_depth=bit_depth)
     assert compact.background.is_compact and compact.layers[0].is_compact  # writing did not convert them
     assert (tmp_path / "a.psd").read_bytes() == (tmp_path / "b.psd").read_bytes()
+    assert (tmp_path / "a.ora").read_bytes() == (tmp_path / "b.ora").read_bytes()
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     back = load(tmp_path / "a.psd")
     np.testing.assert_array_equal(back.background.quantised(bit_depth), compact.background.quantised(bit_depth))
     merged = np.asarray(PSDImage.open(tmp_path / "a.psd").topil().convert("RGBA")) if bit_depth == 8 else None
