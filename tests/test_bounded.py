@@ -134,11 +134,13 @@ def test_a_12_and_a_40_mpx_photo_decompose_within_1_5_gb(tmp_path, height, width
     assert (tmp_path / "out.psd").stat().st_size > 0
 
 
-def test_bounded_path_stores_compact_layers_that_still_recompose_the_photo():
+@pytest.mark.parametrize("max_side", [128, 380])  # 380: the 300 px window runs at full resolution (no upsampling)
+def test_bounded_path_stores_compact_layers_that_still_recompose_the_photo(max_side):
     """The background stays uint8 (4 bytes a pixel), the object's layer uint16 (8), and the composite is the photo
     to within the uint16 rounding of the re-solved colour (t / 131070), i.e. at the PSNR cap."""
     image, box = scene()
-    layered = decompose_image(image, box=box, method="classical", bounded=BoundedConfig(max_side=128, band_rows=37))
+    layered = decompose_image(image, box=box, method="classical",
+                              bounded=BoundedConfig(max_side=max_side, band_rows=37))
     background, layer = layered.background, layered.layers[0]
     assert background.is_compact and background.stored.dtype == np.uint8
     assert layer.is_compact and layer.stored.dtype == np.uint16

@@ -427,10 +427,11 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
         r0, r1 = b0 - y0, b1 - y0
         target = canvas[:3, rows.start + b0:rows.start + b1, cols.start + x0:cols.start + x1]
         shown = target if scale is None else as_unit(target)
-        if exact:  # the window ran at full resolution: its layers are final
+        if exact:  # the window ran at full resolution: its layers are final (but for the rounding of t)
             band = stacked[:, b0:b1, x0:x1]
             if scale is not None:
                 _round_alpha(band[0])
+                project_band(shown, band[0], band[1:4], band[4:7])
         else:  # upsampled, then projected onto the full-resolution image
             band = _upsample(stacked, full, (b0, b1), (x0, x1), buffer[:, :b1 - b0])
             np.clip(band, 0.0, 1.0, out=band)
