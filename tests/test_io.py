@@ -545,7 +545,7 @@ def test_sampled_image_is_exactly_those_pixels_and_big_sheets_use_it():
         for key in (None, "a", "b", "c"):
             np.testing.assert_array_equal(small.canvas(key), image.canvas(key)[phase::step, phase::step])
     assert image.background.is_compact and sampled(image, 3).background.is_compact  # views, no copies
-    # A canvas beyond 4 x the tile is sampled first: a 2100 px canvas, tile 128 -> every 4th pixel.
+    # A canvas of at least 8 x the tile is sampled first: a 2100 px canvas, tile 128 -> every 2100 // 512 = 4th pixel.
     wide = LayeredImage(np.full((40, 2100, 3), 200, np.uint8),
                         [Layer(np.ones((10, 500, 4), np.float32), "white", offset=(1000, 15))])
     labels = [label for label, _ in _thumbnails(wide, 128)]

@@ -64,10 +64,10 @@ def _fit_label(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.
 def _thumbnails(image: LayeredImage, limit: int) -> list[tuple[str, np.ndarray]]:
     """Each layer on its canvas, then the composite, fitted into ``limit`` (never enlarged): labelled ``uint8`` RGBA.
 
-    A canvas more than four times the thumbnail is first sampled every ``step`` pixels
-    (:func:`sampled`, no copy), down to 4-8 times the thumbnail, which Pillow then averages; so
-    a large image costs a few MB and touches a few percent of its pixels, and a small one (up to
-    ``4 * limit`` px) is shown exactly as before.
+    A canvas whose longer side is at least ``8 * limit`` is first sampled every
+    ``side // (4 * limit)`` pixels (:func:`sampled`, no copy), down to 4-8 times the thumbnail,
+    which Pillow then averages; so a large image costs a few MB and touches a few percent of its
+    pixels, and a smaller one is shown exactly as before.
     """
     scale = min(1.0, limit / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
