@@ -107,6 +107,14 @@ def test_read_photo_keeps_8_bit_files_in_uint8(tmp_path):
         photo = read_photo(tmp_path / name)
         assert photo.dtype == np.uint8 and photo.shape == (20, 30, 3)
         np.testing.assert_array_equal(photo, image)
+    # 16-bit colour stays uint16 (exact), and the bounded path keeps it that way: a compact uint16 background.
+    import cv2
+
+    deep = (image.astype(np.uint16) * 257 + np.arange(30, dtype=np.uint16)[None, :, None]).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep[:, :, ::-1])
+    photo = read_photo(tmp_path / "deep.png")
+    assert photo.dtype == np.uint16
+    np.testing.assert_array_equal(photo, deep)
     from lamina.errors import InputFileError
 
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
@@ -143,6 +151,10 @@ def test_bounded_path_stores_compact_layers_that_still_recompose_the_photo(max_s
                               bounded=BoundedConfig(max_side=max_side, band_rows=37))
     background, layer = layered.background, layered.layers[0]
     assert background.is_compact and background.stored.dtype == np.uint8
+    deep = decompose_image(image.astype(np.uint16) * 257, box=box, method="classical",
+                           bounded=BoundedConfig(max_side=max_side, band_rows=37))  # 16 bits: uint16 planes
+    assert deep.background.stored.dtype == np.uint16 and deep.layers[0].stored.dtype == np.uint16
+    assert deep.metadata["recomposition_psnr"] == 100.0
     assert layer.is_compact and layer.stored.dtype == np.uint16
     assert layered.metadata["recomposition_psnr"] == 100.0
     error = np.abs(layered.composite()[:, :, :3].astype(np.float64) - image / 255.0)

@@ -95,14 +95,14 @@ ORIENTATION_TAG = 0x0112
 def read_photo(path: str | Path) -> np.ndarray:
     """A photo for decomposition: ``uint8`` ``[H, W, 3]`` for 8-bit files (a quarter of ``float32``).
 
-    16-bit files keep their precision (:func:`lamina.io.read_rgb`'s ``float32``); any alpha is
-    dropped (not composited), the EXIF orientation applied, as by ``read_rgb``. The size limits
-    and errors are ``read_rgb``'s: a file it would refuse is refused with its message.
+    16-bit files keep their precision as ``uint16`` (half of ``float32``; a float TIFF as
+    ``float32``); any alpha is dropped (not composited), the EXIF orientation applied, as by
+    :func:`lamina.io.read_rgb`, whose size limits and errors apply: a file it would refuse is
+    refused with its message.
     """
     from PIL import Image, ImageOps
 
-    from ..io import read_rgb
-    from ..io.images import image_size, is_deep_colour
+    from ..io.images import decode_image_depth, image_size, is_deep_colour
 
     image_size(path, str(path))  # pixel limit and decompression bombs, from the header
     try:
@@ -112,9 +112,9 @@ def read_photo(path: str | Path) -> np.ndarray:
                 if image.getexif().get(ORIENTATION_TAG, 1) != 1:
                     image = ImageOps.exif_transpose(image)
                 return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # no needless copies
-    except Exception:  # noqa: BLE001 -- anything unusual: read_rgb decodes it or says what is wrong
+    except Exception:  # noqa: BLE001 -- anything unusual: read_rgb's decoder reads it or says what is wrong
         pass
-    return read_rgb(path)
+    return decode_image_depth(path, str(path), alpha=False, raw=True)[0]
 
 
 def layer_from_planes(planes: np.ndarray, name: str, offset: tuple[int, int] = (0, 0),
