@@ -30,6 +30,25 @@ def test_flow_matching_golden():
     assert set(only) == {"loss", "loss_x"} and only["loss"].item() == pytest.approx(2.5)
 
 
+def test_partial_alpha_token_weights_golden():
+    # A 4x4 alpha, tokens of 2x2 px: token 0 holds 2 partial pixels (0.5, 0.3), token 1 none (0 and 1), token 2 all
+    # four (0.4), token 3 one (0.95 is above `high`, 0.01 below `low`, 0.5 partial).
+    alpha = torch.tensor([[0.5, 0.3, 0.0, 1.0],
+                          [1.0, 0.0, 1.0, 0.0],
+                          [0.4, 0.4, 0.95, 0.01],
+                          [0.4, 0.4, 0.5, 1.0]]).reshape(1, 1, 4, 4)
+    w = L.partial_alpha_token_weights(alpha, 2, 5.0)
+    assert w.shape == (1, 4, 1)
+    assert w.flatten().tolist() == pytest.approx([3.0, 1.0, 5.0, 2.0])  # 1 + 4 * (2/4, 0, 4/4, 1/4)
+    # Weighted row-y loss: errors 1 on token 0 and 0 elsewhere -> 3 * 1 / (3 + 1 + 5 + 2) with one channel.
+    out = L.flow_matching_loss(torch.zeros(1, 4, 1), torch.tensor([[[1.0], [0.0], [0.0], [0.0]]]),
+                               torch.zeros(1, 4, 1), torch.zeros(1, 4, 1), token_weight_y=w)
+    assert out["loss_y"].item() == pytest.approx(3.0 / 11.0)
+    same = L.flow_matching_loss(torch.zeros(1, 4, 2), torch.ones(1, 4, 2), torch.zeros(1, 4, 2), torch.zeros(1, 4, 2),
+                                token_weight_y=torch.ones(1, 4, 1))
+    assert same["loss_y"].item() == pytest.approx(1.0)  # unit weights: the plain mean
+
+
 def test_sigmas_and_kl_golden():
     assert torch.allclose(L.logit_normal_sigmas(3, 0.0, 0.0), torch.full((3,), 0.5))
     s = L.logit_normal_sigmas(1000, 0.0, 1.0, torch.Generator().manual_seed(0))

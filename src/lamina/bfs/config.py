@@ -64,6 +64,7 @@ class BFSTrainConfig:
     sigma_mean: float = 0.0
     sigma_std: float = 1.0
     foreground_weight: float = 1.0  # weight of the foreground row's loss
+    effects_token_weight: float = 1.0  # foreground-row tokens of partial alpha (shadows, soft edges) count up to this
     # Transparency VAE losses (stage vae).
     kl_weight: float = 1e-6
     alpha_weight: float = 1.0

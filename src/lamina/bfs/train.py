@@ -43,6 +43,7 @@ from .losses import (
     logit_normal_sigmas,
     noisy_latent,
     over_grey,
+    partial_alpha_token_weights,
     transparency_losses,
 )
 
@@ -160,8 +161,13 @@ def dual_branch_losses(parts: dict[str, Any], batch: dict[str, Any], generator: 
                             noisy_latent(y0, noise_y, sigma), condition, text.prompt_embeds, text.pooled,
                             text.text_ids, img_ids, sigma, guidance=guidance)
     if "foreground" in batch and config.stage == "layered":
+        token_weight = None
+        if config.effects_token_weight != 1.0:
+            token_size = batch["foreground"].shape[-1] // (lw // 2)  # pixels per packed token side
+            token_weight = partial_alpha_token_weights(batch["foreground"][:, 3:].to(device), token_size,
+                                                       config.effects_token_weight)
         return flow_matching_loss(pred.velocity_x, pred.velocity_y, flow_target(x0, noise_x),
-                                  flow_target(y0, noise_y), config.foreground_weight)
+                                  flow_target(y0, noise_y), config.foreground_weight, token_weight)
     return composite_only_loss(pred.velocity_x, flow_target(x0, noise_x))
 
 
@@ -245,6 +251,26 @@ def _trainable(config: BFSTrainConfig, parts: dict[str, Any]) -> torch.nn.Module
     return modules
 
 
+class StageLoss(torch.nn.Module):
+    """The trained modules and their stage's loss as one module, so that ``accelerator.prepare`` (DDP under
+    ``accelerate launch``) wraps the whole forward pass and averages the gradients across processes.
+
+    ``trainable``: the modules the stage trains (its only registered submodule); ``parts``: every component
+    (a plain dict, so frozen components are not this module's parameters). ``forward(batch, generator)``
+    returns the stage's named losses (``"loss"`` the total)."""
+
+    def __init__(self, config: BFSTrainConfig, parts: dict[str, Any], trainable: torch.nn.ModuleDict,
+                 guidance: float | None) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.config, self.parts, self.guidance = config, parts, guidance
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.config.stage == "vae":
+            return vae_losses(self.trainable["vae"], self.trainable["trans_vae"], batch, generator, self.config)
+        return dual_branch_losses(self.parts, batch, generator, self.config, self.guidance)
+
+
 # ------------------------------------------------------------------------------------ run folder
 def _with_ema(parts: dict[str, Any], ema_modules: torch.nn.ModuleDict) -> dict[str, Any]:
     """``parts`` with the trained modules replaced by their EMA copies."""
@@ -307,9 +333,12 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
         stop_after_s: stop (after saving) once this many seconds have passed in this call.
         parts: the starting components and pipeline options (default: :func:`load_parts`).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+    # Stage composite leaves the foreground row's own adapter weights without gradients.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.stage == "composite")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+                              kwargs_handlers=[ddp])
     main = accelerator.is_main_process
     run = RunDir(run_dir, is_main=main, echo=echo)
     run.open(config.to_dict(), may_change=RESUMABLE_CHANGES,
@@ -334,18 +363,18 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
     for module in parts.values():
         if isinstance(module, torch.nn.Module):
             module.to(accelerator.device)
-    modules, optimizer = accelerator.prepare(modules, optimizer)
     ema.model.to(accelerator.device)
     world, rank = accelerator.num_processes, accelerator.process_index
     guided = config.stage != "vae" and bool(parts["transformer"].config.guidance_embeds)
     guidance = options["guidance_scale"] if guided else None
     text_parts = parts | {"_max_sequence_length": options["max_sequence_length"]}
+    loss_module, optimizer = accelerator.prepare(StageLoss(config, text_parts, modules, guidance), optimizer)
 
     def export() -> None:
         run.export(lambda folder: write_export(config, parts, options, ema.model, folder), step)
 
     def save() -> None:
-        run.save_state({"step": step, "modules": accelerator.unwrap_model(modules).state_dict(),
+        run.save_state({"step": step, "modules": modules.state_dict(),
                         "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
                         "config": config.to_dict()})
         export()
@@ -363,11 +392,7 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
         for group in optimizer.param_groups:  # linear warm-up
             group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
         with accelerator.autocast():
-            if config.stage == "vae":
-                inner = accelerator.unwrap_model(modules)
-                losses = vae_losses(inner["vae"], inner["trans_vae"], batch, generator, config)
-            else:
-                losses = dual_branch_losses(text_parts, batch, generator, config, guidance)
+            losses = loss_module(batch, generator)
         values = {k: float(v.detach()) for k, v in losses.items()}
         run.check_losses(step + 1, values, config.max_loss)
         optimizer.zero_grad(set_to_none=True)
@@ -377,7 +402,7 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
         optimizer.step()
         step += 1
         n = config.batch_size
-        ema.update(accelerator.unwrap_model(modules), step * n * world, n * world)
+        ema.update(modules, step * n * world, n * world)
 
         if step % config.log_every == 0:
             now = time.time()
