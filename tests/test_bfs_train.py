@@ -253,7 +253,7 @@ def test_synthesize_cli_two_layers(tiny_model, tmp_path):
     out = tmp_path / "scene.psd"
     result = _cli("synthesize", str(tmp_path / "bg.png"), "--box", "4,4,24,30", "--prompt", "a red star with a shadow",
                   "--box", "20,10,44,36", "--prompt", "a blue heart", "--out", str(out), "--model", tiny_model,
-                  "--steps", "1", "--threads", "1")
+                  "--steps", "1", "--guidance", "2.5", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert out.is_file() and (tmp_path / "scene.sheet.png").is_file()
     layered = load(out)
@@ -262,6 +262,20 @@ def test_synthesize_cli_two_layers(tiny_model, tmp_path):
     alpha = np.max([layer.alpha for layer in layered.layers], axis=0)
     composite = (layered.composite()[:, :, :3] * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(composite[alpha == 0], background[alpha == 0])  # B bit-exact where alpha = 0
+
+
+def test_synthesize_layers_sampler_options(tiny_model):
+    from lamina.bfs.synthesize import synthesize_layers
+    from lamina.bfs.train import load_model
+
+    pipe = load_model(tiny_model)
+    background = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
+    plain = synthesize_layers(pipe, background, [(2, 2, 20, 20)], ["a red star"], num_inference_steps=1)
+    guided = synthesize_layers(pipe, background, [(2, 2, 20, 20)], ["a red star"], num_inference_steps=1,
+                               guidance_scale=2.5)
+    assert plain.layers[0].metadata["guidance_scale"] == pipe.config.guidance_scale
+    assert guided.layers[0].metadata["guidance_scale"] == 2.5
+    assert not np.array_equal(plain.layers[0].pixels, guided.layers[0].pixels)  # true CFG changed the sample
 
 
 def test_synthesize_cli_errors_before_loading(tmp_path):
