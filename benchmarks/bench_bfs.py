@@ -120,7 +120,7 @@ def main() -> None:
     import torch
 
     from lamina.bfs.data import _photo_backgrounds
-    from lamina.bfs.evaluate import bfs_method, held_out_cases, object_only
+    from lamina.bfs.evaluate import HELD_OUT_SEED, bfs_method, held_out_cases, object_only
     from lamina.bfs.train import load_model
     from lamina.layeringdiff import make_decomposer
 
@@ -133,6 +133,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None,
                         help="BFS guidance scale (true CFG for the built-in; default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cases-seed", type=int, default=None,
+                        help="first scene seed (default: the held-out test seeds, 9e8; choose settings on others)")
     parser.add_argument("--methods", default="bfs,bfs-cutout,paste,gen+decompose")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -142,16 +144,18 @@ def main() -> None:
     resolution = int(pipe.config.resolution)
     decomposer = make_decomposer("layeringdiff", seed=args.seed) if "gen+decompose" in args.methods else None
     photos = _photo_backgrounds()
-    sets = [("single", held_out_cases(args.single, resolution, "single")),
-            ("multi", held_out_cases(args.multi, resolution, "multi"))]
+    first = HELD_OUT_SEED if args.cases_seed is None else args.cases_seed
+    sets = [("single", held_out_cases(args.single, resolution, "single", seed=first)),
+            ("multi", held_out_cases(args.multi, resolution, "multi", seed=first))]
     if photos and args.photo:
-        sets.append(("photo", held_out_cases(args.photo, resolution, "single", photos=photos)))
+        sets.append(("photo", held_out_cases(args.photo, resolution, "single", seed=first, photos=photos)))
     elif args.photo:
         print("(scikit-image is not installed: no photo backgrounds)")
+    sets = [(name, cases) for name, cases in sets if cases]
 
     print(f"model {args.model} at {resolution} px, steps {args.steps or pipe.config.inference_steps}, "
           f"guidance {args.guidance if args.guidance is not None else pipe.config.guidance_scale}, "
-          f"seed {args.seed}; {', '.join(f'{n} {len(c)}' for n, c in sets)} case(s)\n")
+          f"seed {args.seed}, scenes from seed {first}; {', '.join(f'{n} {len(c)}' for n, c in sets)} case(s)\n")
     print("| cases | method | " + " | ".join(label for _, label in COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))
     for name, cases in sets:
