@@ -236,6 +236,25 @@ def test_stage_runs_resumes_and_exports(stage, tiny_model, tmp_path):
         assert layer.shape == (32, 32, 4) and 0.0 <= layer.min() and layer.max() <= 1.0
 
 
+def test_transparency_decoder_fine_tune_keeps_everything_else(tiny_model, tmp_path):
+    from lamina.bfs.pipeline import BFSPipeline
+    from lamina.bfs.train import training_loop
+
+    torch.set_num_threads(1)
+    config = resolve_config("test", stage="vae", init=tiny_model, vae_modules="trans_decoder", preview_every=10)
+    pipe = BFSPipeline.from_pretrained(training_loop(config, tmp_path / "run", echo=lambda _: None))
+    before = BFSPipeline.from_pretrained(tiny_model)
+    for name in ("vae", "transformer", "joint"):
+        assert all(torch.equal(v, before.components[name].state_dict()[k])
+                   for k, v in pipe.components[name].state_dict().items()), name
+    new, old = pipe.trans_vae.state_dict(), before.trans_vae.state_dict()
+    changed = {k.split(".")[0] for k in new if not torch.equal(new[k], old[k])}
+    assert changed == {"decoder", "post_quant_conv"} or changed == {"decoder"}
+    assert pipe.trans_vae.config.scaling_factor == before.trans_vae.config.scaling_factor  # latents unchanged
+    with pytest.raises(LaminaError, match="vae_modules"):
+        resolve_config("test", vae_modules="encoder")
+
+
 def _cli(*args):
     from click.testing import CliRunner
 

@@ -105,6 +105,23 @@ def vae_losses(vae: Any, trans_vae: Any, batch: dict[str, Any], generator: torch
             "composite": trans["composite"], "identity": ident, "kl": rgb_kl + trans_kl}
 
 
+def transparency_decoder_losses(trans_vae: Any, batch: dict[str, Any], generator: torch.Generator,
+                                config: BFSTrainConfig) -> dict[str, torch.Tensor]:
+    """Stage ``vae`` with ``vae_modules="trans_decoder"``: the transparency VAE's reconstruction losses with its
+    encoder frozen (its latent space is the one the transformer learned), on a random crop of the batch."""
+    size = batch["composite"].shape[-1]
+    crop = min(config.vae_crop, size)
+    y, x = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
+    layer = batch["foreground"][:, :, y:y + crop, x:x + crop]
+    backgrounds = torch.roll(batch["composite"][:, :, y:y + crop, x:x + crop], 1, 0)
+    with torch.no_grad():
+        latent = encode_rgba(trans_vae, layer).sample(generator)
+    decoded = trans_vae.decode(latent).sample * 0.5 + 0.5
+    trans = transparency_losses(decoded, layer, backgrounds, config.shadow_weight, config.alpha_weight,
+                                config.rgb_weight, config.composite_weight)
+    return {"loss": trans["loss"], "alpha": trans["alpha"], "rgb": trans["rgb"], "composite": trans["composite"]}
+
+
 @torch.no_grad()
 def set_latent_statistics(vae: Any, trans_vae: Any, config: BFSTrainConfig) -> None:
     """Set both VAEs' ``shift_factor`` (mean) and ``scaling_factor`` (1 / std) from held-out samples,
@@ -240,6 +257,13 @@ def _trainable(config: BFSTrainConfig, parts: dict[str, Any]) -> torch.nn.Module
     for module in parts.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False).eval()
+    if config.stage == "vae" and config.vae_modules == "trans_decoder":
+        trans_vae = parts["trans_vae"]
+        trans_vae.train()
+        for part in (trans_vae.decoder, trans_vae.post_quant_conv):
+            if part is not None:  # post_quant_conv is optional in AutoencoderKL
+                part.requires_grad_(True)
+        return torch.nn.ModuleDict({"trans_vae": trans_vae})
     if config.stage == "vae":
         names = ["vae", "trans_vae"]
     else:
@@ -266,6 +290,8 @@ class StageLoss(torch.nn.Module):
         self.config, self.parts, self.guidance = config, parts, guidance
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.config.stage == "vae" and self.config.vae_modules == "trans_decoder":
+            return transparency_decoder_losses(self.trainable["trans_vae"], batch, generator, self.config)
         if self.config.stage == "vae":
             return vae_losses(self.trainable["vae"], self.trainable["trans_vae"], batch, generator, self.config)
         return dual_branch_losses(self.parts, batch, generator, self.config, self.guidance)
@@ -282,7 +308,7 @@ def write_export(config: BFSTrainConfig, parts: dict[str, Any], options: dict[st
     """Fill ``folder`` with the EMA weights as a :class:`~lamina.bfs.pipeline.BFSPipeline` (``save_pretrained``)
     and the run's config; the stage ``vae`` export gets its latent statistics (:func:`set_latent_statistics`)."""
     exported = _with_ema(parts, ema_modules)
-    if config.stage == "vae":
+    if config.stage == "vae" and config.vae_modules == "both":  # a decoder fine-tune keeps the encoder's latents
         set_latent_statistics(exported["vae"], exported["trans_vae"], config)
     pipe = make_pipeline(exported, options)
     pipe.save_pretrained(folder)
