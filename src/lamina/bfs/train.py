@@ -76,15 +76,19 @@ def normalise(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     return (latent - shift) * vae.config.scaling_factor
 
 
+def _vae_crop(batch: dict[str, Any], side: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random ``side`` x ``side`` crop (at most the image) of the batch's ``composite`` and ``foreground``."""
+    size = batch["composite"].shape[-1]
+    crop = min(side, size)
+    y, x = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
+    return batch["composite"][:, :, y:y + crop, x:x + crop], batch["foreground"][:, :, y:y + crop, x:x + crop]
+
+
 def vae_losses(vae: Any, trans_vae: Any, batch: dict[str, Any], generator: torch.Generator,
                config: BFSTrainConfig) -> dict[str, torch.Tensor]:
     """Stage ``vae``: both VAEs on one random crop of the batch (straight RGBA ``foreground`` ``[N, 4, H, W]``,
     ``composite`` ``[N, 3, H, W]``, [0, 1])."""
-    size = batch["composite"].shape[-1]
-    crop = min(config.vae_crop, size)
-    y, x = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
-    comp = batch["composite"][:, :, y:y + crop, x:x + crop]
-    layer = batch["foreground"][:, :, y:y + crop, x:x + crop]
+    comp, layer = _vae_crop(batch, config.vae_crop, generator)
     backgrounds = torch.roll(comp, 1, 0)  # another sample's composite behind each layer
 
     post = encode_rgb(vae, comp)
@@ -109,11 +113,8 @@ def transparency_decoder_losses(trans_vae: Any, batch: dict[str, Any], generator
                                 config: BFSTrainConfig) -> dict[str, torch.Tensor]:
     """Stage ``vae`` with ``vae_modules="trans_decoder"``: the transparency VAE's reconstruction losses with its
     encoder frozen (its latent space is the one the transformer learned), on a random crop of the batch."""
-    size = batch["composite"].shape[-1]
-    crop = min(config.vae_crop, size)
-    y, x = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
-    layer = batch["foreground"][:, :, y:y + crop, x:x + crop]
-    backgrounds = torch.roll(batch["composite"][:, :, y:y + crop, x:x + crop], 1, 0)
+    comp, layer = _vae_crop(batch, config.vae_crop, generator)
+    backgrounds = torch.roll(comp, 1, 0)
     with torch.no_grad():
         latent = encode_rgba(trans_vae, layer).sample(generator)
     decoded = trans_vae.decode(latent).sample * 0.5 + 0.5
