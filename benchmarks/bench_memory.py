@@ -14,6 +14,10 @@ whose resident memory passes ``--cap-gb`` is stopped and reported as over the ca
 
     python benchmarks/bench_memory.py --base /tmp/mem-base [--sizes 1,4,12,40] [--modes box,auto]
         [--base-sizes 1,4,12,40] [--threads 1] [--cap-gb 6]
+
+``--command synthesize`` measures ``lamina synthesize`` (BFS, built-in model, PSD + contact sheet)
+on the same photos instead, with two objects placed back to front (:data:`SYNTH_OBJECTS`: boxes
+as fractions of the frame, and their captions); ``--modes`` is then ignored.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: The cup and saucer in the 600 x 400 original: x0, y0, x1, y1.
 COFFEE_BOX = (75, 15, 480, 390)
+#: ``lamina synthesize``'s two objects: (x0, y0, x1, y1) as fractions of the frame, and the caption.
+SYNTH_OBJECTS = (((0.10, 0.45, 0.40, 0.90), "a red star with a shadow"),
+                 ((0.55, 0.30, 0.90, 0.75), "a blue circle with a shadow"))
 
 
 def photo_size(mpx: float) -> tuple[int, int]:
@@ -56,10 +63,26 @@ def make_photo(folder: Path, mpx: float) -> tuple[Path, str]:
     return path, box
 
 
-def measure(src: Path, photo: Path, box: str | None, out: Path, threads: int | None, cap_bytes: int) -> dict:
-    """One ``lamina decompose`` process: peak RSS (MB), wall and CPU seconds, or ``over_cap``/``failed``."""
-    command = [sys.executable, "-m", "lamina", "decompose", str(photo), "--out", str(out), "--overwrite"]
-    command += ["--box", box] if box else []
+def synth_arguments(mpx: float) -> list[str]:
+    """``--box ... --prompt ...`` of :data:`SYNTH_OBJECTS` on the photo of ``mpx`` megapixels."""
+    width, height = photo_size(mpx)
+    out = []
+    for (x0, y0, x1, y1), caption in SYNTH_OBJECTS:
+        out += ["--box", f"{round(x0 * width)},{round(y0 * height)},{round(x1 * width)},{round(y1 * height)}",
+                "--prompt", caption]
+    return out
+
+
+def measure(src: Path, photo: Path, box: str | None, out: Path, threads: int | None, cap_bytes: int,
+            synth: list[str] | None = None) -> dict:
+    """One ``lamina decompose`` (or, with ``synth`` arguments, ``lamina synthesize``) process: peak RSS (MB),
+    wall and CPU seconds, or ``over_cap``/``failed``."""
+    if synth is not None:
+        command = [sys.executable, "-m", "lamina", "synthesize", str(photo), *synth, "--out", str(out),
+                   "--overwrite"]
+    else:
+        command = [sys.executable, "-m", "lamina", "decompose", str(photo), "--out", str(out), "--overwrite"]
+        command += ["--box", box] if box else []
     command += ["--threads", str(threads)] if threads else []
     env = dict(os.environ, PYTHONPATH=str(src), LAMINA_PROGRESS="0")
     start = time.perf_counter()
@@ -106,7 +129,10 @@ def cell(result: dict | None, cap_gb: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,4,12,40", help="megapixels of the test photos")
+    parser.add_argument("--command", choices=("decompose", "synthesize"), default="decompose")
     parser.add_argument("--modes", default="box,auto", help="box (--box of the cup and saucer) and/or auto (none)")
+    parser.add_argument("--after", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run this checkout (--no-after: only the --base column)")
     parser.add_argument("--base", type=Path, default=None, help="checkout of the code before (its src is used)")
     parser.add_argument("--base-sizes", default=None, help="sizes run with --base (default: --sizes)")
     parser.add_argument("--base-modes", default=None, help="modes run with --base (default: --modes)")
@@ -115,9 +141,10 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path(tempfile.gettempdir()) / "lamina-bench-memory")
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
-    modes = args.modes.split(",")
+    synthesize = args.command == "synthesize"
+    modes = ["2 objects"] if synthesize else args.modes.split(",")
     base_sizes = [float(s) for s in (args.base_sizes or args.sizes).split(",")]
-    base_modes = (args.base_modes or args.modes).split(",")
+    base_modes = modes if synthesize else (args.base_modes or args.modes).split(",")
     args.photos.mkdir(parents=True, exist_ok=True)
     cap = int(args.cap_gb * (1 << 30))
     rows = []
@@ -126,14 +153,18 @@ def main() -> None:
             photo, box = make_photo(args.photos, mpx)
             for mode in modes:
                 hint = box if mode == "box" else None
+                synth = synth_arguments(mpx) if synthesize else None
                 before = None
                 if args.base is not None and mpx in base_sizes and mode in base_modes:
-                    before = measure(args.base / "src", photo, hint, Path(tmp) / "before.psd", args.threads, cap)
-                after = measure(ROOT / "src", photo, hint, Path(tmp) / "after.psd", args.threads, cap)
+                    before = measure(args.base / "src", photo, hint, Path(tmp) / "before.psd", args.threads, cap,
+                                     synth)
+                after = None
+                if args.after:
+                    after = measure(ROOT / "src", photo, hint, Path(tmp) / "after.psd", args.threads, cap, synth)
                 rows.append((mpx, mode, before, after))
                 print(f"{mpx:g} Mpx {mode}: before {before}  after {after}", file=sys.stderr, flush=True)
     threads = args.threads or "torch's default"
-    print(f"\nlamina decompose, built-in model, PSD + contact sheet; threads: {threads}; "
+    print(f"\nlamina {args.command}, built-in model, PSD + contact sheet; threads: {threads}; "
           f"peak RSS in MB, wall and CPU (user + sys) in s\n")
     print("| photo | mode | before: peak MB | wall s | CPU s | after: peak MB | wall s | CPU s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -408,6 +408,63 @@ def test_two_stacked_calls_equal_the_layered_composite(pipe):
     assert [layer.name for layer in stacked.layers] == ["a blue circle", CAPTION]
 
 
+def test_upscale_layer_equals_the_full_resize_over_its_rectangle():
+    from lamina.bfs.pipeline import ALPHA_FLOOR, resize_premultiplied, upscale_layer
+
+    small = torch.rand(4, 8, 10, generator=torch.Generator().manual_seed(0))
+    small[3, :, :3] = 0.0
+    small[3, :2] = 0.5 * ALPHA_FLOOR  # under the floor: nothing visible comes of these rows
+    small[3, 6:] = 0.0
+    full = resize_premultiplied(small[None], (37, 53))[0].numpy()
+    full = np.where(full[3:] < ALPHA_FLOOR, 0.0, full)
+    planes, (left, top) = upscale_layer(small, 37, 53, rows=5)  # several bands
+    assert planes.dtype == np.uint16 and (left, top) == (13, 7) and planes.shape == (4, 23, 40)
+    canvas = np.zeros((4, 37, 53), np.float32)
+    canvas[:, top:top + 23, left:left + 40] = planes / 65535.0
+    assert (full[3, :, :left] == 0).all() and (full[3, :top] == 0).all() and (full[3, top + 23:] == 0).all()
+    np.testing.assert_allclose(canvas, full, rtol=0, atol=0.5 / 65535 + 1e-6)
+    assert np.array_equal(canvas[3] == 0, full[3] == 0)  # alpha 0 exactly where the full resize has it
+    assert (planes[:3][:, planes[3] == 0] == 0).all()
+    small[3] = 0.0
+    assert upscale_layer(small, 37, 53) is None
+
+
+def test_banded_downscale_and_box_cells_equal_the_whole_image_resizes():
+    import torch.nn.functional as nnf
+
+    from lamina.bfs.pipeline import REGION_COVERAGE, array_bands, box_cells, downscale_bands
+
+    image = (np.random.default_rng(5).random((300, 410, 3)) * 255).astype(np.uint8)
+    banded = downscale_bands(array_bands(image, rows=7), 300, 410, (32, 48))
+    whole = nnf.interpolate(torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None], size=(32, 48),
+                            mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(banded, whole, rtol=0, atol=1e-6)
+    for box in [(50, 33, 333, 201), (0, 0, 1, 1), (409, 290, 410, 300)]:
+        region = np.zeros((300, 410), np.float32)
+        region[box[1]:box[3], box[0]:box[2]] = 1
+        cells = (nnf.interpolate(torch.from_numpy(region)[None, None], size=(32, 48), mode="area") > REGION_COVERAGE)
+        assert torch.equal(box_cells(box, 300, 410, (32, 48)), cells.float())
+
+
+def test_bounded_path_keeps_a_compact_background_and_matches_the_full_one(pipe):
+    _soft_alpha(pipe)
+    background = (np.random.default_rng(6).random((41, 57, 3)) * 255).astype(np.uint8)
+    kwargs = dict(box=(6, 5, 40, 33), prompt=CAPTION, return_composite=True)
+    full = pipe(background, generator=torch.Generator().manual_seed(6), bounded=False, **kwargs)
+    bounded = pipe(background, generator=torch.Generator().manual_seed(6), bounded=True, **kwargs)
+    assert not pipe.is_bounded(41, 57) and full.metadata == bounded.metadata
+    assert bounded.background.is_compact and np.array_equal(bounded.background.quantised(8)[..., :3], background)
+    layer = bounded.layers[0]
+    assert layer.is_compact and layer.stored.dtype == np.uint16 and layer.metadata == full.layers[0].metadata
+    assert bounded.layers[1].name == "bfs composite" and not bounded.layers[1].visible
+    placed = bounded.canvas(0)  # [H, W, 4] on the canvas, 0 outside the layer's rectangle
+    np.testing.assert_allclose(placed, full.layers[0].pixels, rtol=0, atol=1e-4)
+    alpha = placed[..., 3]
+    assert (alpha == 0).any() and (alpha > 0).any()
+    composite = bounded.composite_uint8()[..., :3]
+    assert np.array_equal(composite[alpha == 0], background[alpha == 0])  # B bit-exact where alpha = 0
+
+
 def test_true_cfg_without_guidance_embedding(pipe):
     background = np.random.default_rng(4).random((32, 32, 3)).astype(np.float32)
     plain = pipe(background, box=(4, 4, 28, 28), prompt=CAPTION, generator=torch.Generator().manual_seed(4))

@@ -297,6 +297,31 @@ def test_synthesize_layers_sampler_options(tiny_model):
     assert not np.array_equal(plain.layers[0].pixels, guided.layers[0].pixels)  # true CFG changed the sample
 
 
+def test_synthesize_layers_bounded_path_matches_the_full_one(tiny_model, monkeypatch):
+    import lamina.bfs.pipeline as bfs_pipeline
+    from lamina.bfs.synthesize import synthesize_layers
+    from lamina.bfs.train import load_model
+
+    pipe = load_model(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    background = (np.random.default_rng(2).random((40, 56, 3)) * 255).astype(np.uint8)
+    boxes, prompts = [(2, 3, 30, 30), (20, 12, 52, 38)], ["a red star", "a blue heart"]
+    full = synthesize_layers(pipe, background, boxes, prompts, num_inference_steps=1, seed=3)
+    monkeypatch.setattr(bfs_pipeline, "BOUNDED_SIDE", 16)  # this small background now takes the bounded path
+    assert pipe.is_bounded(40, 56)
+    bounded = synthesize_layers(pipe, background, boxes, prompts, num_inference_steps=1, seed=3)
+    assert bounded.background.is_compact and np.array_equal(bounded.background.stored[:3],
+                                                            background.transpose(2, 0, 1))
+    assert [layer.name for layer in bounded.layers] == prompts
+    assert all(layer.stored.dtype == np.uint16 for layer in bounded.layers)
+    assert [layer.metadata for layer in bounded.layers] == [layer.metadata for layer in full.layers]
+    for k in range(2):  # the second layer was made over the first one's composite in both
+        np.testing.assert_allclose(bounded.canvas(k), full.canvas(k), rtol=0, atol=1e-4)
+    alpha = np.max([bounded.canvas(k)[..., 3] for k in range(2)], axis=0)
+    composite = bounded.composite_uint8()[..., :3]
+    assert np.array_equal(composite[alpha == 0], background[alpha == 0])  # B bit-exact where alpha = 0
+
+
 def test_synthesize_cli_errors_before_loading(tmp_path):
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "bg.png")
     bg, out = str(tmp_path / "bg.png"), str(tmp_path / "o.psd")

@@ -70,8 +70,8 @@ def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...
     composite so far. The background is kept bit-exact; the output holds it plus one layer per pair.
     """
     from ..cli_options import output_format, sheet_path, write_layered
-    from ..io import read_rgb
     from ..io.atomic import check_writable
+    from ..io.images import decode_image_depth
     from ..layers import check_box, parse_box
 
     # Every check before the model loads.
@@ -85,7 +85,8 @@ def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...
         raise LaminaError(f"{out}: the folder {out.parent} does not exist")
     if not background.is_file():
         raise LaminaError(f"{background}: no such file")
-    image = read_rgb(background)
+    # As read (uint8 for 8-bit files, uint16 for 16-bit): a compact background layer, no float32 copy.
+    image = decode_image_depth(background, str(background), alpha=False, raw=True)[0]
     height, width = image.shape[:2]
     parsed = [check_box(parse_box(text), width, height) for text in boxes]
 

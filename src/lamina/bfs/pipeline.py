@@ -12,7 +12,7 @@ Building blocks (pure functions on tensors; training uses the same ones):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,10 @@ REGION_COVERAGE = 0.0
 #: Decoded alpha below this is set to exactly 0 (colour too): under half an 8-bit step, it is invisible once
 #: written, but left in place it would make the whole background count as covered by the layer.
 ALPHA_FLOOR = 0.5 / 255
+#: Backgrounds whose longer side is above this many pixels take the bounded path (see :meth:`BFSPipeline.__call__`).
+BOUNDED_SIDE = 1024
+#: Full-size rows handled at a time by the bounded path (downscale of the background, upscale of the layer).
+BAND_ROWS = 256
 
 # ---------------------------------------------------------------------------- outputs
 
@@ -313,6 +317,101 @@ def resize_premultiplied(rgba: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return unpremultiply(resized)
 
 
+def downscale_bands(bands: Iterable[tuple[int, np.ndarray]], height: int, width: int,
+                    size: tuple[int, int]) -> torch.Tensor:
+    """A ``height x width`` image given as bands of rows, resized to ``size``: [1, 3, h, w] float32 in ``[0, 1]``.
+
+    ``bands``: ``(first row, [r, W, C])`` in order (``uint8``, ``uint16`` or float in ``[0, 1]``; the first
+    three channels are used). Bilinear, antialiased when shrinking, as one ``nnf.interpolate`` of the whole
+    image but separably: each band is resized along its rows first (``[3, H, w]`` is all that is kept), then
+    the columns; so the memory is one band, never a ``float32`` copy of the image.
+    """
+    h, w = size
+    rows = torch.empty((1, 3, height, w), dtype=torch.float32)
+    for r0, band in bands:
+        part = torch.from_numpy(np.ascontiguousarray(_to_unit_float(band[..., :3]))).permute(2, 0, 1)[None]
+        rows[:, :, r0:r0 + part.shape[2]] = nnf.interpolate(part, size=(part.shape[2], w), mode="bilinear",
+                                                            align_corners=False, antialias=w < width)
+    return nnf.interpolate(rows, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
+
+
+def array_bands(array: np.ndarray, rows: int = BAND_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, array[r0:r0 + rows])`` views of an ``[H, W, C]`` array, for :func:`downscale_bands`."""
+    for r0 in range(0, array.shape[0], rows):
+        yield r0, array[r0:r0 + rows]
+
+
+def box_cells(box: Sequence[int], height: int, width: int, size: tuple[int, int]) -> torch.Tensor:
+    """Working-size region mask [1, 1, h, w] (0 / 1) of a pixel box of a ``height x width`` image.
+
+    Equal to area-resizing the full-size box mask and keeping cells covered by more than
+    :data:`REGION_COVERAGE`, from two 1-D profiles instead of a full-size mask.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    h, w = size
+    rows = torch.zeros(1, 1, height)
+    rows[..., y0:y1] = 1.0
+    cols = torch.zeros(1, 1, width)
+    cols[..., x0:x1] = 1.0
+    cover = nnf.adaptive_avg_pool1d(rows, h)[0, 0, :, None] * nnf.adaptive_avg_pool1d(cols, w)[0, 0, None, :]
+    return (cover > REGION_COVERAGE).float()[None, None]
+
+
+def _source_index(out_size: int, in_size: int, start: int = 0, stop: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps (``align_corners=False``) of output pixels ``start:stop`` when ``in_size`` -> ``out_size``:
+    the two input indices and the weight of the second, as ``nnf.interpolate`` computes them."""
+    dst = np.arange(start, out_size if stop is None else stop, dtype=np.float64)
+    src = np.maximum((dst + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _reach(out_size: int, in_size: int, first: int, last: int) -> tuple[int, int]:
+    """The output pixels ``[start, stop)`` whose bilinear taps touch input pixels ``first..last`` (inclusive)."""
+    i0, i1, _ = _source_index(out_size, in_size)
+    hit = np.nonzero((i1 >= first) & (i0 <= last))[0]
+    return int(hit[0]), int(hit[-1]) + 1
+
+
+def upscale_layer(layer: torch.Tensor, height: int, width: int, rows: int = BAND_ROWS
+                  ) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A working-size layer brought to ``height x width`` over its support only, a band of rows at a time.
+
+    Args:
+        layer: straight RGBA [4, h, w] in ``[0, 1]`` with ``h <= height``, ``w <= width`` (upscaling).
+    Returns:
+        ``(planes, (left, top))``: ``uint16`` planes [4, r, c] of the full-size rectangle that every pixel with
+        resized alpha at or above :data:`ALPHA_FLOOR` lies in, and its offset; ``None`` when there is none.
+        The values are those of :func:`resize_premultiplied` (bilinear through premultiplied colour) with
+        alpha under :data:`ALPHA_FLOOR` set to exactly 0 (colour too), rounded to 1/65535 (0 stays 0).
+    """
+    from ..compositing import premultiply, unpremultiply
+
+    _, h, w = layer.shape
+    premul = premultiply(layer.float().clamp(0, 1))
+    # A resized alpha is a convex mix of at most 2 x 2 working-size alphas: below the floor wherever they all are.
+    support = layer[3] >= ALPHA_FLOOR * (1 - 1e-4)
+    if not bool(support.any()):
+        return None
+    cells_r = torch.nonzero(support.any(dim=1))[:, 0]
+    cells_c = torch.nonzero(support.any(dim=0))[:, 0]
+    top, bottom = _reach(height, h, int(cells_r[0]), int(cells_r[-1]))
+    left, right = _reach(width, w, int(cells_c[0]), int(cells_c[-1]))
+    c0, c1, cw = (torch.from_numpy(a) for a in _source_index(width, w, left, right))
+    planes = np.empty((4, bottom - top, right - left), np.uint16)
+    for r0 in range(top, bottom, rows):
+        r1 = min(r0 + rows, bottom)
+        i0, i1, rw = (torch.from_numpy(a) for a in _source_index(height, h, r0, r1))
+        band = premul[:, i0] + (premul[:, i1] - premul[:, i0]) * rw[None, :, None]  # [4, r, w]
+        band = band[:, :, c0] + (band[:, :, c1] - band[:, :, c0]) * cw  # [4, r, c]
+        band = unpremultiply(band.clamp_(0, 1))
+        band = torch.where(band[3:] < ALPHA_FLOOR, torch.zeros_like(band), band)
+        planes[:, r0 - top:r1 - top] = band.mul_(65535.0).add_(0.5).floor_().numpy().astype(np.uint16)
+    return planes, (left, top)
+
+
 def _background_array(background: Any) -> np.ndarray:
     """The caller's background as an ``[H, W, 3|4]`` array, unchanged where it already is one."""
     if isinstance(background, np.ndarray):
@@ -485,6 +584,12 @@ class BFSPipeline(DiffusionPipeline):
         return working_size(height, width, int(self.config.resolution), self.packing_multiple)
 
     # ------------------------------------------------------------ sampling
+    def is_bounded(self, height: int, width: int) -> bool:
+        """Whether a ``height x width`` background takes the bounded path by default: its longer side is above
+        :data:`BOUNDED_SIDE` and the model's working size is no larger than it on either side."""
+        h, w = self.working_size(height, width)
+        return max(height, width) > BOUNDED_SIDE and h <= height and w <= width
+
     @torch.no_grad()
     def __call__(
         self,
@@ -496,11 +601,12 @@ class BFSPipeline(DiffusionPipeline):
         guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         return_composite: bool = False,
+        bounded: bool | None = None,
     ) -> LayeredImage:
         """Synthesise one layer for ``prompt`` in the region (``box`` or ``mask``) over ``background``.
 
         Args:
-            background: PIL image, NumPy ``[H, W, 3]`` (float in ``[0, 1]`` or uint8) or torch ``[3, H, W]``
+            background: PIL image, NumPy ``[H, W, 3]`` (float in ``[0, 1]``, uint8 or uint16) or torch ``[3, H, W]``
                 in ``[0, 1]``; any size (the model works at :meth:`working_size`).
             box: ``(x0, y0, x1, y1)`` pixel box of the object (exclusive end), or
             mask: ``[H, W]`` region mask (> 0.5 inside).
@@ -509,27 +615,76 @@ class BFSPipeline(DiffusionPipeline):
             generator: for the initial noise of both branches.
             return_composite: add the decoded composite branch as a hidden top layer ``"bfs composite"``
                 (a preview; BFS's output composite is the layer over the untouched background).
+            bounded: memory bounded by the layer's area rather than the background's size (default: for
+                large backgrounds, :meth:`is_bounded`): the background is downscaled a band at a time
+                without a ``float32`` copy, and the layer is made only over the rectangle its alpha can
+                reach (an offset layer, stored as ``uint16``), resized back a band at a time.
         Returns:
             ``LayeredImage(background, [Layer(F, name=prompt)])``: the background is the caller's, untouched;
-            ``F`` is straight RGBA at the background's full size.
+            ``F`` is straight RGBA, at the background's full size (or, bounded, over its rectangle).
         """
         array = _background_array(background)
         height, width = array.shape[:2]
-        region, bbox = _region_mask(box, mask, height, width)
+        size = self.working_size(height, width)
+        if bounded is None:
+            bounded = self.is_bounded(height, width)
+        bounded = bool(bounded) and size[0] <= height and size[1] <= width  # the band upscale only enlarges
+        if bounded and mask is None and box is not None:
+            bbox = check_box(box, width, height)
+            small_mask = box_cells(bbox, height, width, size)
+        else:
+            region, bbox = _region_mask(box, mask, height, width)
+            small_mask = (nnf.interpolate(torch.from_numpy(region.astype(np.float32))[None, None], size=size,
+                                          mode="area") > REGION_COVERAGE).float()
+            del region
+        if bounded:
+            small = downscale_bands(array_bands(array), height, width, size)
+        else:
+            rgb = torch.from_numpy(np.ascontiguousarray(_to_unit_float(array)[..., :3])).permute(2, 0, 1)[None]
+            small = nnf.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
+            del rgb
+        layers = self.layers_over(small, small_mask, height, width, bbox, prompt, num_inference_steps,
+                                  guidance_scale, generator, return_composite, bounded)
+        steps, scale = layers[0].metadata["steps"], layers[0].metadata["guidance_scale"]
+        metadata = {"method": "bfs", "prompt": prompt, "box": list(bbox), "steps": steps, "guidance_scale": scale,
+                    "working_size": list(size)}
+        return LayeredImage(array, layers, metadata=metadata)
+
+    @torch.no_grad()
+    def layers_over(
+        self,
+        small: torch.Tensor,
+        small_mask: torch.Tensor,
+        height: int,
+        width: int,
+        bbox: Sequence[int],
+        prompt: str = "",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        return_composite: bool = False,
+        bounded: bool = False,
+    ) -> list[Layer]:
+        """The layer (and, with ``return_composite``, the hidden preview) for a background already at the working size.
+
+        Args:
+            small: the ``height x width`` background at :meth:`working_size`: [1, 3, h, w] in ``[0, 1]``
+                (e.g. :func:`downscale_bands` of a composite's bands).
+            small_mask: the region there, [1, 1, h, w] in ``{0, 1}`` (e.g. :func:`box_cells`).
+            bbox: the region's pixel box (recorded in the layer's metadata).
+            bounded: the layer over its rectangle only (:func:`upscale_layer`), else full size ``float32``.
+        Returns:
+            ``[Layer(F, name=prompt)]`` (+ ``"bfs composite"``), full-size coordinates.
+        """
         steps = int(num_inference_steps or self.config.inference_steps)
         if steps < 1:
             raise LaminaError(f"num_inference_steps must be >= 1, got {steps}")
         scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
         device = self._execution_device
         dtype = self.transformer.dtype
+        h, w = small.shape[-2:]
 
         # 1. background and region at the working size
-        h, w = self.working_size(height, width)
-        rgb = torch.from_numpy(np.ascontiguousarray(_to_unit_float(array)[..., :3])).permute(2, 0, 1)[None]
-        small = nnf.interpolate(rgb, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        small_mask = nnf.interpolate(torch.from_numpy(region.astype(np.float32))[None, None], size=(h, w),
-                                     mode="area") > REGION_COVERAGE
-        small_mask = small_mask.float()
         vae_dtype = self.vae.dtype
         condition = prepare_fill_condition(self.vae, (small * 2 - 1).to(device, vae_dtype),
                                            small_mask.to(device, vae_dtype))
@@ -573,21 +728,37 @@ class BFSPipeline(DiffusionPipeline):
 
         grid = unpack_latents(latents.float(), lh, lw)
         layer_small = decode_layer(self.trans_vae, grid[1:].to(self.trans_vae.dtype)).float().cpu()
-        layer_full = resize_premultiplied(layer_small, (height, width))[0].permute(1, 2, 0).numpy()
-        faint = layer_full[..., 3] < ALPHA_FLOOR  # the RGBA VAE's noise around 0: B stays untouched there
-        layer_full[faint] = 0.0
         name = prompt.strip() or "layer"
-        meta = {"caption": prompt, "box": list(bbox), "method": "bfs", "steps": steps, "guidance_scale": scale}
-        layers = [Layer(np.ascontiguousarray(layer_full), name=name, metadata=meta)]
+        meta = {"caption": prompt, "box": [int(v) for v in bbox], "method": "bfs", "steps": steps,
+                "guidance_scale": scale}
+        if bounded:
+            placed = upscale_layer(layer_small[0], height, width)
+            if placed is None:  # nothing visible: a clear layer over the box
+                x0, y0, x1, y1 = (int(v) for v in bbox)
+                placed = np.zeros((4, y1 - y0, x1 - x0), np.uint16), (x0, y0)
+            layer = Layer(np.zeros((1, 1, 4), np.uint16), name=name, offset=placed[1], metadata=meta)
+            layer.planes = placed[0]  # the planes as they are (the setter keeps them; no copy)
+        else:
+            layer_full = resize_premultiplied(layer_small, (height, width))[0].permute(1, 2, 0).numpy()
+            faint = layer_full[..., 3] < ALPHA_FLOOR  # the RGBA VAE's noise around 0: B stays untouched there
+            layer_full[faint] = 0.0
+            layer = Layer(np.ascontiguousarray(layer_full), name=name, metadata=meta)
+        layers = [layer]
         if return_composite:
             composite = decode_latents(self.vae, grid[:1].to(self.vae.dtype)).float().cpu()
             composite = ((composite + 1) / 2).clamp(0, 1)
-            composite = nnf.interpolate(composite, size=(height, width), mode="bilinear", align_corners=False)
-            layers.append(Layer(composite[0].clamp(0, 1).permute(1, 2, 0).numpy(), name="bfs composite",
-                                visible=False, metadata={"preview": "decoded composite branch"}))
-        metadata = {"method": "bfs", "prompt": prompt, "box": list(bbox), "steps": steps, "guidance_scale": scale,
-                    "working_size": [h, w]}
-        return LayeredImage(array, layers, metadata=metadata)
+            preview = {"preview": "decoded composite branch"}
+            if bounded:  # a preview: 8 bits, resized by Pillow (no float32 canvas)
+                from PIL import Image
+
+                small_u8 = composite[0].mul(255).add(0.5).floor().to(torch.uint8).permute(1, 2, 0).numpy()
+                big = Image.fromarray(small_u8).resize((width, height), Image.Resampling.BILINEAR)
+                layers.append(Layer(np.asarray(big), name="bfs composite", visible=False, metadata=preview))
+            else:
+                composite = nnf.interpolate(composite, size=(height, width), mode="bilinear", align_corners=False)
+                layers.append(Layer(composite[0].clamp(0, 1).permute(1, 2, 0).numpy(), name="bfs composite",
+                                    visible=False, metadata=preview))
+        return layers
 
 
 def _to_unit_float(array: np.ndarray) -> np.ndarray:

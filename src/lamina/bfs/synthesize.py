@@ -23,7 +23,8 @@ def synthesize_layers(pipe: Any, background: np.ndarray, boxes: Sequence[Sequenc
 
     Args:
         pipe: a :class:`~lamina.bfs.pipeline.BFSPipeline`.
-        background: ``[H, W, 3]`` float32 in ``[0, 1]`` (kept bit-exact as the background layer).
+        background: ``[H, W, 3]``: ``uint8`` / ``uint16`` (kept as a compact layer) or float32 in ``[0, 1]``;
+            kept bit-exact as the background layer.
         boxes: ``(x0, y0, x1, y1)`` per object (exclusive end), inside the image.
         prompts: one caption per box; it names the layer.
         num_inference_steps: default: the pipeline's.
@@ -34,20 +35,35 @@ def synthesize_layers(pipe: Any, background: np.ndarray, boxes: Sequence[Sequenc
     Returns:
         ``LayeredImage(background, [layer_1, ..., layer_n])``; layer ``k`` was generated over the
         composite of the background and layers ``< k``.
+
+    A large background (:meth:`~lamina.bfs.pipeline.BFSPipeline.is_bounded`) is never copied as a
+    ``float32`` canvas: the composite so far is downscaled to the model's working size a band of rows
+    at a time, and each layer covers only the rectangle its alpha reaches (``uint16``, offset).
     """
     if len(boxes) != len(prompts) or not boxes:
         raise LaminaError(f"give one --prompt per --box (got {len(boxes)} box(es) and {len(prompts)} prompt(s))")
     height, width = background.shape[:2]
     boxes = [check_box(box, width, height) for box in boxes]
     result = LayeredImage(Layer(background, name="background"), [], metadata={"method": "bfs"})
+    bounded = bool(getattr(pipe, "is_bounded", lambda h, w: False)(height, width))
     pairs = list(zip(boxes, prompts, strict=True))
     for k, (box, prompt) in enumerate(progress(pairs) if progress is not None else pairs):
-        current = result.composite()[:, :, :3]
-        out = pipe(background=current, box=box, prompt=prompt, num_inference_steps=num_inference_steps,
-                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed + k))
-        layer = out.layers[0]
+        generator = torch.Generator().manual_seed(seed + k)
+        if bounded:
+            from .pipeline import BAND_ROWS, box_cells, downscale_bands
+
+            size = pipe.working_size(height, width)
+            small = downscale_bands(result.iter_composite(rows=BAND_ROWS), height, width, size)
+            layer = pipe.layers_over(small, box_cells(box, height, width, size), height, width, box, prompt,
+                                     num_inference_steps, guidance_scale, generator, bounded=True)[0]
+        else:
+            current = result.composite()[:, :, :3]
+            out = pipe(background=current, box=box, prompt=prompt, num_inference_steps=num_inference_steps,
+                       guidance_scale=guidance_scale, generator=generator)
+            layer = out.layers[0]
         name = _unique(layer.name, [existing.name for existing in result.layers])
-        result.layers.append(Layer(layer.pixels, name=name, offset=layer.offset, metadata=layer.metadata))
+        layer.name = name
+        result.layers.append(layer)
     result.metadata["prompts"] = list(prompts)
     result.metadata["boxes"] = [list(b) for b in boxes]
     return result
