@@ -313,13 +313,17 @@ def test_synthesize_layers_bounded_path_matches_the_full_one(tiny_model, monkeyp
     assert bounded.background.is_compact and np.array_equal(bounded.background.stored[:3],
                                                             background.transpose(2, 0, 1))
     assert [layer.name for layer in bounded.layers] == prompts
-    assert all(layer.stored.dtype == np.uint16 for layer in bounded.layers)
+    assert all(layer.stored.dtype == np.uint8 for layer in bounded.layers)  # the 8-bit result's own integers
     assert [layer.metadata for layer in bounded.layers] == [layer.metadata for layer in full.layers]
-    for k in range(2):  # the second layer was made over the first one's composite in both
-        np.testing.assert_allclose(bounded.canvas(k), full.canvas(k), rtol=0, atol=1e-4)
+    # Layer 1 equals the full path's to its 8-bit rounding; layer 2 was made over a composite that differs by
+    # that rounding of layer 1 (the full path keeps float32 layers), so it may move a little more.
+    np.testing.assert_allclose(bounded.canvas(0), full.canvas(0), rtol=0, atol=0.5 / 255 + 1e-4)
+    np.testing.assert_allclose(bounded.canvas(1), full.canvas(1), rtol=0, atol=1e-2)
     alpha = np.max([bounded.canvas(k)[..., 3] for k in range(2)], axis=0)
     composite = bounded.composite_uint8()[..., :3]
     assert np.array_equal(composite[alpha == 0], background[alpha == 0])  # B bit-exact where alpha = 0
+    deep = synthesize_layers(pipe, background.astype(np.uint16) * 257, boxes[:1], prompts[:1], num_inference_steps=1)
+    assert deep.bit_depth == 16 and deep.layers[0].stored.dtype == np.uint16
 
 
 def test_synthesize_cli_errors_before_loading(tmp_path):

@@ -70,9 +70,9 @@ def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...
     composite so far. The background is kept bit-exact; the output holds it plus one layer per pair.
     """
     from ..cli_options import output_format, sheet_path, write_layered
+    from ..io import read_photo
     from ..io.atomic import check_writable
-    from ..io.images import decode_image_depth
-    from ..layers import check_box, parse_box
+    from ..layers import Layer, check_box, parse_box
 
     # Every check before the model loads.
     if len(boxes) != len(prompts):
@@ -85,9 +85,9 @@ def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...
         raise LaminaError(f"{out}: the folder {out.parent} does not exist")
     if not background.is_file():
         raise LaminaError(f"{background}: no such file")
-    # As read (uint8 for 8-bit files, uint16 for 16-bit): a compact background layer, no float32 copy.
-    image = decode_image_depth(background, str(background), alpha=False, raw=True)[0]
-    height, width = image.shape[:2]
+    # As read (uint8 for 8-bit files, uint16 for 16-bit), kept only as the background layer's planes.
+    image = Layer(read_photo(background), name="background")
+    height, width = image.height, image.width
     parsed = [check_box(parse_box(text), width, height) for text in boxes]
 
     from ..progress import progress

@@ -375,17 +375,19 @@ def _reach(out_size: int, in_size: int, first: int, last: int) -> tuple[int, int
     return int(hit[0]), int(hit[-1]) + 1
 
 
-def upscale_layer(layer: torch.Tensor, height: int, width: int, rows: int = BAND_ROWS
+def upscale_layer(layer: torch.Tensor, height: int, width: int, rows: int = BAND_ROWS, dtype: Any = np.uint16
                   ) -> tuple[np.ndarray, tuple[int, int]] | None:
     """A working-size layer brought to ``height x width`` over its support only, a band of rows at a time.
 
     Args:
         layer: straight RGBA [4, h, w] in ``[0, 1]`` with ``h <= height``, ``w <= width`` (upscaling).
+        dtype: ``np.uint16`` or ``np.uint8``: the planes' integers.
     Returns:
-        ``(planes, (left, top))``: ``uint16`` planes [4, r, c] of the full-size rectangle that every pixel with
+        ``(planes, (left, top))``: integer planes [4, r, c] of the full-size rectangle that every pixel with
         resized alpha at or above :data:`ALPHA_FLOOR` lies in, and its offset; ``None`` when there is none.
         The values are those of :func:`resize_premultiplied` (bilinear through premultiplied colour) with
-        alpha under :data:`ALPHA_FLOOR` set to exactly 0 (colour too), rounded to 1/65535 (0 stays 0).
+        alpha under :data:`ALPHA_FLOOR` set to exactly 0 (colour too), rounded half up to 1/65535 or 1/255
+        (0 stays 0; the floor is at least half a step, so no visible pixel rounds to 0).
     """
     from ..compositing import premultiply, unpremultiply
 
@@ -400,7 +402,8 @@ def upscale_layer(layer: torch.Tensor, height: int, width: int, rows: int = BAND
     top, bottom = _reach(height, h, int(cells_r[0]), int(cells_r[-1]))
     left, right = _reach(width, w, int(cells_c[0]), int(cells_c[-1]))
     c0, c1, cw = (torch.from_numpy(a) for a in _source_index(width, w, left, right))
-    planes = np.empty((4, bottom - top, right - left), np.uint16)
+    top_value = float(np.iinfo(dtype).max)
+    planes = np.empty((4, bottom - top, right - left), dtype)
     for r0 in range(top, bottom, rows):
         r1 = min(r0 + rows, bottom)
         i0, i1, rw = (torch.from_numpy(a) for a in _source_index(height, h, r0, r1))
@@ -408,7 +411,7 @@ def upscale_layer(layer: torch.Tensor, height: int, width: int, rows: int = BAND
         band = band[:, :, c0] + (band[:, :, c1] - band[:, :, c0]) * cw  # [4, r, c]
         band = unpremultiply(band.clamp_(0, 1))
         band = torch.where(band[3:] < ALPHA_FLOOR, torch.zeros_like(band), band)
-        planes[:, r0 - top:r1 - top] = band.mul_(65535.0).add_(0.5).floor_().numpy().astype(np.uint16)
+        planes[:, r0 - top:r1 - top] = band.mul_(top_value).add_(0.5).floor_().numpy().astype(dtype)
     return planes, (left, top)
 
 
@@ -664,6 +667,7 @@ class BFSPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         return_composite: bool = False,
         bounded: bool = False,
+        layer_dtype: Any = np.uint16,
     ) -> list[Layer]:
         """The layer (and, with ``return_composite``, the hidden preview) for a background already at the working size.
 
@@ -672,7 +676,8 @@ class BFSPipeline(DiffusionPipeline):
                 (e.g. :func:`downscale_bands` of a composite's bands).
             small_mask: the region there, [1, 1, h, w] in ``{0, 1}`` (e.g. :func:`box_cells`).
             bbox: the region's pixel box (recorded in the layer's metadata).
-            bounded: the layer over its rectangle only (:func:`upscale_layer`), else full size ``float32``.
+            bounded: the layer over its rectangle only (:func:`upscale_layer`, integers of ``layer_dtype``:
+                ``np.uint16`` or ``np.uint8``), else full size ``float32``.
         Returns:
             ``[Layer(F, name=prompt)]`` (+ ``"bfs composite"``), full-size coordinates.
         """
@@ -732,11 +737,11 @@ class BFSPipeline(DiffusionPipeline):
         meta = {"caption": prompt, "box": [int(v) for v in bbox], "method": "bfs", "steps": steps,
                 "guidance_scale": scale}
         if bounded:
-            placed = upscale_layer(layer_small[0], height, width)
+            placed = upscale_layer(layer_small[0], height, width, dtype=layer_dtype)
             if placed is None:  # nothing visible: a clear layer over the box
                 x0, y0, x1, y1 = (int(v) for v in bbox)
-                placed = np.zeros((4, y1 - y0, x1 - x0), np.uint16), (x0, y0)
-            layer = Layer(np.zeros((1, 1, 4), np.uint16), name=name, offset=placed[1], metadata=meta)
+                placed = np.zeros((4, y1 - y0, x1 - x0), layer_dtype), (x0, y0)
+            layer = Layer(np.zeros((1, 1, 4), layer_dtype), name=name, offset=placed[1], metadata=meta)
             layer.planes = placed[0]  # the planes as they are (the setter keeps them; no copy)
         else:
             layer_full = resize_premultiplied(layer_small, (height, width))[0].permute(1, 2, 0).numpy()

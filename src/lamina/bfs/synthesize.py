@@ -16,15 +16,16 @@ from ..errors import LaminaError
 from ..layers import Layer, LayeredImage, check_box
 
 
-def synthesize_layers(pipe: Any, background: np.ndarray, boxes: Sequence[Sequence[int]], prompts: Sequence[str],
-                      *, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                      seed: int = 0, progress: Any = None) -> LayeredImage:
+def synthesize_layers(pipe: Any, background: np.ndarray | Layer, boxes: Sequence[Sequence[int]],
+                      prompts: Sequence[str], *, num_inference_steps: int | None = None,
+                      guidance_scale: float | None = None, seed: int = 0, progress: Any = None) -> LayeredImage:
     """Place one captioned object per box onto ``background``, back to front.
 
     Args:
         pipe: a :class:`~lamina.bfs.pipeline.BFSPipeline`.
-        background: ``[H, W, 3]``: ``uint8`` / ``uint16`` (kept as a compact layer) or float32 in ``[0, 1]``;
-            kept bit-exact as the background layer.
+        background: ``[H, W, 3]``: ``uint8`` / ``uint16`` (kept as a compact layer) or float32 in ``[0, 1]``,
+            or a :class:`~lamina.Layer` (used as it is); kept bit-exact as the background layer. A ``uint16``
+            background makes a 16-bit result (:attr:`~lamina.LayeredImage.bit_depth`), else 8 bits.
         boxes: ``(x0, y0, x1, y1)`` per object (exclusive end), inside the image.
         prompts: one caption per box; it names the layer.
         num_inference_steps: default: the pipeline's.
@@ -38,13 +39,17 @@ def synthesize_layers(pipe: Any, background: np.ndarray, boxes: Sequence[Sequenc
 
     A large background (:meth:`~lamina.bfs.pipeline.BFSPipeline.is_bounded`) is never copied as a
     ``float32`` canvas: the composite so far is downscaled to the model's working size a band of rows
-    at a time, and each layer covers only the rectangle its alpha reaches (``uint16``, offset).
+    at a time, and each layer covers only the rectangle its alpha reaches (an offset layer stored in
+    integers of the result's depth: what the writers store, rounded once).
     """
     if len(boxes) != len(prompts) or not boxes:
         raise LaminaError(f"give one --prompt per --box (got {len(boxes)} box(es) and {len(prompts)} prompt(s))")
-    height, width = background.shape[:2]
+    if not isinstance(background, Layer):
+        background = Layer(background, name="background")
+    height, width = background.height, background.width
     boxes = [check_box(box, width, height) for box in boxes]
-    result = LayeredImage(Layer(background, name="background"), [], metadata={"method": "bfs"})
+    depth = 16 if background.stored.dtype == np.uint16 else 8
+    result = LayeredImage(background, [], metadata={"method": "bfs"}, bit_depth=depth)
     bounded = bool(getattr(pipe, "is_bounded", lambda h, w: False)(height, width))
     pairs = list(zip(boxes, prompts, strict=True))
     for k, (box, prompt) in enumerate(progress(pairs) if progress is not None else pairs):
@@ -55,7 +60,8 @@ def synthesize_layers(pipe: Any, background: np.ndarray, boxes: Sequence[Sequenc
             size = pipe.working_size(height, width)
             small = downscale_bands(result.iter_composite(rows=BAND_ROWS), height, width, size)
             layer = pipe.layers_over(small, box_cells(box, height, width, size), height, width, box, prompt,
-                                     num_inference_steps, guidance_scale, generator, bounded=True)[0]
+                                     num_inference_steps, guidance_scale, generator, bounded=True,
+                                     layer_dtype=np.uint16 if depth == 16 else np.uint8)[0]
         else:
             current = result.composite()[:, :, :3]
             out = pipe(background=current, box=box, prompt=prompt, num_inference_steps=num_inference_steps,

@@ -228,6 +228,33 @@ def read_rgba(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXEL
     return decode_image(path, str(path), max_pixels=max_pixels, alpha=True)
 
 
+#: Pillow modes decoded to 8-bit RGB without loss (16-bit and float images go through :func:`decode_image_depth`).
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"})
+#: The EXIF tag of the orientation (1: as stored).
+ORIENTATION_TAG = 0x0112
+
+
+def read_photo(path: str | os.PathLike[str]) -> np.ndarray:
+    """A photo as read: ``uint8`` ``[H, W, 3]`` for 8-bit files (a quarter of :func:`read_rgb`'s ``float32``).
+
+    16-bit files keep their precision as ``uint16`` (half of ``float32``; a float TIFF as
+    ``float32``); any alpha is dropped (not composited), the EXIF orientation applied, as by
+    :func:`read_rgb`, whose size limits and errors apply: a file it would refuse is refused
+    with its message. Used by the bounded ``decompose`` and by ``synthesize`` (compact backgrounds).
+    """
+    image_size(path, str(path))  # pixel limit and decompression bombs, from the header
+    try:
+        with Image.open(path) as image:
+            if image.mode in _EIGHT_BIT_MODES and not is_deep_colour(image):
+                image.load()
+                if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                    image = ImageOps.exif_transpose(image)
+                return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # no needless copies
+    except Exception:  # noqa: BLE001 -- anything unusual: read_rgb's decoder reads it or says what is wrong
+        pass
+    return decode_image_depth(path, str(path), alpha=False, raw=True)[0]
+
+
 def to_pil(image: ImageLike) -> Image.Image:
     """Array ``[H, W]``/``[H, W, 1|3|4]`` (uint8, uint16 or float in ``[0, 1]``), tensor ``[C, H, W]`` or PIL image.
 

@@ -41,13 +41,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import LaminaError
+from ..io.images import read_photo
 from ..layers import Layer, LayeredImage, check_box, integer_scale
 from ._util import import_cv2
 from .disassembly import Decomposer, Decomposition, project_recomposition
@@ -84,37 +84,7 @@ def is_large(height: int, width: int, config: BoundedConfig | None) -> bool:
 
 
 # ------------------------------------------------------------------------ inputs
-#: Pillow modes decoded to 8-bit RGB without loss (16-bit and float images go through :func:`lamina.io.read_rgb`).
-_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"})
-
-
-#: The EXIF tag of the orientation (1: as stored).
-ORIENTATION_TAG = 0x0112
-
-
-def read_photo(path: str | Path) -> np.ndarray:
-    """A photo for decomposition: ``uint8`` ``[H, W, 3]`` for 8-bit files (a quarter of ``float32``).
-
-    16-bit files keep their precision as ``uint16`` (half of ``float32``; a float TIFF as
-    ``float32``); any alpha is dropped (not composited), the EXIF orientation applied, as by
-    :func:`lamina.io.read_rgb`, whose size limits and errors apply: a file it would refuse is
-    refused with its message.
-    """
-    from PIL import Image, ImageOps
-
-    from ..io.images import decode_image_depth, image_size, is_deep_colour
-
-    image_size(path, str(path))  # pixel limit and decompression bombs, from the header
-    try:
-        with Image.open(path) as image:
-            if image.mode in _EIGHT_BIT_MODES and not is_deep_colour(image):
-                image.load()
-                if image.getexif().get(ORIENTATION_TAG, 1) != 1:
-                    image = ImageOps.exif_transpose(image)
-                return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # no needless copies
-    except Exception:  # noqa: BLE001 -- anything unusual: read_rgb's decoder reads it or says what is wrong
-        pass
-    return decode_image_depth(path, str(path), alpha=False, raw=True)[0]
+# read_photo (a photo as uint8 / uint16, no float32 copy) lives in lamina.io.images: BFS reads its backgrounds so too.
 
 
 def layer_from_planes(planes: np.ndarray, name: str, offset: tuple[int, int] = (0, 0),
