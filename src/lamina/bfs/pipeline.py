@@ -389,7 +389,7 @@ def upscale_layer(layer: torch.Tensor, height: int, width: int, rows: int = BAND
         alpha under :data:`ALPHA_FLOOR` set to exactly 0 (colour too), rounded half up to 1/65535 or 1/255
         (0 stays 0; the floor is at least half a step, so no visible pixel rounds to 0).
     """
-    from ..compositing import premultiply, unpremultiply
+    from ..compositing import UNPREMULTIPLY_EPS, premultiply
 
     _, h, w = layer.shape
     premul = premultiply(layer.float().clamp(0, 1))
@@ -402,16 +402,23 @@ def upscale_layer(layer: torch.Tensor, height: int, width: int, rows: int = BAND
     top, bottom = _reach(height, h, int(cells_r[0]), int(cells_r[-1]))
     left, right = _reach(width, w, int(cells_c[0]), int(cells_c[-1]))
     c0, c1, cw = (torch.from_numpy(a) for a in _source_index(width, w, left, right))
+    columns = torch.zeros(w, right - left)  # the column taps as a matrix: one product per band
+    span = torch.arange(right - left)
+    columns.index_put_((c0, span), 1 - cw, accumulate=True)
+    columns.index_put_((c1, span), cw, accumulate=True)
     top_value = float(np.iinfo(dtype).max)
     planes = np.empty((4, bottom - top, right - left), dtype)
     for r0 in range(top, bottom, rows):
         r1 = min(r0 + rows, bottom)
         i0, i1, rw = (torch.from_numpy(a) for a in _source_index(height, h, r0, r1))
-        band = premul[:, i0] + (premul[:, i1] - premul[:, i0]) * rw[None, :, None]  # [4, r, w]
-        band = band[:, :, c0] + (band[:, :, c1] - band[:, :, c0]) * cw  # [4, r, c]
-        band = unpremultiply(band.clamp_(0, 1))
-        band = torch.where(band[3:] < ALPHA_FLOOR, torch.zeros_like(band), band)
-        planes[:, r0 - top:r1 - top] = band.mul_(top_value).add_(0.5).floor_().numpy().astype(dtype)
+        band = torch.matmul(premul[:, i0] * (1 - rw[None, :, None]) + premul[:, i1] * rw[None, :, None], columns)
+        band.clamp_(0, 1)  # [4, r, c] premultiplied
+        alpha = band[3]
+        alpha.masked_fill_(alpha < ALPHA_FLOOR, 0.0)  # the RGBA VAE's noise around 0: B stays untouched there
+        inverse = torch.reciprocal(alpha).masked_fill_(alpha <= UNPREMULTIPLY_EPS, 0.0)
+        band[:3].mul_(inverse).clamp_(0, 1)  # straight colour, 0 where alpha is 0
+        band.mul_(top_value).add_(0.5)  # round half up: the values are >= 0.5, so truncation is the floor
+        planes[:, r0 - top:r1 - top] = band.numpy()  # numpy's float -> unsigned cast truncates
     return planes, (left, top)
 
 
