@@ -68,6 +68,10 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   optional: a pipeline's ``hfa`` component (:class:`~lamina.layeringdiff.hfa.HFANet`, trained
   over a frozen FBDD by ``lamina layeringdiff train --preset builtin-hfa``) refines the
   full-resolution layers before the projection (:mod:`.hfa`).
+* **Mirror average** (our addition, on by default in :class:`FBDDDecomposer`): the window and its
+  left-right mirror image are sampled in one UNet batch and the two samples averaged (the second
+  mirrored back), a cheap estimate of the model's mean over a symmetry photographs have:
+  +0.1 dB on the hidden background of real-photo composites (``benchmarks/bench_photos.py``).
 * **Self-similar completion** (our addition, parameter-free, on by default in
   :class:`FBDDDecomposer`): where the object hides the background completely, a repeating
   texture (checks, tiles, stripes, brick) is continued at full resolution from where the image
