@@ -30,6 +30,25 @@ def test_flow_matching_golden():
     assert set(only) == {"loss", "loss_x"} and only["loss"].item() == pytest.approx(2.5)
 
 
+def test_partial_alpha_token_weights_golden():
+    # A 4x4 alpha, tokens of 2x2 px: token 0 holds 2 partial pixels (0.5, 0.3), token 1 none (0 and 1), token 2 all
+    # four (0.4), token 3 one (0.95 is above `high`, 0.01 below `low`, 0.5 partial).
+    alpha = torch.tensor([[0.5, 0.3, 0.0, 1.0],
+                          [1.0, 0.0, 1.0, 0.0],
+                          [0.4, 0.4, 0.95, 0.01],
+                          [0.4, 0.4, 0.5, 1.0]]).reshape(1, 1, 4, 4)
+    w = L.partial_alpha_token_weights(alpha, 2, 5.0)
+    assert w.shape == (1, 4, 1)
+    assert w.flatten().tolist() == pytest.approx([3.0, 1.0, 5.0, 2.0])  # 1 + 4 * (2/4, 0, 4/4, 1/4)
+    # Weighted row-y loss: errors 1 on token 0 and 0 elsewhere -> 3 * 1 / (3 + 1 + 5 + 2) with one channel.
+    out = L.flow_matching_loss(torch.zeros(1, 4, 1), torch.tensor([[[1.0], [0.0], [0.0], [0.0]]]),
+                               torch.zeros(1, 4, 1), torch.zeros(1, 4, 1), token_weight_y=w)
+    assert out["loss_y"].item() == pytest.approx(3.0 / 11.0)
+    same = L.flow_matching_loss(torch.zeros(1, 4, 2), torch.ones(1, 4, 2), torch.zeros(1, 4, 2), torch.zeros(1, 4, 2),
+                                token_weight_y=torch.ones(1, 4, 1))
+    assert same["loss_y"].item() == pytest.approx(1.0)  # unit weights: the plain mean
+
+
 def test_sigmas_and_kl_golden():
     assert torch.allclose(L.logit_normal_sigmas(3, 0.0, 0.0), torch.full((3,), 0.5))
     s = L.logit_normal_sigmas(1000, 0.0, 1.0, torch.Generator().manual_seed(0))
@@ -217,6 +236,25 @@ def test_stage_runs_resumes_and_exports(stage, tiny_model, tmp_path):
         assert layer.shape == (32, 32, 4) and 0.0 <= layer.min() and layer.max() <= 1.0
 
 
+def test_transparency_decoder_fine_tune_keeps_everything_else(tiny_model, tmp_path):
+    from lamina.bfs.pipeline import BFSPipeline
+    from lamina.bfs.train import training_loop
+
+    torch.set_num_threads(1)
+    config = resolve_config("test", stage="vae", init=tiny_model, vae_modules="trans_decoder", preview_every=10)
+    pipe = BFSPipeline.from_pretrained(training_loop(config, tmp_path / "run", echo=lambda _: None))
+    before = BFSPipeline.from_pretrained(tiny_model)
+    for name in ("vae", "transformer", "joint"):
+        assert all(torch.equal(v, before.components[name].state_dict()[k])
+                   for k, v in pipe.components[name].state_dict().items()), name
+    new, old = pipe.trans_vae.state_dict(), before.trans_vae.state_dict()
+    changed = {k.split(".")[0] for k in new if not torch.equal(new[k], old[k])}
+    assert changed == {"decoder", "post_quant_conv"} or changed == {"decoder"}
+    assert pipe.trans_vae.config.scaling_factor == before.trans_vae.config.scaling_factor  # latents unchanged
+    with pytest.raises(LaminaError, match="vae_modules"):
+        resolve_config("test", vae_modules="encoder")
+
+
 def _cli(*args):
     from click.testing import CliRunner
 
@@ -234,7 +272,7 @@ def test_synthesize_cli_two_layers(tiny_model, tmp_path):
     out = tmp_path / "scene.psd"
     result = _cli("synthesize", str(tmp_path / "bg.png"), "--box", "4,4,24,30", "--prompt", "a red star with a shadow",
                   "--box", "20,10,44,36", "--prompt", "a blue heart", "--out", str(out), "--model", tiny_model,
-                  "--steps", "1", "--threads", "1")
+                  "--steps", "1", "--guidance", "2.5", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert out.is_file() and (tmp_path / "scene.sheet.png").is_file()
     layered = load(out)
@@ -243,6 +281,20 @@ def test_synthesize_cli_two_layers(tiny_model, tmp_path):
     alpha = np.max([layer.alpha for layer in layered.layers], axis=0)
     composite = (layered.composite()[:, :, :3] * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(composite[alpha == 0], background[alpha == 0])  # B bit-exact where alpha = 0
+
+
+def test_synthesize_layers_sampler_options(tiny_model):
+    from lamina.bfs.synthesize import synthesize_layers
+    from lamina.bfs.train import load_model
+
+    pipe = load_model(tiny_model)
+    background = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
+    plain = synthesize_layers(pipe, background, [(2, 2, 20, 20)], ["a red star"], num_inference_steps=1)
+    guided = synthesize_layers(pipe, background, [(2, 2, 20, 20)], ["a red star"], num_inference_steps=1,
+                               guidance_scale=2.5)
+    assert plain.layers[0].metadata["guidance_scale"] == pipe.config.guidance_scale
+    assert guided.layers[0].metadata["guidance_scale"] == 2.5
+    assert not np.array_equal(plain.layers[0].pixels, guided.layers[0].pixels)  # true CFG changed the sample
 
 
 def test_synthesize_cli_errors_before_loading(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import lamina.layers as layers_module
-from lamina.layeringdiff.bounded import BoundedConfig, _upsample, object_window, read_photo
+from lamina.layeringdiff.bounded import BoundedConfig, _upsample, object_window, quantise_background, read_photo
 from lamina.layeringdiff.decompose import decompose_image
 from lamina.layers import Layer, LayeredImage
 
@@ -107,6 +107,14 @@ def test_read_photo_keeps_8_bit_files_in_uint8(tmp_path):
         photo = read_photo(tmp_path / name)
         assert photo.dtype == np.uint8 and photo.shape == (20, 30, 3)
         np.testing.assert_array_equal(photo, image)
+    # 16-bit colour stays uint16 (exact), and the bounded path keeps it that way: a compact uint16 background.
+    import cv2
+
+    deep = (image.astype(np.uint16) * 257 + np.arange(30, dtype=np.uint16)[None, :, None]).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep[:, :, ::-1])
+    photo = read_photo(tmp_path / "deep.png")
+    assert photo.dtype == np.uint16
+    np.testing.assert_array_equal(photo, deep)
     from lamina.errors import InputFileError
 
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
@@ -115,12 +123,15 @@ def test_read_photo_keeps_8_bit_files_in_uint8(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_12_mpx_photo_decomposes_within_1_5_gb(tmp_path):
-    """``lamina decompose`` (built-in model, PSD + sheet) on a 4000 x 3000 photo: peak RSS of the process <= 1.5 GB."""
-    image, box = scene(3000, 4000)
-    noise = np.random.default_rng(0).integers(-12, 13, image.shape)
-    Image.fromarray(np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)).save(tmp_path / "photo.jpg",
-                                                                                      quality=92)
+@pytest.mark.parametrize("height, width", [(3000, 4000), (5477, 7303)])
+def test_a_12_and_a_40_mpx_photo_decompose_within_1_5_gb(tmp_path, height, width):
+    """``lamina decompose`` (built-in model, PSD + sheet) on a 4000 x 3000 and a 7303 x 5477 photo: peak RSS of the
+    process <= 1.5 GB."""
+    image, box = scene(height, width)
+    noise = np.random.default_rng(0).integers(-12, 13, image.shape, dtype=np.int16)
+    noise += image
+    Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).save(tmp_path / "photo.jpg", quality=92)
+    del image, noise
     command = [sys.executable, "-m", "lamina", "decompose", str(tmp_path / "photo.jpg"), "--box",
                ",".join(map(str, box)), "--out", str(tmp_path / "out.psd"), "--threads", "1"]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), LAMINA_PROGRESS="0")
@@ -129,3 +140,53 @@ def test_a_12_mpx_photo_decomposes_within_1_5_gb(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0, child.stderr.read().decode()[-2000:]
     assert usage.ru_maxrss * 1024 <= 1.5 * (1 << 30)
     assert (tmp_path / "out.psd").stat().st_size > 0
+
+
+@pytest.mark.parametrize("max_side", [128, 380])  # 380: the 300 px window runs at full resolution (no upsampling)
+def test_bounded_path_stores_compact_layers_that_still_recompose_the_photo(max_side):
+    """The background stays uint8 (4 bytes a pixel), the object's layer uint16 (8), and the composite is the photo
+    to within the uint16 rounding of the re-solved colour (t / 131070), i.e. at the PSNR cap."""
+    image, box = scene()
+    layered = decompose_image(image, box=box, method="classical",
+                              bounded=BoundedConfig(max_side=max_side, band_rows=37))
+    background, layer = layered.background, layered.layers[0]
+    assert background.is_compact and background.stored.dtype == np.uint8
+    deep = decompose_image(image.astype(np.uint16) * 257, box=box, method="classical",
+                           bounded=BoundedConfig(max_side=max_side, band_rows=37))  # 16 bits: uint16 planes
+    assert deep.background.stored.dtype == np.uint16 and deep.layers[0].stored.dtype == np.uint16
+    assert deep.metadata["recomposition_psnr"] == 100.0
+    assert layer.is_compact and layer.stored.dtype == np.uint16
+    assert layered.metadata["recomposition_psnr"] == 100.0
+    error = np.abs(layered.composite()[:, :, :3].astype(np.float64) - image / 255.0)
+    assert error.max() <= 1.0 / 131070 + 1e-6
+    assert background.is_compact  # compositing read it in bands, without converting it
+    # Outside the layer's box the background holds the photo's own bytes.
+    left, top = layer.offset
+    outside = np.ones(image.shape[:2], bool)
+    outside[top:top + layer.height, left:left + layer.width] = False
+    np.testing.assert_array_equal(background.stored[:3].transpose(1, 2, 0)[outside], image[outside])
+
+
+def test_quantise_background_by_hand():
+    """B rounds to 1/255 levels; soft pixels solve F = (I - (1 - t) B) / t; a nearly clear pixel whose F would leave
+    [0, 1] takes F = B = I; clear and opaque pixels keep F."""
+    image = np.array([[[0.4, 0.4, 0.5, 0.6]]], np.float32).reshape(1, 1, 4).repeat(3, axis=0)  # [3, 1, 4]
+    image = np.floor(image * 255 + 0.5) / np.float32(255)  # integer levels, as a uint8 canvas reads
+    total = np.array([[0.5, 0.001, 0.0, 1.0]], np.float32)
+    foreground = np.full((3, 1, 4), 0.3, np.float32)
+    background = np.full((3, 1, 4), 0.2011, np.float32)  # 51.28 / 255: rounds to 51
+    levels = quantise_background(image, total, foreground, background, 255.0)
+    b = np.float32(51) / np.float32(255)
+    # t = 0.5: F = (I - 0.5 B) / 0.5 = 2 I - B
+    np.testing.assert_allclose(foreground[:, 0, 0], 2 * image[:, 0, 0] - b, rtol=0, atol=1e-6)
+    assert levels[0, 0, 0] == 51
+    # t = 0.001: F would be about 200: F = B = I instead.
+    np.testing.assert_array_equal(foreground[:, 0, 1], image[:, 0, 1])
+    assert levels[0, 0, 1] == round(float(image[0, 0, 1]) * 255)
+    # clear (t = 0) and opaque (t = 1) pixels: F untouched, B rounded
+    np.testing.assert_array_equal(foreground[:, 0, 2:], np.float32(0.3))
+    assert (levels[:, 0, 2:] == 51).all()
+    # the recomposition holds on every pixel
+    t = total[0]
+    recomposed = t * foreground[:, 0] + (1 - t) * levels[:, 0] / np.float32(255)
+    np.testing.assert_allclose(recomposed[:, :2], image[:, 0, :2], rtol=0, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -494,6 +495,60 @@ def test_psd_merged_image_matches_psd_tools_encoder(bit_depth):
     psd = PSDImage.new("RGBA", image.size, depth=bit_depth)
     composite = image.composite()
     reference = b"".join(encode_image_data(psd, composite[:, :, :3], composite[:, :, 3:]))
-    assert lamina.io.psd._set_merged_image(psd, image)
-    stored = psd._record.image_data.get_data(psd._record.header)
-    assert (b"".join(stored) if isinstance(stored, (list, tuple)) else stored) == reference
+    buffer = io.BytesIO(b"head")
+    buffer.seek(4)
+    lamina.io.psd.write_merged(buffer, image, bit_depth)  # written a band at a time, each plane's rows in place
+    assert buffer.getvalue()[4:] == reference and buffer.tell() == len(buffer.getvalue())
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_files_of_compact_layers_are_byte_identical_to_the_float_layers(tmp_path, bit_depth):
+    """Compact (uint8 / uint16) layers are encoded from their integers (PSD: a plane at a time): the same files."""
+    rng = np.random.default_rng(5)
+    bg = rng.integers(0, 256, (300, 21, 3), dtype=np.uint8)  # > MERGED_BAND_ROWS rows
+    fg = rng.integers(0, 65536, (9, 7, 4), dtype=np.uint16)
+    compact = LayeredImage(bg, [Layer(fg, "x", offset=(3, 250), opacity=0.5, blend_mode="multiply")])
+    floats = LayeredImage(bg * np.float32(1 / 255), [Layer(fg * np.float32(1 / 65535), "x", offset=(3, 250),
+                                                           opacity=0.5, blend_mode="multiply")])
+    assert compact.background.is_compact and compact.layers[0].is_compact
+    save(compact, tmp_path / "a.psd", bit_depth=bit_depth)
+    save(floats, tmp_path / "b.psd", bit_depth=bit_depth)
+    for suffix in (".ora", ""):  # OpenRaster and PNG stack too
+        save(compact, tmp_path / f"a{suffix}", bit_depth=bit_depth)
+        save(floats, tmp_path / f"b{suffix}", bit_depth=bit_depth)
+    assert compact.background.is_compact and compact.layers[0].is_compact  # writing did not convert them
+    assert (tmp_path / "a.psd").read_bytes() == (tmp_path / "b.psd").read_bytes()
+    assert (tmp_path / "a.ora").read_bytes() == (tmp_path / "b.ora").read_bytes()
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    back = load(tmp_path / "a.psd")
+    np.testing.assert_array_equal(back.background.quantised(bit_depth), compact.background.quantised(bit_depth))
+    merged = np.asarray(PSDImage.open(tmp_path / "a.psd").topil().convert("RGBA")) if bit_depth == 8 else None
+    if merged is not None:  # the merged preview is our composite
+        np.testing.assert_array_equal(merged, compact.composite_uint8())
+
+
+def test_sampled_image_is_exactly_those_pixels_and_big_sheets_use_it():
+    from lamina.io.preview import _thumbnails, sampled
+
+    rng = np.random.default_rng(6)
+    image = LayeredImage(rng.integers(0, 256, (23, 31, 3), dtype=np.uint8),
+                         [Layer(rng.random((9, 11, 4), dtype=np.float32), "a", offset=(-3, 5), opacity=0.7),
+                          Layer(rng.integers(0, 256, (6, 8, 4), dtype=np.uint8), "b", offset=(20, -2),
+                                blend_mode="screen"),
+                          Layer(rng.random((2, 2, 4), dtype=np.float32), "c", offset=(29, 21))])
+    for step in (1, 2, 3, 4, 7):
+        small = sampled(image, step)
+        phase = step // 2
+        np.testing.assert_array_equal(small.composite(), image.composite()[phase::step, phase::step])
+        for key in (None, "a", "b", "c"):
+            np.testing.assert_array_equal(small.canvas(key), image.canvas(key)[phase::step, phase::step])
+    assert image.background.is_compact and sampled(image, 3).background.is_compact  # views, no copies
+    # A canvas of at least 8 x the tile is sampled first: a 2100 px canvas, tile 128 -> every 2100 // 512 = 4th pixel.
+    wide = LayeredImage(np.full((40, 2100, 3), 200, np.uint8),
+                        [Layer(np.ones((10, 500, 4), np.float32), "white", offset=(1000, 15))])
+    labels = [label for label, _ in _thumbnails(wide, 128)]
+    thumbs = [thumb for _, thumb in _thumbnails(wide, 128)]
+    assert labels == ["background", "white", "composite"] and all(t.shape == (2, 128, 4) for t in thumbs)
+    assert (thumbs[0][..., :3] == 200).all() and thumbs[1][:, 62:91, 3].min() > 0 and thumbs[1][:, :60, 3].max() == 0

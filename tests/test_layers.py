@@ -324,3 +324,56 @@ def test_to_pil_and_bit_depth() -> None:
     assert image.layers[0].to_pil().size == (1, 1) and image.bit_depth == 8
     with pytest.raises(LayerError, match="bit_depth must be 8 or 16"):
         LayeredImage(np.zeros((2, 2, 3), np.float32), bit_depth=12)
+
+
+# ---------------------------------------------------------------- compact storage
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.uint8, 4), (np.uint16, 4)])
+def test_compact_layers_keep_their_integers_and_read_as_the_float_layer(dtype, channels) -> None:
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    array = rng.integers(0, top + 1, (7, 9, channels), dtype=dtype)
+    array[0, 0, :] = top  # both ends of the range
+    array[0, 1, :] = 0
+    compact = Layer(array, name="c", offset=(2, -1), opacity=0.6)
+    reference = Layer(array * np.float32(1.0 / top), name="c", offset=(2, -1), opacity=0.6)  # as before: k * (1 / max)
+    assert compact.is_compact and compact.stored.dtype == dtype and compact.stored.shape == (4, 7, 9)
+    assert compact.stored.nbytes == 4 * 7 * 9 * np.dtype(dtype).itemsize  # 4 or 8 bytes a pixel, not 16
+    assert (compact.width, compact.height) == (9, 7)
+    # Reading converts only what is read, to exactly what a float input gives.
+    np.testing.assert_array_equal(compact.read(slice(2, 5), slice(1, 8)), reference.planes[:, 2:5, 1:8])
+    np.testing.assert_array_equal(compact.quantised(8), reference.quantised(8))
+    np.testing.assert_array_equal(compact.quantised(16), reference.quantised(16))
+    bits = 8 if dtype == np.uint8 else 16
+    np.testing.assert_array_equal(compact.quantised(bits)[..., :channels], array)  # its own integers back
+    assert compact.opaque() == (channels == 3) and compact.bbox() == reference.bbox()
+    assert compact.is_compact  # none of that converted it
+    # Composites over compact layers are those of the float layers, bit for bit, whole or in bands.
+    bg = rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    a = LayeredImage(bg, [compact])
+    b = LayeredImage(bg * np.float32(1.0 / 255), [reference])
+    assert a.background.is_compact and not b.background.is_compact
+    np.testing.assert_array_equal(a.composite(), b.composite())
+    np.testing.assert_array_equal(a.composite_uint8(), b.composite_uint8())
+    bands = list(a.iter_composite(rows=5))
+    assert [r0 for r0, _ in bands] == [0, 5, 10]
+    np.testing.assert_array_equal(np.concatenate([band for _, band in bands]), a.composite())
+    assert a.crop((1, 2, 10, 11)).background.is_compact
+    # Asking for the float pixels converts the layer for good: planes are then a writable view.
+    planes = compact.planes
+    assert not compact.is_compact and planes.dtype == np.float32
+    np.testing.assert_array_equal(planes, reference.planes)
+    compact.pixels[0, 0, 0] = 0.25
+    assert compact.planes[0, 0, 0] == np.float32(0.25)
+
+
+def test_compact_layer_validation_and_bad_bits() -> None:
+    layer = Layer(np.zeros((2, 3, 4), np.uint8), name="z")
+    with pytest.raises(LayerError, match="bits must be 8 or 16"):
+        layer.quantised(12)
+    image = LayeredImage(np.zeros((2, 3, 3), np.uint8), [layer])
+    image.validate()
+    layer.planes = np.zeros((4, 2, 3), np.int32)  # not a stored type
+    with pytest.raises(LayerError, match="float32 \\(or uint8/uint16\\)"):
+        image.validate()
+    with pytest.raises(LayerError, match="at least one row"):
+        next(LayeredImage(np.zeros((2, 3, 3), np.uint8)).iter_composite(rows=0))

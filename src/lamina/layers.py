@@ -2,9 +2,12 @@
 
 A :class:`LayeredImage` is a canvas of ``width x height`` pixels holding a background
 :class:`Layer` and an ordered list of foreground layers, **back to front** (``layers[0]``
-sits directly on the background, ``layers[-1]`` is the top). Each layer stores straight
-(non-premultiplied) RGBA as ``float32`` in ``[0, 1]``, channel-last ``[h, w, 4]``, placed
-on the canvas at an integer ``offset`` ``(left, top)`` and drawn with an ``opacity``.
+sits directly on the background, ``layers[-1]`` is the top). Each layer holds straight
+(non-premultiplied) RGBA in ``[0, 1]``, read as ``float32`` channel-last ``[h, w, 4]``
+(:attr:`Layer.pixels`), placed on the canvas at an integer ``offset`` ``(left, top)`` and
+drawn with an ``opacity``. Layers made from ``uint8`` / ``uint16`` pixels keep those integers
+(4 or 8 bytes a pixel instead of 16) until their float pixels are asked for; compositing and
+the writers read them in bands (:class:`Layer`, "compact storage").
 
 Conventions shared by the whole library:
 
@@ -18,7 +21,7 @@ Conventions shared by the whole library:
   Compositing and Blending, separable modes), stored by every file format.
 * :attr:`LayeredImage.bit_depth` (8 or 16) is the precision of the source and the depth
   the writers use by default: a 16-bit PNG/TIFF/PSD reads back as 16 and is written as
-  16-bit PSD/PNG again. Pixels are float32 in memory, which holds 16-bit values exactly.
+  16-bit PSD/PNG again. Float pixels are float32, which holds 16-bit values exactly.
 * Every image input (:func:`as_float_image`) may be a PIL image, a NumPy ``[H, W, C]``
   array (uint8, uint16, bool or float in ``[0, 1]``) or a torch ``[C, H, W]`` /
   ``[1, C, H, W]`` float tensor in ``[0, 1]``.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,8 @@ RANGE_TOLERANCE = 1e-4
 
 #: Scale from an integer dtype to ``[0, 1]``.
 _INTEGER_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+#: What :attr:`Layer.stored` may hold.
+_STORED_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.uint16))
 
 #: Bit depths a layered image records and its writers store.
 BIT_DEPTHS = (8, 16)
@@ -139,16 +144,41 @@ def as_float_image(array: Any, what: str, channels: Sequence[int] = (4,)) -> np.
 
 def _as_planes(array: Any, what: str) -> np.ndarray:
     """Validate RGB/RGBA pixels and return planar ``float32`` ``[4, H, W]`` (opaque alpha for RGB)."""
+    stored = _as_stored(array, what)
+    return _to_float_planes(stored) if stored.dtype != np.float32 else stored
+
+
+def _as_stored(array: Any, what: str) -> np.ndarray:
+    """Validate RGB/RGBA pixels and return the planes a :class:`Layer` stores: ``[4, H, W]``.
+
+    ``uint8`` / ``uint16`` input (arrays, 8-bit PIL images) stays integer (exact, 4 or 8 bytes a
+    pixel), anything else becomes ``float32`` in ``[0, 1]``; RGB gets an opaque alpha.
+    """
     array = _as_hwc_array(array, what, (4, 3))
-    planes = np.empty((4,) + array.shape[:2], np.float32)
     channels = array.shape[2]
-    if array.dtype in _INTEGER_SCALE:  # one fused pass: cast, scale and go planar
-        np.multiply(array.transpose(2, 0, 1), np.float32(1.0 / _INTEGER_SCALE[array.dtype]), out=planes[:channels])
-    else:
-        planes[:channels] = as_float_image(array, what, channels=(channels,)).transpose(2, 0, 1)
+    if array.dtype in _INTEGER_SCALE:
+        planes = np.empty((4,) + array.shape[:2], array.dtype)
+        planes[:channels] = array.transpose(2, 0, 1)
+        if channels == 3:
+            planes[3] = int(_INTEGER_SCALE[array.dtype])
+        return planes
+    planes = np.empty((4,) + array.shape[:2], np.float32)
+    planes[:channels] = as_float_image(array, what, channels=(channels,)).transpose(2, 0, 1)
     if channels == 3:
         planes[3] = 1.0
     return planes
+
+
+def integer_scale(dtype: Any) -> float | None:
+    """255.0 for ``uint8``, 65535.0 for ``uint16`` (the integers a compact layer stores), else ``None``."""
+    return _INTEGER_SCALE.get(np.dtype(dtype))
+
+
+def _to_float_planes(stored: np.ndarray) -> np.ndarray:
+    """Integer planes -> ``float32`` in ``[0, 1]``: ``k * float32(1 / max)``, one fused pass (a new array)."""
+    out = np.empty(stored.shape, np.float32)
+    np.multiply(stored, np.float32(1.0 / _INTEGER_SCALE[stored.dtype]), out=out)
+    return out
 
 
 def _check_json(metadata: Any, what: str) -> dict[str, Any]:
@@ -179,8 +209,16 @@ class Layer:
         blend_mode: ``"normal"`` (source-over), ``"multiply"`` or ``"screen"``: how the
             layer's colour mixes with what is below it (W3C separable blending, then over).
 
-    The pixels are stored planar (``float32`` ``[4, h, w]``, :attr:`planes`) because every
-    per-pixel operation on planes vectorises; :attr:`pixels` is a channel-last view of them.
+    The pixels are stored planar (``[4, h, w]``, :attr:`planes`) because every per-pixel
+    operation on planes vectorises; :attr:`pixels` is a channel-last view of them.
+
+    **Compact storage.** ``uint8`` / ``uint16`` pixels (arrays or 8-bit PIL images) are kept as
+    they are (:attr:`stored`, :attr:`is_compact`: 4 or 8 bytes a pixel instead of 16), and every
+    reader that can (:meth:`read`, :meth:`quantised`, compositing, the writers, contact sheets)
+    works from them a band at a time. The first access to :attr:`planes` / :attr:`pixels` /
+    :attr:`rgb` / :attr:`alpha` converts the layer to ``float32`` for good (the values
+    ``k / 255`` or ``k / 65535`` exactly as a float input would give), so those stay writable
+    views, as for any layer.
     """
 
     def __init__(
@@ -214,21 +252,75 @@ class Layer:
         self.blend_mode = check_blend_mode(blend_mode, what)
 
     @property
+    def planes(self) -> np.ndarray:
+        """Straight RGBA ``float32`` ``[4, h, w]`` in ``[0, 1]`` (a compact layer becomes ``float32`` here)."""
+        if self._stored.dtype != np.float32:
+            self._stored = _to_float_planes(self._stored)
+        return self._stored
+
+    @planes.setter
+    def planes(self, value: np.ndarray) -> None:
+        self._stored = value
+
+    @property
+    def stored(self) -> np.ndarray:
+        """The planes as stored, ``[4, h, w]``: ``float32`` in ``[0, 1]``, or ``uint8`` / ``uint16`` (compact)."""
+        return self._stored
+
+    @property
+    def is_compact(self) -> bool:
+        """Whether the pixels are stored as integers (:attr:`stored` is ``uint8`` / ``uint16``)."""
+        return self._stored.dtype != np.float32
+
+    def read(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """``float32`` planes ``[4, r, c]`` of the layer's ``rows`` and ``cols``, without converting the layer.
+
+        A view of :attr:`planes` for a float layer; for a compact one, a new array with the
+        values :attr:`planes` would hold.
+        """
+        part = self._stored[:, rows, cols]
+        return part if part.dtype == np.float32 else _to_float_planes(part)
+
+    def quantised(self, bits: int = 8) -> np.ndarray:
+        """Straight RGBA ``[h, w, 4]`` as ``uint8`` (``bits`` 8) or ``uint16`` (16), rounded as :func:`to_uint8` does.
+
+        A compact layer of that depth gives its own values (a channel-last view); otherwise
+        the conversion goes a block of rows at a time.
+        """
+        dtype = {8: np.uint8, 16: np.uint16}.get(bits)
+        if dtype is None:
+            raise LayerError(f"bits must be 8 or 16, got {bits!r}")
+        if self._stored.dtype == dtype:
+            return self._stored.transpose(1, 2, 0)
+        out = np.empty((self.height, self.width, 4), dtype)
+        rows = max(1, QUANTISE_CHUNK // max(1, 4 * self.width))
+        for r0 in range(0, self.height, rows):
+            band = slice(r0, r0 + rows)
+            out[band] = _quantise(self.read(band).transpose(1, 2, 0), float(np.iinfo(dtype).max), dtype)
+        return out
+
+    def opaque(self) -> bool:
+        """Whether every pixel's alpha is 1 (opacity not counted)."""
+        alpha = self._stored[3]
+        full = 1.0 if alpha.dtype == np.float32 else _INTEGER_SCALE[alpha.dtype]
+        return bool(alpha.min() >= full)
+
+    @property
     def pixels(self) -> np.ndarray:
         """Straight RGBA ``float32`` ``[h, w, 4]`` in ``[0, 1]`` (a view of :attr:`planes`)."""
         return self.planes.transpose(1, 2, 0)
 
     @pixels.setter
     def pixels(self, value: np.ndarray | torch.Tensor) -> None:
-        self.planes = _as_planes(value, f"layer {self.name!r}")
+        self._stored = _as_stored(value, f"layer {self.name!r}")
 
     @property
     def width(self) -> int:
-        return int(self.planes.shape[2])
+        return int(self._stored.shape[2])
 
     @property
     def height(self) -> int:
-        return int(self.planes.shape[1])
+        return int(self._stored.shape[1])
 
     @property
     def rgb(self) -> np.ndarray:
@@ -242,7 +334,8 @@ class Layer:
 
     def bbox(self, threshold: float = 0.0) -> tuple[int, int, int, int] | None:
         """Canvas box ``(x0, y0, x1, y1)`` (exclusive end) of pixels with alpha > threshold."""
-        ys, xs = np.nonzero(self.alpha > threshold)
+        alpha = self.alpha if not self.is_compact else _to_float_planes(self._stored[3:])[0]
+        ys, xs = np.nonzero(alpha > threshold)
         if ys.size == 0:
             return None
         left, top = self.offset
@@ -253,7 +346,7 @@ class Layer:
 
     def to_pil(self) -> Image.Image:
         """The layer's own pixels (not placed on the canvas) as a PIL ``RGBA`` image, straight alpha."""
-        return Image.fromarray(to_uint8(self.pixels), "RGBA")
+        return Image.fromarray(np.ascontiguousarray(self.quantised(8)), "RGBA")
 
     def __repr__(self) -> str:
         blend = f", blend_mode={self.blend_mode!r}" if self.blend_mode != "normal" else ""
@@ -397,11 +490,11 @@ class LayeredImage:
         for layer in self.all_layers:
             if not isinstance(layer, Layer):
                 raise LayerError(f"layers must be lamina.Layer objects, got {type(layer).__name__}")
-            planes = layer.planes
-            if planes.dtype != np.float32 or planes.ndim != 3 or planes.shape[0] != 4:
-                raise LayerError(f"layer {layer.name!r}: planes must be float32 [4, h, w], got "
+            planes = layer.stored
+            if planes.dtype not in _STORED_DTYPES or planes.ndim != 3 or planes.shape[0] != 4:
+                raise LayerError(f"layer {layer.name!r}: planes must be float32 (or uint8/uint16) [4, h, w], got "
                                  f"{planes.dtype} {tuple(planes.shape)}")
-            if not np.isfinite(planes.sum()):  # one reduction: any NaN/Inf (or absurd value) poisons the sum
+            if planes.dtype == np.float32 and not np.isfinite(planes.sum()):  # one reduction: NaN/Inf poison the sum
                 raise LayerError(f"layer {layer.name!r}: contains NaN/Inf values")
         if self.background.offset != (0, 0):
             raise LayerError(f"background layer {self.background.name!r} must be at offset (0, 0)")
@@ -447,7 +540,7 @@ class LayeredImage:
         place = _placement(layer, self.width, self.height, rows)
         if place is not None:
             cy, cx, ly, lx = place
-            out[:, cy, cx] = layer.planes[:, ly, lx]
+            out[:, cy, cx] = layer.read(ly, lx)
             out[3, cy, cx] *= layer.opacity
         return out
 
@@ -480,29 +573,47 @@ class LayeredImage:
         return self._composite_bands(layers, background, include_hidden, np.uint8,
                                      lambda band: band.mul_(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8))
 
+    def iter_composite(
+        self,
+        layers: Sequence[int | str] | None = None,
+        background: bool = True,
+        include_hidden: bool = False,
+        rows: int = COMPOSITE_BAND_ROWS,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`composite` a band of ``rows`` canvas rows at a time: ``(first row, float32 [r, W, 4])``.
+
+        Every operation is per pixel, so the bands hold exactly the rows of :meth:`composite`, while
+        the memory is one band (writers encode a large canvas this way).
+        """
+        for r0, band in self._iter_bands(layers, background, include_hidden, rows):
+            yield r0, band.permute(1, 2, 0).numpy()
+
+    def _iter_bands(self, layers: Sequence[int | str] | None, background: bool, include_hidden: bool,
+                    band_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+        if band_rows < 1:
+            raise LayerError(f"composite bands need at least one row, got {band_rows}")
+        chosen = range(len(self.layers)) if layers is None else sorted({self.index(k) for k in layers})
+        draw = [self.layers[i] for i in chosen if self.layers[i].visible or include_hidden]
+        use_bg = background and (include_hidden or self.background.visible)
+        opaque = use_bg and self.background.opacity == 1.0 and self.background.opaque()
+        for r0 in range(0, self.height, band_rows):
+            yield r0, self._composite(draw, use_bg, opaque, (r0, min(r0 + band_rows, self.height)))
+
     def _composite_bands(self, layers: Sequence[int | str] | None, background: bool, include_hidden: bool,
                          dtype: Any, convert: Any) -> np.ndarray:
         """The channel-last composite ``[H, W, 4]`` of ``dtype``, made :data:`COMPOSITE_BAND_ROWS` rows at a time.
 
-        Every operation is per pixel, so the bands give exactly the whole canvas's values, while the
-        scratch memory is one band instead of a planar copy of the canvas.
+        The scratch memory is one band instead of a planar copy of the canvas.
         """
-        chosen = range(len(self.layers)) if layers is None else sorted({self.index(k) for k in layers})
-        draw = [self.layers[i] for i in chosen if self.layers[i].visible or include_hidden]
-        use_bg = background and (include_hidden or self.background.visible)
-        opaque = use_bg and self.background.opacity == 1.0 and bool(self.background.planes[3].min() >= 1.0)
         out = np.empty((self.height, self.width, 4), dtype)
-        for r0 in range(0, self.height, COMPOSITE_BAND_ROWS):
-            rows = (r0, min(r0 + COMPOSITE_BAND_ROWS, self.height))
-            band = self._composite(draw, use_bg, opaque, rows)
-            out[rows[0]:rows[1]] = convert(band).permute(1, 2, 0).numpy()
+        for r0, band in self._iter_bands(layers, background, include_hidden, COMPOSITE_BAND_ROWS):
+            out[r0:r0 + band.shape[1]] = convert(band).permute(1, 2, 0).numpy()
         return out
 
     def _composite(self, draw: list[Layer], use_bg: bool, opaque: bool, rows: tuple[int, int]) -> torch.Tensor:
         """Planar ``[4, r, W]`` straight-RGBA composite of the canvas rows ``rows``."""
-        bg = torch.from_numpy(self.background.planes)[:, rows[0]:rows[1]]
         if opaque:
-            return self._composite_opaque(bg, draw, rows)
+            return self._composite_opaque(self.background, draw, rows)
         if use_bg:
             acc = torch.from_numpy(self._canvas_planes(self.background, rows))
             acc[:3].mul_(acc[3:])  # premultiply in place
@@ -524,11 +635,12 @@ class LayeredImage:
             region[3:].add_(a)
         return _unpremultiply_(acc)
 
-    def _composite_opaque(self, bg: torch.Tensor, draw: list[Layer], rows: tuple[int, int]) -> torch.Tensor:
+    def _composite_opaque(self, bg: Layer, draw: list[Layer], rows: tuple[int, int]) -> torch.Tensor:
         # Over an opaque destination the result stays opaque and "over" reduces to a lerp
         # of straight colour, C <- C + a_s (B(C, C_s) - C): one fused pass per layer with no
         # premultiplication or division (B(C_b, C_s) = C_s for normal).
-        acc = bg.clone()
+        band = bg.read(slice(rows[0], rows[1]))
+        acc = torch.from_numpy(band.copy() if bg.stored.dtype == np.float32 else band)
         for cy, cx, src, a, mode in self._regions(draw, rows):
             region = acc[:3, cy, cx]
             target = src[:3] if mode == "normal" else blend_function(mode)(region, src[:3])
@@ -543,7 +655,7 @@ class LayeredImage:
             if place is None:
                 continue
             cy, cx, ly, lx = place
-            src = torch.from_numpy(layer.planes)[:, ly, lx]
+            src = torch.from_numpy(layer.read(ly, lx))
             a = src[3:] * layer.opacity if layer.opacity != 1.0 else src[3:]
             yield cy, cx, src, a, layer.blend_mode
 
@@ -608,7 +720,7 @@ class LayeredImage:
         """
         x0, y0, x1, y1 = check_box(box, self.width, self.height)
         out = self.copy()
-        out.background.pixels = self.background.pixels[y0:y1, x0:x1]
+        out.background.pixels = self.background.stored[:, y0:y1, x0:x1].transpose(1, 2, 0)  # compact stays compact
         for layer in out.layers:
             layer.offset = (layer.offset[0] - x0, layer.offset[1] - y0)
         out.metadata = {**self.metadata, "crop_box": [x0, y0, x1, y1]}

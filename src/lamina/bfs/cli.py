@@ -55,13 +55,15 @@ def _load(model: str, device: str, dtype: str, threads: int | None):
 @out_option(help="layered output: .psd, .ora, a path without suffix (PNG-stack folder), or .png (flattened)")
 @click.option("--model", default="builtin", show_default=True, help=MODEL_HELP)
 @click.option("--steps", type=click.IntRange(1), default=None, help="sampling steps (default: the model's)")
+@click.option("--guidance", type=click.FloatRange(0), default=None,
+              help="guidance scale (default: the model's): classifier-free, or FLUX.1-Fill's embedded guidance")
 @seed_option(help="random seed: layer k samples with seed + k")
 @preview_option
 @runtime_options
 @overwrite_option
 def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...], out: Path, model: str,
-               steps: int | None, seed: int, preview: bool, device: str, dtype: str, threads: int | None,
-               overwrite: bool) -> None:
+               steps: int | None, guidance: float | None, seed: int, preview: bool, device: str, dtype: str,
+               threads: int | None, overwrite: bool) -> None:
     """Draw captioned objects (with their shadows and reflections) onto BACKGROUND as separate layers.
 
     Each --box/--prompt pair adds one layer, back to front: the next object is drawn over the
@@ -91,7 +93,8 @@ def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...
     from .synthesize import synthesize_layers
 
     pipe = _load(model, device, dtype, threads)
-    layered = synthesize_layers(pipe, image, parsed, list(prompts), num_inference_steps=steps, seed=seed,
+    layered = synthesize_layers(pipe, image, parsed, list(prompts), num_inference_steps=steps,
+                                guidance_scale=guidance, seed=seed,
                                 progress=lambda items: progress(items, desc="BFS layers"))
     layered.metadata["model"] = str(model)
     written = [str(p) for p in write_layered(layered, out, overwrite=overwrite, preview=preview)]
@@ -152,11 +155,12 @@ def train(data: str, preset: str, stage: str, run_dir: Path, init: str | None, b
 @click.option("--mode", type=click.Choice(["single", "multi"]), default="single", show_default=True,
               help="one object per scene, or 2-4 placed back to front")
 @click.option("--steps", type=click.IntRange(1), default=None, help="sampling steps (default: the model's)")
+@click.option("--guidance", type=click.FloatRange(0), default=None, help="guidance scale (default: the model's)")
 @seed_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @runtime_options
-def evaluate(model: str, count: int, mode: str, steps: int | None, seed: int, as_json: bool, device: str,
-             dtype: str, threads: int | None) -> None:
+def evaluate(model: str, count: int, mode: str, steps: int | None, guidance: float | None, seed: int, as_json: bool,
+             device: str, dtype: str, threads: int | None) -> None:
     """Evaluate a BFS model (RUN, RUN/export, a folder, a hub id or builtin) on held-out procedural scenes."""
     from ..training import EXPORT_DIR
     from .evaluate import bfs_method, evaluate_method, held_out_cases
@@ -166,7 +170,7 @@ def evaluate(model: str, count: int, mode: str, steps: int | None, seed: int, as
         model = str(path / EXPORT_DIR)
     pipe = _load(model, device, dtype, threads)
     cases = held_out_cases(count, int(pipe.config.resolution), mode=mode)
-    result = evaluate_method(bfs_method(pipe, steps=steps, seed=seed), cases)
+    result = evaluate_method(bfs_method(pipe, steps=steps, seed=seed, guidance_scale=guidance), cases)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

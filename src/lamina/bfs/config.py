@@ -24,6 +24,9 @@ from ..overrides import check_type
 #: What a run trains: ``vae`` the two VAEs (RGB and transparency); ``layered`` stage 1 (both branches on
 #: layered data); ``composite`` stage 2 (the composite branch only, on unlayered composites).
 STAGES = ("vae", "layered", "composite")
+#: What stage ``vae`` trains: both VAEs from their start, or only the transparency VAE's decoder (its encoder, whose
+#: latents a trained transformer denoises, stays frozen: a decoder fine-tune of a finished model).
+VAE_MODULES = ("both", "trans_decoder")
 #: Mixed precision modes of ``accelerate``.
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -64,6 +67,7 @@ class BFSTrainConfig:
     sigma_mean: float = 0.0
     sigma_std: float = 1.0
     foreground_weight: float = 1.0  # weight of the foreground row's loss
+    effects_token_weight: float = 1.0  # foreground-row tokens of partial alpha (shadows, soft edges) count up to this
     # Transparency VAE losses (stage vae).
     kl_weight: float = 1e-6
     alpha_weight: float = 1.0
@@ -72,6 +76,7 @@ class BFSTrainConfig:
     identity_weight: float = 0.1
     shadow_weight: float = 4.0  # partial-alpha pixels count this many times
     vae_crop: int = 32  # stage vae: train on random crops of this side (px; the VAEs are convolutional)
+    vae_modules: str = "both"  # stage vae: "both" VAEs, or "trans_decoder" (fine-tune the transparency decoder only)
     # Sampling saved in the export and used for previews.
     inference_steps: int = 20
     # Bookkeeping.
@@ -95,6 +100,8 @@ class BFSTrainConfig:
         for f in fields(self):
             if f.name.startswith("p_") and not 0.0 <= getattr(self, f.name) <= 1.0:
                 raise LaminaError(f"{f.name} must be a probability in [0, 1], got {getattr(self, f.name)}")
+        if self.vae_modules not in VAE_MODULES:
+            raise LaminaError(f"vae_modules must be one of {', '.join(VAE_MODULES)}, got {self.vae_modules!r}")
         if self.composite_backgrounds not in ("auto", "procedural"):
             raise LaminaError(f"composite_backgrounds must be 'auto' or 'procedural', got "
                               f"{self.composite_backgrounds!r}")

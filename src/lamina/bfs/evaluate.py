@@ -81,13 +81,14 @@ def held_out_cases(count: int, resolution: int, mode: str = "single", seed: int 
     return cases
 
 
-def bfs_method(pipe, steps: int | None = None, seed: int = 0) -> Method:
-    """A :class:`~lamina.bfs.pipeline.BFSPipeline` as a method (layer ``k`` of a run samples with ``seed + k``)."""
+def bfs_method(pipe, steps: int | None = None, seed: int = 0, guidance_scale: float | None = None) -> Method:
+    """A :class:`~lamina.bfs.pipeline.BFSPipeline` as a method (layer ``k`` of a run samples with ``seed + k``);
+    ``steps`` and ``guidance_scale`` default to the pipeline's."""
     counter = iter(range(10**9))
 
     def method(background: np.ndarray, box: tuple[int, int, int, int], caption: str) -> tuple[np.ndarray, ...]:
         out = pipe(background=background, box=box, prompt=caption, num_inference_steps=steps,
-                   generator=torch.Generator().manual_seed(seed + next(counter)))
+                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed + next(counter)))
         return out.canvas(0), out.background.rgb
 
     return method

@@ -36,14 +36,34 @@ def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def flow_matching_loss(pred_x: torch.Tensor, pred_y: torch.Tensor, target_x: torch.Tensor, target_y: torch.Tensor,
-                       foreground_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                       foreground_weight: float = 1.0,
+                       token_weight_y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Stage 1: MSE of both rows' velocities. Row x is the composite branch, row y the foreground branch.
 
+    ``token_weight_y`` ``[N, T, 1]`` (optional): per-token weights of row y (:func:`partial_alpha_token_weights`);
+    row y's loss is then the weighted mean ``sum(w e^2) / (sum(w) C)``, equal to the plain mean for ``w = 1``.
     Returns ``{"loss": loss_x + foreground_weight * loss_y, "loss_x", "loss_y"}`` (scalars).
     """
     loss_x = torch.mean((pred_x.float() - target_x.float()) ** 2)
-    loss_y = torch.mean((pred_y.float() - target_y.float()) ** 2)
+    error_y = (pred_y.float() - target_y.float()) ** 2
+    if token_weight_y is None:
+        loss_y = torch.mean(error_y)
+    else:
+        w = token_weight_y.float().expand_as(error_y)
+        loss_y = (w * error_y).sum() / w.sum().clamp_min(1e-8)
     return {"loss": loss_x + foreground_weight * loss_y, "loss_x": loss_x, "loss_y": loss_y}
+
+
+def partial_alpha_token_weights(alpha: torch.Tensor, token_size: int, weight: float,
+                                low: float = 0.02, high: float = 0.9) -> torch.Tensor:
+    """Per-token weights ``[N, T, 1]`` of the foreground row (our design, not the paper's): ``1 + (weight - 1) f``
+    where ``f`` in [0, 1] is the share of the token's ``token_size`` x ``token_size`` pixels whose alpha
+    (``[N, 1, H, W]``, straight, [0, 1]) is partial, ``low < alpha < high`` -- soft shadows, reflections and
+    edges, a small part of each layer that the plain mean lets the model wash out. Tokens are in
+    :func:`~lamina.bfs.pipeline.pack_latents` order (row-major)."""
+    partial = ((alpha > low) & (alpha < high)).float()
+    share = torch.nn.functional.avg_pool2d(partial, token_size)  # [N, 1, H / t, W / t]
+    return (1.0 + (weight - 1.0) * share).flatten(2).transpose(1, 2)
 
 
 def composite_only_loss(pred_x: torch.Tensor, target_x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -577,7 +577,7 @@ class BFSPipeline(DiffusionPipeline):
         faint = layer_full[..., 3] < ALPHA_FLOOR  # the RGBA VAE's noise around 0: B stays untouched there
         layer_full[faint] = 0.0
         name = prompt.strip() or "layer"
-        meta = {"caption": prompt, "box": list(bbox), "method": "bfs"}
+        meta = {"caption": prompt, "box": list(bbox), "method": "bfs", "steps": steps, "guidance_scale": scale}
         layers = [Layer(np.ascontiguousarray(layer_full), name=name, metadata=meta)]
         if return_composite:
             composite = decode_latents(self.vae, grid[:1].to(self.vae.dtype)).float().cpu()

@@ -17,8 +17,8 @@ from ..layers import Layer, LayeredImage, check_box
 
 
 def synthesize_layers(pipe: Any, background: np.ndarray, boxes: Sequence[Sequence[int]], prompts: Sequence[str],
-                      *, num_inference_steps: int | None = None, seed: int = 0,
-                      progress: Any = None) -> LayeredImage:
+                      *, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                      seed: int = 0, progress: Any = None) -> LayeredImage:
     """Place one captioned object per box onto ``background``, back to front.
 
     Args:
@@ -27,6 +27,8 @@ def synthesize_layers(pipe: Any, background: np.ndarray, boxes: Sequence[Sequenc
         boxes: ``(x0, y0, x1, y1)`` per object (exclusive end), inside the image.
         prompts: one caption per box; it names the layer.
         num_inference_steps: default: the pipeline's.
+        guidance_scale: default: the pipeline's (classifier-free guidance scale, or the guidance-embedding
+            value of a guidance-distilled transformer).
         seed: layer ``k`` samples with seed ``seed + k``.
         progress: optional wrapper of an iterable (e.g. :func:`lamina.progress.progress`).
     Returns:
@@ -42,7 +44,7 @@ def synthesize_layers(pipe: Any, background: np.ndarray, boxes: Sequence[Sequenc
     for k, (box, prompt) in enumerate(progress(pairs) if progress is not None else pairs):
         current = result.composite()[:, :, :3]
         out = pipe(background=current, box=box, prompt=prompt, num_inference_steps=num_inference_steps,
-                   generator=torch.Generator().manual_seed(seed + k))
+                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed + k))
         layer = out.layers[0]
         name = _unique(layer.name, [existing.name for existing in result.layers])
         result.layers.append(Layer(layer.pixels, name=name, offset=layer.offset, metadata=layer.metadata))

@@ -43,6 +43,7 @@ from .losses import (
     logit_normal_sigmas,
     noisy_latent,
     over_grey,
+    partial_alpha_token_weights,
     transparency_losses,
 )
 
@@ -75,15 +76,19 @@ def normalise(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     return (latent - shift) * vae.config.scaling_factor
 
 
+def _vae_crop(batch: dict[str, Any], side: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random ``side`` x ``side`` crop (at most the image) of the batch's ``composite`` and ``foreground``."""
+    size = batch["composite"].shape[-1]
+    crop = min(side, size)
+    y, x = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
+    return batch["composite"][:, :, y:y + crop, x:x + crop], batch["foreground"][:, :, y:y + crop, x:x + crop]
+
+
 def vae_losses(vae: Any, trans_vae: Any, batch: dict[str, Any], generator: torch.Generator,
                config: BFSTrainConfig) -> dict[str, torch.Tensor]:
     """Stage ``vae``: both VAEs on one random crop of the batch (straight RGBA ``foreground`` ``[N, 4, H, W]``,
     ``composite`` ``[N, 3, H, W]``, [0, 1])."""
-    size = batch["composite"].shape[-1]
-    crop = min(config.vae_crop, size)
-    y, x = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=generator))
-    comp = batch["composite"][:, :, y:y + crop, x:x + crop]
-    layer = batch["foreground"][:, :, y:y + crop, x:x + crop]
+    comp, layer = _vae_crop(batch, config.vae_crop, generator)
     backgrounds = torch.roll(comp, 1, 0)  # another sample's composite behind each layer
 
     post = encode_rgb(vae, comp)
@@ -102,6 +107,20 @@ def vae_losses(vae: Any, trans_vae: Any, batch: dict[str, Any], generator: torch
     loss = rgb_rec + trans["loss"] + config.identity_weight * ident + config.kl_weight * (rgb_kl + trans_kl)
     return {"loss": loss, "vae_l1": rgb_rec, "alpha": trans["alpha"], "rgb": trans["rgb"],
             "composite": trans["composite"], "identity": ident, "kl": rgb_kl + trans_kl}
+
+
+def transparency_decoder_losses(trans_vae: Any, batch: dict[str, Any], generator: torch.Generator,
+                                config: BFSTrainConfig) -> dict[str, torch.Tensor]:
+    """Stage ``vae`` with ``vae_modules="trans_decoder"``: the transparency VAE's reconstruction losses with its
+    encoder frozen (its latent space is the one the transformer learned), on a random crop of the batch."""
+    comp, layer = _vae_crop(batch, config.vae_crop, generator)
+    backgrounds = torch.roll(comp, 1, 0)
+    with torch.no_grad():
+        latent = encode_rgba(trans_vae, layer).sample(generator)
+    decoded = trans_vae.decode(latent).sample * 0.5 + 0.5
+    trans = transparency_losses(decoded, layer, backgrounds, config.shadow_weight, config.alpha_weight,
+                                config.rgb_weight, config.composite_weight)
+    return {"loss": trans["loss"], "alpha": trans["alpha"], "rgb": trans["rgb"], "composite": trans["composite"]}
 
 
 @torch.no_grad()
@@ -160,8 +179,13 @@ def dual_branch_losses(parts: dict[str, Any], batch: dict[str, Any], generator: 
                             noisy_latent(y0, noise_y, sigma), condition, text.prompt_embeds, text.pooled,
                             text.text_ids, img_ids, sigma, guidance=guidance)
     if "foreground" in batch and config.stage == "layered":
+        token_weight = None
+        if config.effects_token_weight != 1.0:
+            token_size = batch["foreground"].shape[-1] // (lw // 2)  # pixels per packed token side
+            token_weight = partial_alpha_token_weights(batch["foreground"][:, 3:].to(device), token_size,
+                                                       config.effects_token_weight)
         return flow_matching_loss(pred.velocity_x, pred.velocity_y, flow_target(x0, noise_x),
-                                  flow_target(y0, noise_y), config.foreground_weight)
+                                  flow_target(y0, noise_y), config.foreground_weight, token_weight)
     return composite_only_loss(pred.velocity_x, flow_target(x0, noise_x))
 
 
@@ -234,6 +258,13 @@ def _trainable(config: BFSTrainConfig, parts: dict[str, Any]) -> torch.nn.Module
     for module in parts.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False).eval()
+    if config.stage == "vae" and config.vae_modules == "trans_decoder":
+        trans_vae = parts["trans_vae"]
+        trans_vae.train()
+        for part in (trans_vae.decoder, trans_vae.post_quant_conv):
+            if part is not None:  # post_quant_conv is optional in AutoencoderKL
+                part.requires_grad_(True)
+        return torch.nn.ModuleDict({"trans_vae": trans_vae})
     if config.stage == "vae":
         names = ["vae", "trans_vae"]
     else:
@@ -243,6 +274,28 @@ def _trainable(config: BFSTrainConfig, parts: dict[str, Any]) -> torch.nn.Module
     modules = torch.nn.ModuleDict({k: parts[k] for k in names})
     modules.requires_grad_(True).train()
     return modules
+
+
+class StageLoss(torch.nn.Module):
+    """The trained modules and their stage's loss as one module, so that ``accelerator.prepare`` (DDP under
+    ``accelerate launch``) wraps the whole forward pass and averages the gradients across processes.
+
+    ``trainable``: the modules the stage trains (its only registered submodule); ``parts``: every component
+    (a plain dict, so frozen components are not this module's parameters). ``forward(batch, generator)``
+    returns the stage's named losses (``"loss"`` the total)."""
+
+    def __init__(self, config: BFSTrainConfig, parts: dict[str, Any], trainable: torch.nn.ModuleDict,
+                 guidance: float | None) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.config, self.parts, self.guidance = config, parts, guidance
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.config.stage == "vae" and self.config.vae_modules == "trans_decoder":
+            return transparency_decoder_losses(self.trainable["trans_vae"], batch, generator, self.config)
+        if self.config.stage == "vae":
+            return vae_losses(self.trainable["vae"], self.trainable["trans_vae"], batch, generator, self.config)
+        return dual_branch_losses(self.parts, batch, generator, self.config, self.guidance)
 
 
 # ------------------------------------------------------------------------------------ run folder
@@ -256,7 +309,7 @@ def write_export(config: BFSTrainConfig, parts: dict[str, Any], options: dict[st
     """Fill ``folder`` with the EMA weights as a :class:`~lamina.bfs.pipeline.BFSPipeline` (``save_pretrained``)
     and the run's config; the stage ``vae`` export gets its latent statistics (:func:`set_latent_statistics`)."""
     exported = _with_ema(parts, ema_modules)
-    if config.stage == "vae":
+    if config.stage == "vae" and config.vae_modules == "both":  # a decoder fine-tune keeps the encoder's latents
         set_latent_statistics(exported["vae"], exported["trans_vae"], config)
     pipe = make_pipeline(exported, options)
     pipe.save_pretrained(folder)
@@ -307,9 +360,12 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
         stop_after_s: stop (after saving) once this many seconds have passed in this call.
         parts: the starting components and pipeline options (default: :func:`load_parts`).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+    # Stage composite leaves the foreground row's own adapter weights without gradients.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.stage == "composite")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+                              kwargs_handlers=[ddp])
     main = accelerator.is_main_process
     run = RunDir(run_dir, is_main=main, echo=echo)
     run.open(config.to_dict(), may_change=RESUMABLE_CHANGES,
@@ -334,18 +390,18 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
     for module in parts.values():
         if isinstance(module, torch.nn.Module):
             module.to(accelerator.device)
-    modules, optimizer = accelerator.prepare(modules, optimizer)
     ema.model.to(accelerator.device)
     world, rank = accelerator.num_processes, accelerator.process_index
     guided = config.stage != "vae" and bool(parts["transformer"].config.guidance_embeds)
     guidance = options["guidance_scale"] if guided else None
     text_parts = parts | {"_max_sequence_length": options["max_sequence_length"]}
+    loss_module, optimizer = accelerator.prepare(StageLoss(config, text_parts, modules, guidance), optimizer)
 
     def export() -> None:
         run.export(lambda folder: write_export(config, parts, options, ema.model, folder), step)
 
     def save() -> None:
-        run.save_state({"step": step, "modules": accelerator.unwrap_model(modules).state_dict(),
+        run.save_state({"step": step, "modules": modules.state_dict(),
                         "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
                         "config": config.to_dict()})
         export()
@@ -363,11 +419,7 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
         for group in optimizer.param_groups:  # linear warm-up
             group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
         with accelerator.autocast():
-            if config.stage == "vae":
-                inner = accelerator.unwrap_model(modules)
-                losses = vae_losses(inner["vae"], inner["trans_vae"], batch, generator, config)
-            else:
-                losses = dual_branch_losses(text_parts, batch, generator, config, guidance)
+            losses = loss_module(batch, generator)
         values = {k: float(v.detach()) for k, v in losses.items()}
         run.check_losses(step + 1, values, config.max_loss)
         optimizer.zero_grad(set_to_none=True)
@@ -377,7 +429,7 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
         optimizer.step()
         step += 1
         n = config.batch_size
-        ema.update(accelerator.unwrap_model(modules), step * n * world, n * world)
+        ema.update(modules, step * n * world, n * world)
 
         if step % config.log_every == 0:
             now = time.time()

@@ -235,8 +235,22 @@ def to_pil(image: ImageLike) -> Image.Image:
     """
     if isinstance(image, Image.Image):
         return image
-    pixels = to_uint8(as_float_image(image, "image", channels=(1, 3, 4)))
+    pixels = _integers(image, np.uint8)
+    if pixels is None:
+        pixels = to_uint8(as_float_image(image, "image", channels=(1, 3, 4)))
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
+def _integers(image: Any, dtype: Any) -> np.ndarray | None:
+    """``image`` itself (contiguous) when it is already a non-empty ``[H, W, 1|3|4]`` array of ``dtype``, else None.
+
+    Those values are what the float round trip would give back (``k / max`` rounds to ``k``), without its
+    ``float32`` copy (16 bytes a pixel): e.g. :meth:`lamina.Layer.quantised` of a large layer.
+    """
+    if isinstance(image, np.ndarray) and image.dtype == dtype and image.ndim == 3 and image.shape[2] in (1, 3, 4) \
+            and image.size:
+        return np.ascontiguousarray(image)
+    return None
 
 
 def encode_png(image: ImageLike, bit_depth: int = 8, **options: Any) -> bytes:
@@ -244,7 +258,9 @@ def encode_png(image: ImageLike, bit_depth: int = 8, **options: Any) -> bytes:
     if bit_depth == 16:
         import cv2  # Pillow cannot write 16-bit colour PNGs
 
-        pixels = to_uint16(as_float_image(image, "image", channels=(1, 3, 4)))
+        pixels = _integers(image, np.uint16)
+        if pixels is None:
+            pixels = to_uint16(as_float_image(image, "image", channels=(1, 3, 4)))
         if pixels.shape[2] >= 3:
             pixels = pixels[:, :, [2, 1, 0, 3][:pixels.shape[2]]]  # OpenCV writes BGR(A)
         ok, data = cv2.imencode(".png", np.ascontiguousarray(pixels))

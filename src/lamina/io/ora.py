@@ -95,7 +95,7 @@ def save_ora(image: LayeredImage, path: Path, overwrite: bool = False, bit_depth
         _add(archive, "mimetype", MIMETYPE, zipfile.ZIP_STORED)
         _add(archive, "stack.xml", stack_xml(image, sources))
         for layer, src in zip(image.all_layers, sources, strict=True):  # PNG is compressed already: store it
-            _add(archive, src, encode_png(layer.pixels, depth), zipfile.ZIP_STORED)
+            _add(archive, src, encode_png(layer.quantised(depth), depth), zipfile.ZIP_STORED)
         _add(archive, "mergedimage.png", merged, zipfile.ZIP_STORED)
         _add(archive, "Thumbnails/thumbnail.png", encode_png(thumbnail), zipfile.ZIP_STORED)
         _add(archive, "lamina.json", dump_json(image_record(image, sources, depth)))

@@ -46,7 +46,7 @@ def save_png_stack(image: LayeredImage, path: Path, overwrite: bool = False, bit
     with atomic_output(path, overwrite) as tmp:
         tmp.mkdir()
         for layer, file in zip(image.all_layers, files, strict=True):
-            (tmp / file).write_bytes(encode_png(layer.pixels, depth))
+            (tmp / file).write_bytes(encode_png(layer.quantised(depth), depth))
         composite = image.composite() if depth == 16 else image.composite_uint8()
         (tmp / COMPOSITE_PNG).write_bytes(encode_png(composite, depth))
         (tmp / LAYERS_JSON).write_bytes(dump_json(record))

@@ -64,10 +64,14 @@ def _fit_label(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.
 def _thumbnails(image: LayeredImage, limit: int) -> list[tuple[str, np.ndarray]]:
     """Each layer on its canvas, then the composite, fitted into ``limit`` (never enlarged): labelled ``uint8`` RGBA.
 
-    One full-size canvas exists at a time, so a large image costs little beyond itself.
+    A canvas whose longer side is at least ``8 * limit`` is first sampled every
+    ``side // (4 * limit)`` pixels (:func:`sampled`, no copy), down to 4-8 times the thumbnail,
+    which Pillow then averages; so a large image costs a few MB and touches a few percent of its
+    pixels, and a smaller one is shown exactly as before.
     """
     scale = min(1.0, limit / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image = sampled(image, max(1, max(image.size) // (4 * limit)))
     out = []
     for layer in image.all_layers:
         label = layer.name + ("" if layer.visible else " (hidden)")
@@ -76,15 +80,42 @@ def _thumbnails(image: LayeredImage, limit: int) -> list[tuple[str, np.ndarray]]
     return out
 
 
+def sampled(image: LayeredImage, step: int) -> LayeredImage:
+    """The canvas pixels ``(step // 2 + step * i, step // 2 + step * j)`` of ``image``, as a layered image of views.
+
+    Every layer becomes a strided view of its own pixels (no copy; compact layers stay compact)
+    placed where its sampled pixels fall, so the result's layers, and its composite, are exactly
+    those pixels of ``image``'s. ``step`` 1: ``image`` itself.
+    """
+    if step == 1:
+        return image
+    phase = step // 2
+
+    def view(layer: Layer) -> Layer:
+        left, top = layer.offset
+        i0, j0 = -((phase - top) // step), -((phase - left) // step)  # first sample on or after the edge
+        y, x = phase + step * i0 - top, phase + step * j0 - left
+        planes = layer.stored[:, y::step, x::step]
+        offset = (j0, i0)
+        if planes.shape[1] == 0 or planes.shape[2] == 0:  # no sampled pixel: one clear pixel off the canvas
+            planes, offset = np.zeros((4, 1, 1), np.float32), (-1, -1)
+        out = Layer(np.zeros((1, 1, 4), np.float32), name=layer.name, offset=offset, opacity=layer.opacity,
+                    visible=layer.visible, blend_mode=layer.blend_mode)
+        out.planes = planes
+        return out
+
+    return LayeredImage(view(image.background), [view(layer) for layer in image.layers], bit_depth=image.bit_depth)
+
+
 def _canvas_uint8(image: LayeredImage, layer: Layer) -> np.ndarray:
     """``to_uint8(image.canvas(layer))`` without the float32 canvas: only the layer's overlap is converted."""
     out = np.zeros((image.height, image.width, 4), np.uint8)
     place = _placement(layer, image.width, image.height)
     if place is not None:
         cy, cx, ly, lx = place
-        region = layer.pixels[ly, lx]
-        out[cy, cx, :3] = to_uint8(region[:, :, :3])
-        out[cy, cx, 3] = to_uint8(region[:, :, 3] * np.float32(layer.opacity))
+        region = layer.read(ly, lx)
+        out[cy, cx, :3] = to_uint8(region[:3].transpose(1, 2, 0))
+        out[cy, cx, 3] = to_uint8(region[3] * np.float32(layer.opacity))
     return out
 
 

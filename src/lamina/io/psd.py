@@ -22,22 +22,22 @@ from __future__ import annotations
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from xml.sax.saxutils import escape
 
 import numpy as np
 from PIL import Image
 from psd_tools import PSDImage
 from psd_tools.compression import PSDDecompressionWarning
-from psd_tools.constants import BlendMode, Resource
+from psd_tools.constants import BlendMode, Compression, Resource
 from psd_tools.psd.image_resources import ImageResource
 
 from ..errors import InputFileError, LaminaError
-from ..layers import Layer, LayeredImage, as_float_image, to_uint8
+from ..layers import QUANTISE_CHUNK, Layer, LayeredImage, as_float_image, integer_scale, pil_to_array
 from .atomic import atomic_output
 from .budget import Budget
 from .common import MAX_JSON_BYTES, assemble, dump_json, image_record, layer_metadata, load_json, stored_layer
-from .images import MAX_IMAGE_PIXELS, pil_to_float, to_uint16
+from .images import MAX_IMAGE_PIXELS, pil_to_float
 
 #: PSD blend key of each blend mode.
 BLEND_KEYS = {"normal": BlendMode.NORMAL, "multiply": BlendMode.MULTIPLY, "screen": BlendMode.SCREEN}
@@ -60,60 +60,105 @@ def save_psd(image: LayeredImage, path: Path, overwrite: bool = False, bit_depth
     depth = bit_depth or image.bit_depth
     psd = PSDImage.new("RGBA", image.size, depth=depth)
     psd.background_color = None  # merged preview over transparency, not black
-    quantise = to_uint16 if depth == 16 else to_uint8
     for layer in image.all_layers:
-        left, top = layer.offset
-        added = psd.create_pixel_layer_from_array(quantise(layer.pixels), name=layer.name, top=top, left=left,
-                                                  opacity=round(layer.opacity * 255),
-                                                  blend_mode=BLEND_KEYS[layer.blend_mode])
+        added = _add_layer(psd, layer, depth)
+        added.opacity = round(layer.opacity * 255)
+        added.blend_mode = BLEND_KEYS[layer.blend_mode]
         added.visible = layer.visible
     record = dump_json(image_record(image, bit_depth=depth)).decode("utf-8")
     xmp = _XMP_TEMPLATE.format(namespace=XMP_NAMESPACE, record=escape(record)).encode("utf-8")
     psd.image_resources[Resource.XMP_METADATA] = ImageResource(key=Resource.XMP_METADATA, data=xmp)
-    merged = _set_merged_image(psd, image)
     with atomic_output(path, overwrite) as tmp:
-        _write(psd, tmp, merged)
+        _write(psd, tmp, image, depth)
     return path
 
 
-def _write(psd: PSDImage, path: Path, merged: bool) -> None:
-    if merged:
-        with open(path, "wb") as file:
-            psd._record.write(file)  # the merged image is ours: skip psd-tools' re-render
-    else:
+def _add_layer(psd: PSDImage, layer: Layer, depth: int) -> Any:
+    """Append ``layer`` as a pixel layer, its channels encoded from its integers one plane at a time.
+
+    The same channels as ``psd.create_pixel_layer_from_array(layer.quantised(depth))``, without the
+    ``float32`` copy of the whole layer (16 bytes a pixel) that psd-tools makes of an integer array;
+    that public call is the fallback where this psd-tools lacks the internals used here.
+    """
+    left, top = layer.offset
+    try:
+        from psd_tools.api.layers import PixelLayer
+
+        planes = (_plane_bytes(layer, c, depth) for c in range(3))  # one uncompressed plane at a time
+        record, channels = PixelLayer._assemble(
+            _plane_bytes(layer, 3, depth), planes, layer.name, left, top, layer.width, layer.height,
+            Compression.RLE, psd._record.header.version, depth)
+        added = PixelLayer(psd, record, channels)
+        psd.append(added)
+        return added
+    except (AttributeError, TypeError, ImportError):
+        return psd.create_pixel_layer_from_array(np.ascontiguousarray(layer.quantised(depth)), name=layer.name,
+                                                 top=top, left=left)
+
+
+def _plane_bytes(layer: Layer, channel: int, depth: int) -> bytes:
+    """One channel of ``layer.quantised(depth)`` as the big-endian bytes PSD stores (converted in blocks of rows)."""
+    stored = layer.stored[channel]
+    order = ">u2" if depth == 16 else ">u1"
+    if stored.dtype == (np.uint16 if depth == 16 else np.uint8):
+        return np.ascontiguousarray(stored, order).tobytes()
+    out = np.empty(stored.shape, order)
+    rows = max(1, QUANTISE_CHUNK // max(1, layer.width))
+    scale = 65535.0 if depth == 16 else 255.0
+    unit = integer_scale(stored.dtype)
+    for r0 in range(0, layer.height, rows):
+        part = stored[r0:r0 + rows]
+        values = part if unit is None else part * np.float32(1.0 / unit)  # the values layer.read gives
+        out[r0:r0 + rows] = np.floor(np.clip(values, 0.0, 1.0) * scale + 0.5)  # as to_uint8 / to_uint16
+    return out.tobytes()
+
+
+def _write(psd: PSDImage, path: Path, image: LayeredImage, depth: int) -> None:
+    """Write the document, with our composite of ``image`` as its merged image (:func:`write_merged`).
+
+    The merged image is the last section of a PSD (a compression code, then the raw planes), so
+    psd-tools writes everything before it and the planes go to the file a band at a time; its
+    re-render of the preview is skipped. Without the psd-tools internals used here: psd-tools'
+    own ``save`` (which renders the preview itself).
+    """
+    try:
+        image_data = psd._record.image_data
+        image_data.compression = Compression.RAW
+        image_data.data = b""
+    except AttributeError:
         psd.save(path)
+        return
+    with open(path, "wb") as file:
+        psd._record.write(file)
+        write_merged(file, image, depth)
 
 
 #: Rows of the merged image encoded at a time (bounded float temporaries).
 MERGED_BAND_ROWS = 256
 
 
-def _set_merged_image(psd: PSDImage, image: LayeredImage) -> bool:
-    """Store our exact composite as the merged preview; False if this psd-tools lacks the hook.
+def write_merged(file: BinaryIO, image: LayeredImage, depth: int) -> None:
+    """Write the merged image's raw planes (R, G, B, A, ``depth`` bits, big-endian) at ``file``'s position.
 
     psd-tools' ``save()`` re-renders the preview with its own compositor, which costs several
     float64 canvases; ours is exact for our blend modes. The planes are R, G, B, A at the
     document's depth, colour matted over white where alpha > 0 (how Photoshop stores the
-    merged image of a transparent document, and how psd-tools and Pillow undo it), encoded a
-    band of rows at a time next to the one float32 composite.
+    merged image of a transparent document, and how psd-tools and Pillow undo it), composited and
+    encoded a band of rows at a time (:meth:`~lamina.LayeredImage.iter_composite`) and written
+    in place (each band's rows of each plane at their offset): no full-size canvas of any kind.
     """
-    composite = image.composite()
-    scale, dtype = (65535.0, ">u2") if psd.depth == 16 else (255.0, ">u1")
-    planes = [bytearray() for _ in range(4)]
-    for r0 in range(0, image.height, MERGED_BAND_ROWS):
-        band = composite[r0:r0 + MERGED_BAND_ROWS]
+    scale, dtype = (65535.0, ">u2") if depth == 16 else (255.0, ">u1")
+    start, row_bytes = file.tell(), image.width * np.dtype(dtype).itemsize
+    plane_bytes = row_bytes * image.height
+    for r0, band in image.iter_composite(rows=MERGED_BAND_ROWS):
         alpha = band[:, :, 3]
         for c in range(4):
             plane = band[:, :, c]
             if c < 3:
                 plane = np.where(alpha > 0, plane * alpha + (1.0 - alpha), plane)
-            planes[c] += np.rint(np.clip(plane, 0.0, 1.0) * scale).astype(dtype).tobytes()
-    del composite
-    try:
-        psd._record.image_data.set_data([bytes(p) for p in planes], psd._record.header)
-        return True
-    except (AttributeError, TypeError):
-        return False
+            file.seek(start + c * plane_bytes + r0 * row_bytes)
+            file.write(np.rint(np.clip(plane, 0.0, 1.0) * scale).astype(dtype).tobytes())
+    file.seek(start + 4 * plane_bytes)
 
 
 def _xmp_record(psd: PSDImage, label: str) -> dict[str, Any]:
@@ -128,10 +173,16 @@ def _xmp_record(psd: PSDImage, label: str) -> dict[str, Any]:
     return load_json((node.text or "").encode("utf-8"), f"{label} (XMP lamina:record)") if node is not None else {}
 
 
+def _enabled_mask(psd_layer: Any) -> Any:
+    """The layer's pixel mask, or ``None`` when it has none or it is disabled."""
+    mask = psd_layer.mask if psd_layer.has_mask() else None
+    return None if mask is None or mask.disabled else mask
+
+
 def _apply_mask(psd_layer: Any, pixels: np.ndarray, left: int, top: int) -> None:
     """Multiply alpha by the layer's pixel mask (where RGB/CMYK documents keep layer transparency)."""
-    mask = psd_layer.mask if psd_layer.has_mask() else None
-    if mask is None or mask.disabled:
+    mask = _enabled_mask(psd_layer)
+    if mask is None:
         return
     canvas = Image.new("L", (pixels.shape[1], pixels.shape[0]), mask.background_color)
     image = mask.topil()
@@ -168,8 +219,10 @@ def _layer(psd_layer: Any, metadata: dict[str, Any], label: str, depth: int) -> 
                 pil = psd_layer.topil()
                 if pil is None or pil.width * pil.height == 0:
                     return None
-                pixels = pil_to_float(pil, alpha=True, what=what)
-            _apply_mask(psd_layer, pixels, left, top)
+                pixels = pil_to_array(pil, (4,))  # uint8: a compact layer (4 bytes a pixel)
+            if _enabled_mask(psd_layer) is not None:  # the mask multiplies alpha in float
+                pixels = as_float_image(pixels, what, channels=(4,))
+                _apply_mask(psd_layer, pixels, left, top)
         else:
             pil, (left, top) = psd_layer.composite(layer_filter=lambda _: True), psd_layer.bbox[:2]
             if pil is None or pil.width * pil.height == 0:

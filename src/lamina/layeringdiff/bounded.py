@@ -5,9 +5,16 @@
 (the exact path). A larger photo goes through :func:`peel_bounded` instead, so that memory and
 time no longer grow like the photo (about 340 bytes per pixel before: 4 GB for 12 Mpx):
 
-* the photo stays in its 8-bit (or 16-bit) form; the only full-size float array is the
-  background layer itself (``float32`` RGBA, 16 bytes per pixel, which :class:`~lamina.Layer`
-  requires), which starts as the photo and is edited in place;
+* the photo stays in its 8-bit (or 16-bit) form, and so does the background layer: a compact
+  :class:`~lamina.Layer` (``uint8`` RGBA planes, 4 bytes per pixel; ``uint16`` for 16-bit
+  photos) that starts as the photo and is edited in place. Its values under an object are
+  rounded to those integers, and the object's layer is solved again on the soft pixels
+  (``0 < t < 1``) from the rounded background, ``F = (I - (1 - t) B) / t``, so the layers
+  still recompose the photo exactly (:func:`quantise_background`);
+* the foreground layer holds only its box (a :class:`~lamina.Layer` with an offset), stored as
+  ``uint16`` (8 bytes per pixel): its alpha is rounded to 1/65535 before ``F`` is solved, and
+  ``F``'s own rounding changes the composite by at most ``t / 131070`` (recomposition PSNR above
+  100 dB, the cap);
 * each object gets a **window**: its box (a mask's or saliency's box; for a prompt, the whole
   photo) grown to a square of :attr:`BoundedConfig.window` times its longer side, centred and
   shifted inside the photo, which holds the effects region (half an object height below) and
@@ -21,12 +28,12 @@ time no longer grow like the photo (about 340 bytes per pixel before: 4 GB for 1
   photo (:func:`~lamina.layeringdiff.disassembly.project_recomposition`), so every pixel the
   object does not hide keeps the photo's own detail and the layers recompose it exactly; under
   an opaque object the completed background has the window's working resolution;
-* the foreground layer holds only that box (a :class:`~lamina.Layer` with an offset), not a
-  full-canvas RGBA.
+* a float photo (a 16-bit file read as ``float32``) keeps ``float32`` layers, as before.
 
 Peak memory is then about the photo in ``uint8`` (3 bytes per pixel), the background layer
-(16), the foreground layers' boxes (16 each) and a working set bounded by ``max_side`` and
-``band_rows``, on top of what the libraries take when imported (about 0.4 GB for torch).
+(4), the foreground layers' boxes (8 each), one plane of the window in ``float32`` while it is
+downscaled (4) and a working set bounded by ``max_side`` and ``band_rows``, on top of what the
+libraries take when imported (about 0.4 GB for torch).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import LaminaError
-from ..layers import Layer, LayeredImage, check_box
+from ..layers import Layer, LayeredImage, check_box, integer_scale
 from ._util import import_cv2
 from .disassembly import Decomposer, Decomposition, project_recomposition
 
@@ -81,34 +88,45 @@ def is_large(height: int, width: int, config: BoundedConfig | None) -> bool:
 _EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"})
 
 
+#: The EXIF tag of the orientation (1: as stored).
+ORIENTATION_TAG = 0x0112
+
+
 def read_photo(path: str | Path) -> np.ndarray:
     """A photo for decomposition: ``uint8`` ``[H, W, 3]`` for 8-bit files (a quarter of ``float32``).
 
-    16-bit files keep their precision (:func:`lamina.io.read_rgb`'s ``float32``); any alpha is
-    dropped (not composited), the EXIF orientation applied, as by ``read_rgb``. The size limits
-    and errors are ``read_rgb``'s: a file it would refuse is refused with its message.
+    16-bit files keep their precision as ``uint16`` (half of ``float32``; a float TIFF as
+    ``float32``); any alpha is dropped (not composited), the EXIF orientation applied, as by
+    :func:`lamina.io.read_rgb`, whose size limits and errors apply: a file it would refuse is
+    refused with its message.
     """
     from PIL import Image, ImageOps
 
-    from ..io import read_rgb
-    from ..io.images import image_size, is_deep_colour
+    from ..io.images import decode_image_depth, image_size, is_deep_colour
 
     image_size(path, str(path))  # pixel limit and decompression bombs, from the header
     try:
         with Image.open(path) as image:
             if image.mode in _EIGHT_BIT_MODES and not is_deep_colour(image):
                 image.load()
-                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except Exception:  # noqa: BLE001 -- anything unusual: read_rgb decodes it or says what is wrong
+                if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                    image = ImageOps.exif_transpose(image)
+                return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # no needless copies
+    except Exception:  # noqa: BLE001 -- anything unusual: read_rgb's decoder reads it or says what is wrong
         pass
-    return read_rgb(path)
+    return decode_image_depth(path, str(path), alpha=False, raw=True)[0]
 
 
 def layer_from_planes(planes: np.ndarray, name: str, offset: tuple[int, int] = (0, 0),
                       metadata: dict[str, Any] | None = None, blend_mode: str = "normal") -> Layer:
-    """A :class:`~lamina.Layer` holding ``planes`` (``float32`` ``[4, h, w]`` in ``[0, 1]``) itself, not a copy."""
-    if planes.dtype != np.float32 or planes.ndim != 3 or planes.shape[0] != 4:
-        raise LaminaError(f"layer planes must be float32 [4, h, w], got {planes.dtype} {planes.shape}")
+    """A :class:`~lamina.Layer` holding ``planes`` itself, not a copy.
+
+    ``planes``: ``[4, h, w]``, ``float32`` in ``[0, 1]`` or ``uint8`` / ``uint16`` (a compact layer).
+    """
+    if (planes.dtype != np.float32 and integer_scale(planes.dtype) is None) or planes.ndim != 3 or \
+            planes.shape[0] != 4:
+        raise LaminaError(f"layer planes must be float32, uint8 or uint16 [4, h, w], got {planes.dtype} "
+                          f"{planes.shape}")
     layer = Layer(np.zeros((1, 1, 4), np.float32), name=name, offset=offset, metadata=metadata,
                   blend_mode=blend_mode)
     layer.planes = planes  # the setter would convert (and copy); the planes are already in the layer's form
@@ -135,13 +153,26 @@ def _work_size(rows: slice, cols: slice, max_side: int) -> tuple[int, int]:
     return (h, w) if scale == 1.0 else (max(8, round(h * scale)), max(8, round(w * scale)))
 
 
+def as_unit(planes: np.ndarray) -> np.ndarray:
+    """``float32`` values in ``[0, 1]`` of planes stored as ``float32``, ``uint8`` or ``uint16`` (a new array).
+
+    Integers give ``k * float32(1 / max)``, the values a compact :class:`~lamina.Layer` reads as.
+    """
+    scale = integer_scale(planes.dtype)
+    if scale is None:
+        return np.array(planes, np.float32)
+    out = np.empty(planes.shape, np.float32)
+    np.multiply(planes, np.float32(1.0 / scale), out=out)
+    return out
+
+
 def _downscale(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[C, h, w]`` planes (any strides) -> ``float32`` ``[H', W', C]`` at ``size``, area-averaged."""
+    """``[C, h, w]`` planes (any strides, float32 or integers) -> ``float32`` ``[H', W', C]`` at ``size`` (area)."""
     if tuple(planes.shape[1:]) == tuple(size):
-        return np.ascontiguousarray(planes.transpose(1, 2, 0), np.float32)
+        return np.ascontiguousarray(as_unit(planes).transpose(1, 2, 0))
     cv2 = import_cv2()
-    return np.stack([cv2.resize(np.ascontiguousarray(p, np.float32), (size[1], size[0]),
-                                interpolation=cv2.INTER_AREA) for p in planes], axis=2)
+    return np.stack([cv2.resize(as_unit(p), (size[1], size[0]), interpolation=cv2.INTER_AREA) for p in planes],
+                    axis=2)
 
 
 def _source_coords(full: int, low: int, start: int, stop: int) -> np.ndarray:
@@ -182,6 +213,62 @@ def project_band(image: np.ndarray, total: np.ndarray, foreground: np.ndarray, b
     f, b = project_recomposition(torch.from_numpy(image[:, soft]), torch.from_numpy(total[soft][None]),
                                  torch.from_numpy(foreground[:, soft]), torch.from_numpy(background[:, soft]))
     foreground[:, soft], background[:, soft] = f.numpy(), b.numpy()
+
+
+#: How an object's layer is stored over an integer canvas: 16 bits, so that rounding its solved colour
+#: keeps the composite within ``1 / 131070`` of the photo (``uint8`` would not: up to ``1 / 510``).
+LAYER_DTYPE = np.uint16
+_LAYER_LEVELS = float(np.iinfo(LAYER_DTYPE).max)
+
+
+def _round_alpha(alpha: np.ndarray) -> None:
+    """Round ``alpha`` in place to the levels of :data:`LAYER_DTYPE` (the values the stored layer reads back)."""
+    alpha[...] = _levels(alpha) * np.float32(1.0 / _LAYER_LEVELS)
+
+
+def _levels(values: np.ndarray) -> np.ndarray:
+    """``[0, 1]`` floats -> :data:`LAYER_DTYPE` levels, rounded half-up (the cast truncates: a floor, as all >= 0)."""
+    scaled = np.clip(values, 0.0, 1.0)
+    scaled *= np.float32(_LAYER_LEVELS)
+    scaled += np.float32(0.5)
+    return scaled.astype(LAYER_DTYPE)
+
+
+#: How far (in ``[0, 1]`` units) a re-solved foreground colour may leave ``[0, 1]`` and be clipped
+#: (:func:`quantise_background`): the recomposition error this adds is at most this, times alpha.
+RESOLVE_TOLERANCE = 1e-6
+
+
+def quantise_background(image: np.ndarray, total: np.ndarray, foreground: np.ndarray, background: np.ndarray,
+                        scale: float) -> np.ndarray:
+    """The background ``[3, r, c]`` rounded to integers of ``scale`` (255 or 65535), ``foreground`` solved again.
+
+    ``image`` holds integer levels too (``k / scale``). Where the layer is clear (``t <= 0``) the
+    background is the image (exact); where it is opaque (``t >= 1``) any background recomposes it;
+    on the soft pixels the foreground becomes ``F = (I - (1 - t) B_q) / t`` with the rounded ``B_q``,
+    so ``t F + (1 - t) B_q = I`` still holds, and where that ``F`` would leave ``[0, 1]`` (a nearly
+    clear pixel), ``F = B_q = I``. ``foreground`` is edited in place; returns the levels as ``float32``.
+    """
+    levels = np.clip(background, 0.0, 1.0)
+    levels *= np.float32(scale)
+    levels += np.float32(0.5)
+    np.trunc(levels, out=levels)  # a floor: every value is >= 0.5
+    soft = (total > 0.0) & (total < 1.0)
+    if not soft.any():
+        return levels
+    t = total[soft]
+    rounded = levels[:, soft] * np.float32(1.0 / scale)
+    shown = image[:, soft]
+    solved = (shown - (1.0 - t) * rounded) / t
+    bad = ((solved < -RESOLVE_TOLERANCE) | (solved > 1.0 + RESOLVE_TOLERANCE)).any(axis=0)
+    np.clip(solved, 0.0, 1.0, out=solved)
+    if bad.any():  # F = B = I: exact for any t
+        solved[:, bad] = shown[:, bad]
+        kept = levels[:, soft]
+        kept[:, bad] = np.floor(shown[:, bad] * np.float32(scale) + np.float32(0.5))
+        levels[:, soft] = kept
+    foreground[:, soft] = solved
+    return levels
 
 
 def _support(mask: np.ndarray, full: tuple[int, int]) -> tuple[int, int, int, int] | None:
@@ -239,7 +326,7 @@ class WindowPart:
 
 def _region_window(kind: str, value: Any, canvas: np.ndarray, config: BoundedConfig,
                    saliency: Any) -> tuple[str, Any, slice, slice]:
-    """The window of a region on the ``[4, H, W]`` canvas; automatic regions become boxes."""
+    """The window of a region on the ``[4, H, W]`` canvas (float32 or integer); automatic regions become boxes."""
     from .foreground import check_mask
 
     height, width = canvas.shape[1:]
@@ -297,10 +384,14 @@ def _estimate(kind: str, value: Any, crop: np.ndarray, config: Any, grounder: An
 def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decomposer, config: Any = None,
                 grounder: Any = None, saliency: Any = None, bounded: BoundedConfig | None = None,
                 keep_alphas: bool = False) -> WindowPart | None:
-    """Peel one object off ``canvas`` (``float32`` ``[4, H, W]``, the current background, edited in place).
+    """Peel one object off ``canvas`` (``[4, H, W]``, the current background, edited in place).
 
-    Returns the object's layer on its box, or ``None`` when the layer came out empty. ``keep_alphas``:
-    also the object's alpha and the effects' opacity on the box (:attr:`WindowPart.part`).
+    ``canvas`` is a layer's :attr:`~lamina.Layer.stored` planes: ``float32`` in ``[0, 1]``, or
+    ``uint8`` / ``uint16`` levels, where the background under the object is rounded to them and the
+    object's soft pixels solved again (:func:`quantise_background`); the object's layer is then
+    ``uint16`` (:data:`LAYER_DTYPE`). Returns the object's layer on its box, or ``None`` when the
+    layer came out empty. ``keep_alphas``: also the object's alpha and the effects' opacity on the
+    box (:attr:`WindowPart.part`).
     """
     from .foreground import ForegroundConfig
 
@@ -318,13 +409,15 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
     if box is None:
         return None
     y0, y1, x0, x1 = box
-    # Everything the assembly needs, as planes at the working size: t, F (3), B (3), object alpha, effects.
+    # Everything the assembly needs, as planes at the working size: t, F (3), B (3)(, object alpha, effects).
+    has_effects = bool((low.effects_alpha > 0).any())
     stacked = np.concatenate([low.foreground.transpose(2, 0, 1)[3:], low.foreground.transpose(2, 0, 1)[:3],
-                              low.background.transpose(2, 0, 1), low.object_alpha[None], low.effects_alpha[None]])
+                              low.background.transpose(2, 0, 1)]
+                             + ([low.object_alpha[None], low.effects_alpha[None]] if keep_alphas else []))
     del low
     release_memory()
-    planes = np.zeros((4, y1 - y0, x1 - x0), np.float32)
-    has_effects = bool((stacked[8] > 0).any())
+    scale = integer_scale(canvas.dtype)
+    planes = np.zeros((4, y1 - y0, x1 - x0), np.float32 if scale is None else LAYER_DTYPE)
     object_alpha = np.zeros((y1 - y0, x1 - x0) if keep_alphas else (0, 0), np.float32)
     effects = np.zeros_like(object_alpha)
     exact = full == tuple(stacked.shape[1:])
@@ -333,21 +426,33 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
         b1 = min(b0 + bounded.band_rows, y1)
         r0, r1 = b0 - y0, b1 - y0
         target = canvas[:3, rows.start + b0:rows.start + b1, cols.start + x0:cols.start + x1]
-        if exact:  # the window ran at full resolution: its layers are final
+        shown = target if scale is None else as_unit(target)
+        if exact:  # the window ran at full resolution: its layers are final (but for the rounding of t)
             band = stacked[:, b0:b1, x0:x1]
+            if scale is not None:
+                _round_alpha(band[0])
+                project_band(shown, band[0], band[1:4], band[4:7])
         else:  # upsampled, then projected onto the full-resolution image
             band = _upsample(stacked, full, (b0, b1), (x0, x1), buffer[:, :b1 - b0])
             np.clip(band, 0.0, 1.0, out=band)
-            project_band(target, band[0], band[1:4], band[4:7])
-        planes[:3, r0:r1], planes[3, r0:r1] = band[1:4], band[0]
+            if scale is not None:
+                _round_alpha(band[0])
+            project_band(shown, band[0], band[1:4], band[4:7])
+        if scale is None:
+            target[...] = band[4:7]
+            planes[:3, r0:r1], planes[3, r0:r1] = band[1:4], band[0]
+        else:  # an integer canvas: round B, solve F again where it is soft, store the layer's levels
+            target[...] = quantise_background(shown, band[0], band[1:4], band[4:7], scale)
+            planes[:3, r0:r1], planes[3, r0:r1] = _levels(band[1:4]), _levels(band[0])
         if keep_alphas:
             object_alpha[r0:r1], effects[r0:r1] = band[7], band[8]
-        target[...] = band[4:7]
     offset = (cols.start + x0, rows.start + y0)
     if not keep_alphas:
         return WindowPart(planes=planes, offset=offset, effects=has_effects, part=None)
-    background = canvas[:3, rows.start + y0:rows.start + y1, cols.start + x0:cols.start + x1].transpose(1, 2, 0)
-    part = Decomposition(foreground=planes.transpose(1, 2, 0), background=background, object_alpha=object_alpha,
+    background = as_unit(canvas[:3, rows.start + y0:rows.start + y1,
+                                cols.start + x0:cols.start + x1]).transpose(1, 2, 0)
+    colour = planes if scale is None else as_unit(planes)
+    part = Decomposition(foreground=colour.transpose(1, 2, 0), background=background, object_alpha=object_alpha,
                          effects_alpha=effects)
     return WindowPart(planes=planes, offset=offset, effects=has_effects, part=part)
 
@@ -371,10 +476,10 @@ def peel_bounded(
     ``keep_alphas``: the window parts carry the objects' alpha and effects (:func:`peel_window`).
     Returns the layered image, the objects back to front.
     """
-    background = Layer(image, name="background")  # float32 planes [4, H, W]: the canvas, edited in place
+    background = Layer(image, name="background")  # planes [4, H, W] (uint8/uint16: compact): the canvas
     stack: list[Layer] = []
     for k, (kind, value) in enumerate(regions, start=1):
-        stack += make_layers(k, peel_window(background.planes, kind, value, decomposer, config, grounder, saliency,
+        stack += make_layers(k, peel_window(background.stored, kind, value, decomposer, config, grounder, saliency,
                                             bounded, keep_alphas))
         release_memory()
     return LayeredImage(background, list(reversed(stack)))
@@ -396,7 +501,8 @@ def recomposition_psnr(layered: LayeredImage, image: np.ndarray, band_rows: int 
         x0, x1 = min(b[0] for b in boxes), max(b[2] for b in boxes)
         for y0 in range(min(b[1] for b in boxes), max(b[3] for b in boxes), band_rows):
             y1 = min(y0 + band_rows, height)
-            band = LayeredImage(layer_from_planes(layered.background.planes[:, y0:y1, x0:x1], "background"),
+            band = LayeredImage(layer_from_planes(layered.background.read(slice(y0, y1), slice(x0, x1)),
+                                                  "background"),
                                 [_band_layer(layer, x0, y0, y1) for layer in layered.layers])
             composite = band.composite()[:, :, :3].astype(np.float64)
             total += float(np.square(composite - image[y0:y1, x0:x1].astype(np.float64) / scale).sum())
@@ -408,7 +514,7 @@ def _band_layer(layer: Layer, x0: int, y0: int, y1: int) -> Layer:
     """Rows ``y0..y1`` of ``layer`` (a view) on a canvas whose corner is the canvas point ``(x0, y0)``."""
     left, top = layer.offset
     a, b = min(max(y0 - top, 0), layer.height), min(max(y1 - top, 0), layer.height)
-    planes = layer.planes[:, a:b] if b > a else np.zeros((4, 1, 1), np.float32)
+    planes = layer.read(slice(a, b)) if b > a else np.zeros((4, 1, 1), np.float32)
     offset = (left - x0, top + a - y0) if b > a else (-1, -1)
     band = layer_from_planes(planes, layer.name, offset=offset, blend_mode=layer.blend_mode)
     band.opacity, band.visible = layer.opacity, layer.visible
