@@ -36,7 +36,14 @@ Methods (``--methods``), each in a fresh process per size (peak memory counts it
 * ``classical``: the classical path with lamina's current defaults;
 * ``layeringdiff``: the learned path (built-in FBDD) with lamina's current defaults;
 * ``layeringdiff-today``: the learned path with today's foreground stage and Telea prefill
-  (``lamina.layeringdiff.fbdd.PREFILL_FILL``).
+  (``lamina.layeringdiff.fbdd.PREFILL_FILL``);
+* ``layeringdiff-1206``: the learned path as of 2026-12-06 (no mirror average; ``--model-1206`` names
+  that day's built-in model when the built-in model has changed since);
+* reference rows with the **true object alpha** instead of the box's cut-out (the foreground
+  stage given the true object mask's effects region): ``classical-truealpha`` and
+  ``layeringdiff-truealpha``; and ``fill-truehole``: the true layer's alpha (object and effects)
+  with the background harmonic-filled in the true layer's footprint, i.e. a perfect cut-out and a
+  fill that cannot contain anything of the object: the floor of the ghost metric for a smooth fill.
 
 Metrics (means over the scenes): alpha SAD / MSE / gradient of the foreground layer (object
 and effects, :func:`lamina.metrics.evaluate_layers`), background PSNR where the true layer
@@ -201,8 +208,34 @@ def method_setup(method: str) -> tuple[object, object]:
         from lamina.layeringdiff import fbdd
 
         fbdd.PREFILL_FILL = "telea"  # today's prefill (this process runs only this method)
-        return ForegroundConfig(**TODAY_FOREGROUND), make_decomposer("layeringdiff")
+        return ForegroundConfig(**TODAY_FOREGROUND), make_decomposer("layeringdiff", model=OLD_MODEL, mirror=False)
+    if method == "layeringdiff-1206":
+        return ForegroundConfig(), make_decomposer("layeringdiff", model=OLD_MODEL, mirror=False)
+    if method in ("classical-truealpha", "fill-truehole"):
+        return ForegroundConfig(), make_decomposer("classical")
+    if method == "layeringdiff-truealpha":
+        return ForegroundConfig(), make_decomposer("layeringdiff")
     sys.exit(f"unknown method {method!r}")
+
+
+#: The built-in FBDD of 2026-12-06 for ``layeringdiff-today`` / ``-1206`` (``--model-1206``; None: the built-in).
+OLD_MODEL: str | None = None
+
+
+def fill_truehole(composite: np.ndarray, layer: np.ndarray):
+    """The ``fill-truehole`` reference: the true layer, and the harmonic fill of its footprint (grown as usual)."""
+    from scipy import ndimage
+
+    from lamina.layeringdiff.classical import inpaint_background
+    from lamina.layeringdiff.disassembly import Decomposition, project_layers
+
+    alpha = layer[:, :, 3]
+    margin = max(1, min(alpha.shape) // 100)
+    hole = ndimage.binary_dilation(alpha > 0.01, iterations=margin)
+    background = inpaint_background(composite, hole, "harmonic")
+    foreground, background = project_layers(composite, alpha, layer[:, :, :3], background)
+    return Decomposition(np.concatenate([foreground, alpha[:, :, None]], axis=2), background, alpha,
+                         np.zeros_like(alpha))
 
 
 def run_one(method: str, size: int, count: int, split: str, wallpapers: str) -> dict:
@@ -211,7 +244,7 @@ def run_one(method: str, size: int, count: int, split: str, wallpapers: str) -> 
 
     torch.set_num_threads(1)
     from lamina.errors import LaminaError
-    from lamina.layeringdiff.foreground import foreground_from_box, foreground_from_mask
+    from lamina.layeringdiff.foreground import effects_region, foreground_from_box, foreground_from_mask
     from lamina.metrics import evaluate_layers
     from lamina.metrics.background import LocalFeatureDistance, ghost_opacity
 
@@ -219,16 +252,22 @@ def run_one(method: str, size: int, count: int, split: str, wallpapers: str) -> 
     config, decomposer = method_setup(method)
     perceptual = LocalFeatureDistance()
     values: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
-    seconds, fallbacks = [], 0
+    seconds, fallbacks, per_scene = [], 0, []
     for i in range(count + 1):  # the first scene warms up (pymatting's JIT, the first UNet call)
         s = photo_scene(FIRST_SEED[split] + i, size, photos)
         start = time.perf_counter()
-        try:
-            estimate = foreground_from_box(s["composite"], s["box"], config)
-        except LaminaError:  # GrabCut found nothing: the matte of the true object mask
-            estimate = foreground_from_mask(s["composite"], s["object_alpha"] > 0.5, config)
-            fallbacks += i > 0
-        part = decomposer.decompose(s["composite"], estimate.alpha, estimate.effects_region)
+        if method == "fill-truehole":
+            part = fill_truehole(s["composite"], s["layer"])
+        elif method.endswith("-truealpha"):
+            region = effects_region(s["object_alpha"] > 0.5, config.effects_below, config.effects_around)
+            part = decomposer.decompose(s["composite"], s["object_alpha"], region)
+        else:
+            try:
+                estimate = foreground_from_box(s["composite"], s["box"], config)
+            except LaminaError:  # GrabCut found nothing: the matte of the true object mask
+                estimate = foreground_from_mask(s["composite"], s["object_alpha"] > 0.5, config)
+                fallbacks += i > 0
+            part = decomposer.decompose(s["composite"], estimate.alpha, estimate.effects_region)
         elapsed = time.perf_counter() - start
         if i == 0:
             continue
@@ -237,10 +276,15 @@ def run_one(method: str, size: int, count: int, split: str, wallpapers: str) -> 
         hidden = s["layer"][:, :, 3] > 0
         scores["bg_perceptual"] = perceptual(part.background, s["background"], hidden)
         scores["ghost"] = ghost_opacity(part.background, s["background"], s["layer"])
+        per_scene.append(float(scores["bg_psnr_occluded"]))
         for key, _, _ in METRICS:
             if math.isfinite(scores[key]):
                 values[key].append(float(scores[key]))
     out = {key: float(np.mean(v)) for key, v in values.items()}
+    # Standard error of the mean over the scenes: how far apart two methods must be to differ.
+    out.update({f"{key}_se": float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+                for key, v in values.items()})
+    out["psnr_per_scene"] = per_scene  # for paired differences between methods (the same scenes)
     out.update(seconds=float(np.mean(seconds)), peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                count=count, fallbacks=fallbacks, photos=names)
     return out
@@ -255,10 +299,14 @@ def main() -> None:
     parser.add_argument("--methods", default="telea,classical,layeringdiff")
     parser.add_argument("--wallpapers", default="/usr/share/backgrounds",
                         help="folder of Debian's lomiri-wallpapers photographs (see the docstring)")
+    parser.add_argument("--model-1206", default=None,
+                        help="the built-in FBDD of 2026-12-06 (a folder) for layeringdiff-today / layeringdiff-1206")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     counts = {256: args.count256, 512: args.count512}
     if args.one:
+        global OLD_MODEL
+        OLD_MODEL = args.model_1206
         method, size = args.one[0], int(args.one[1])
         print(json.dumps(run_one(method, size, counts.get(size, args.count512), args.split, args.wallpapers)))
         return
@@ -270,6 +318,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--one", method, str(size), "--split", args.split,
                        "--count256", str(args.count256), "--count512", str(args.count512),
                        "--wallpapers", args.wallpapers]
+            command += ["--model-1206", args.model_1206] if args.model_1206 else []
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode:
                 sys.exit(f"{method} at {size} px failed:\n{done.stderr[-3000:]}")
@@ -294,13 +343,17 @@ def main() -> None:
             if method == "telea":
                 continue
             gain = r["bg_psnr_occluded"] - base["bg_psnr_occluded"]
+            paired = np.array(r["psnr_per_scene"]) - np.array(base["psnr_per_scene"])
+            gain_se = float(np.nanstd(paired, ddof=1) / np.sqrt(np.isfinite(paired).sum()))
             ghost = r["ghost"] / base["ghost"] if base["ghost"] > 0 else float("nan")
             sad = 1.0 - r["alpha_sad"] / base["alpha_sad"]
             exact = r["recomposition_psnr"] >= EXACT_RECOMPOSITION_DB
             limit = 1.0 if size <= 256 else 3.0
-            print(f"- {size}², {method} vs telea: bg PSNR {gain:+.2f} dB (target >= +3); ghost x{ghost:.2f} "
+            print(f"- {size}², {method} vs telea: bg PSNR {gain:+.2f} ± {gain_se:.2f} dB (target >= +3); "
+                  f"ghost {r['ghost']:.4f} ± {r['ghost_se']:.4f} = x{ghost:.2f} "
                   f"(target <= 0.1); alpha SAD {100 * sad:+.0f} % lower (target >= 25 %); "
                   f"{r['seconds']:.2f} s/img (limit {limit:g}); recomposition {'exact' if exact else 'NOT exact'}")
+    print("\n(± : standard error over the scenes: of the paired PSNR difference, and of the mean ghost)")
     photos = rows[0][2]["photos"]
     counts_text = ", ".join(f"{counts.get(s, args.count512)} at {s}²" for s in sizes)
     print(f"\nsplit: {args.split} ({len(photos)} photographs: {', '.join(photos)}); scenes: {counts_text}; "

@@ -360,6 +360,37 @@ def test_fbdd_foreground_residual_switch(tmp_path) -> None:
         assert make_pipeline(resolve_config(preset), unet).config.foreground_residual is expected
 
 
+def test_fbdd_mirror_average_is_mirror_equivariant() -> None:
+    from lamina.layeringdiff.fbdd import FBDDDecomposer, FBDDPipeline, make_scheduler, make_unet
+
+    s = scene(32, centre=(0.45, 0.35))
+    torch.manual_seed(0)
+    # The "telea" prefill (the harmonic fill, exactly mirror-symmetric; pymatting's foreground estimate is not).
+    unet = make_unet("tiny", sample_size=16, effects=True, prefill="telea")
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.01)  # small non-zero residuals: no layer clipped to [0, 1]
+    with torch.no_grad():  # the sample ignores the noise, so each call is a function of its input alone
+        unet.conv_in.weight[:, :7] = 0.0
+    pipe = FBDDPipeline(unet, make_scheduler(prediction_type="sample"), prefill="telea")
+    pipe.set_progress_bar_config(disable=True)
+    image, alpha = s["image"], s["alpha"]
+    flipped_image, flipped_alpha = image[:, ::-1].copy(), alpha[:, ::-1].copy()
+
+    def background(img: np.ndarray, a: np.ndarray, mirror: bool) -> np.ndarray:
+        return pipe(img, a, num_inference_steps=1, projection=False, mirror=mirror,
+                    generator=torch.Generator().manual_seed(0)).background[0]
+
+    plain, mirrored = background(image, alpha, False), background(image, alpha, True)
+    assert np.abs(plain - background(flipped_image, flipped_alpha, False)[:, ::-1]).max() > 1e-3  # not symmetric
+    np.testing.assert_allclose(mirrored, background(flipped_image, flipped_alpha, True)[:, ::-1], atol=1e-5)
+    # the mean of the sample and of its mirror image's sample, mirrored back
+    expected = (plain + background(flipped_image, flipped_alpha, False)[:, ::-1]) / 2.0
+    np.testing.assert_allclose(mirrored, expected, atol=1e-5)
+    on = FBDDDecomposer(pipe).decompose(image, alpha)
+    off = FBDDDecomposer(pipe, mirror=False).decompose(image, alpha)
+    assert not np.allclose(on.background, off.background)
+    np.testing.assert_allclose(on.composite(), image, atol=1e-5)
+
+
 def test_fine_tuning_a_telea_model_with_the_classical_prefill_widens_its_input(tmp_path) -> None:
     from lamina.layeringdiff.fbdd import FBDDPipeline, make_scheduler, make_unet
     from lamina.layeringdiff.train import _load_init

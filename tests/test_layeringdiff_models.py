@@ -349,6 +349,39 @@ def test_training_on_a_folder_of_layers(tmp_path) -> None:
         make_source(resolve_config("tiny", data=str(tmp_path / "backgrounds")))
 
 
+def test_procedural_objects_on_real_backgrounds(tmp_path) -> None:
+    from lamina.io import write_png
+    from lamina.layeringdiff.train import RealBackgrounds, resolve_config, synth_sample
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_png(np.broadcast_to(np.float32([1.0, 0.0, 0.0]), (40, 60, 3)).copy(), photos / "red.png")
+    write_png(np.broadcast_to(np.float32([0.0, 0.0, 1.0]), (50, 30, 3)).copy(), photos / "blue.png")
+    (photos / "notes.txt").write_text("not a photo")
+    every = resolve_config("tiny", real_backgrounds=str(photos), p_real_background=1.0)
+    seen = set()
+    for seed in range(6):
+        sample = synth_sample(seed, every)
+        plain = synth_sample(seed, resolve_config("tiny"))
+        background = sample["background"]
+        assert background.shape == (16, 16, 3) and background.dtype == np.float32
+        colours = {tuple(c) for c in np.round(background.reshape(-1, 3), 3)}
+        assert colours in ({(1.0, 0.0, 0.0)}, {(0.0, 0.0, 1.0)})  # one photo, uniform: a crop of it
+        seen |= colours
+        for key in ("rgb", "alpha", "effects"):  # the object and its effects are the procedural ones
+            np.testing.assert_array_equal(sample[key], plain[key])
+    assert len(seen) == 2
+    never = resolve_config("tiny", real_backgrounds=str(photos), p_real_background=0.0)
+    np.testing.assert_array_equal(synth_sample(3, never)["background"],
+                                  synth_sample(3, resolve_config("tiny"))["background"])
+    assert len(RealBackgrounds.of(photos).photos) == 2
+    with pytest.raises(LaminaError, match="real_backgrounds"):
+        resolve_config("tiny", real_backgrounds=str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LaminaError, match="no readable photographs"):
+        RealBackgrounds.of(tmp_path / "empty")
+
+
 def test_builtin_model_is_the_default_and_small(tmp_path) -> None:
     from lamina.data import SCENE_PRESETS, generate_scene
     from lamina.layeringdiff import decompose_image

@@ -68,6 +68,10 @@ model; HFA modules then restore high-frequency detail. Everything below is **our
   optional: a pipeline's ``hfa`` component (:class:`~lamina.layeringdiff.hfa.HFANet`, trained
   over a frozen FBDD by ``lamina layeringdiff train --preset builtin-hfa``) refines the
   full-resolution layers before the projection (:mod:`.hfa`).
+* **Mirror average** (our addition, on by default in :class:`FBDDDecomposer`): the window and its
+  left-right mirror image are sampled in one UNet batch and the two samples averaged (the second
+  mirrored back), a cheap estimate of the model's mean over a symmetry photographs have:
+  +0.1 dB on the hidden background of real-photo composites (``benchmarks/bench_photos.py``).
 * **Self-similar completion** (our addition, parameter-free, on by default in
   :class:`FBDDDecomposer`): where the object hides the background completely, a repeating
   texture (checks, tiles, stripes, brick) is continued at full resolution from where the image
@@ -380,6 +384,7 @@ class FBDDPipeline(DiffusionPipeline):
         return_dict: bool = True,
         foreground_residual: bool | None = None,
         hfa: bool = True,
+        mirror: bool = False,
     ) -> FBDDPipelineOutput | tuple[Any, Any, Any]:
         """Decompose ``image`` (``[H, W, 3]``, ``[N, H, W, 3]`` or ``[N, 3, H, W]`` in ``[0, 1]``) given ``alpha``.
 
@@ -395,6 +400,10 @@ class FBDDPipeline(DiffusionPipeline):
             foreground_residual: overrides the pipeline's ``foreground_residual`` (``None``: keep it).
             hfa: apply the pipeline's learned HFA, if it has one and the output is within its trained
                 scale (``HFANet.max_scale``); ``False``: the closed form only.
+            mirror: also sample the left-right mirror image of each input (in the same UNet batch, with the
+                mirrored noise) and average the two samples, mirrored back: the model's mean over a symmetry
+                the images have, which lowers the variance of its guess under the object (+0.1 dB on the
+                hidden background of validation photo composites at 256 and 512 px, ``bench_photos.py``).
         """
         if foreground_residual is None:
             foreground_residual = bool(self.config.get("foreground_residual", True))
@@ -411,6 +420,10 @@ class FBDDPipeline(DiffusionPipeline):
         # Denoise [F, B(, E)] from pure noise.
         x = randn_tensor((image_t.shape[0], channels, *size), generator=generator, device=self.device,
                          dtype=dtype) * self.scheduler.init_noise_sigma
+        count = x.shape[0]
+        if mirror:  # the mirror images in the same batch: [inputs, mirrored inputs]
+            condition = torch.cat([condition, condition.flip(-1)])
+            x = torch.cat([x, x.flip(-1)])
         self.scheduler.set_timesteps(num_inference_steps or int(self.config.get("inference_steps", 4)),
                                      device=self.device)
         extra = step_kwargs(self.scheduler, generator)
@@ -418,6 +431,8 @@ class FBDDPipeline(DiffusionPipeline):
             model_input = torch.cat([self.scheduler.scale_model_input(x, t), condition], dim=1)
             v = self.unet(model_input, t).sample
             x = self.scheduler.step(v, t, x, **extra).prev_sample
+        if mirror:
+            x = (x[:count] + x[count:].flip(-1)) / 2.0
 
         # Back to [0, 1] at the input's resolution, then onto the recomposition constraint.
         full = tuple(image_t.shape[-2:])
@@ -553,6 +568,8 @@ class FBDDDecomposer:
         hfa: apply the model's learned HFA if it has one (:class:`FBDDPipeline` only; ``False``: closed form).
         self_similar: complete the hidden background's high frequencies from where the image
             repeats itself (:mod:`~lamina.layeringdiff.selfsim`); ``None``: off.
+        mirror: average the sample of the window with that of its mirror image (:class:`FBDDPipeline` only;
+            one UNet batch of two; see its ``mirror``).
     """
 
     name = "layeringdiff"
@@ -560,7 +577,7 @@ class FBDDDecomposer:
     def __init__(self, pipeline: DiffusionPipeline, num_inference_steps: int | None = None, seed: int = 0,
                  effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12,
                  effects_attached: bool = True, foreground_residual: bool | None = None, hfa: bool = True,
-                 self_similar: SelfSimilarConfig | None = DEFAULT_SELF_SIMILAR) -> None:
+                 self_similar: SelfSimilarConfig | None = DEFAULT_SELF_SIMILAR, mirror: bool = True) -> None:
         if window < 1.0:
             raise LaminaError(f"the FBDD window must be at least the object's box (window >= 1), got {window}")
         if foreground_residual is not None and not isinstance(pipeline, FBDDPipeline):
@@ -576,6 +593,7 @@ class FBDDDecomposer:
         self.foreground_residual = foreground_residual
         self.hfa = hfa
         self.self_similar = self_similar
+        self.mirror = mirror
 
     @classmethod
     def load(cls, model: DiffusionPipeline | str | Path, *, device: Any = None, dtype: Any = None,
@@ -612,6 +630,7 @@ class FBDDDecomposer:
             "foreground_residual": self.foreground_residual}
         if isinstance(self.pipeline, FBDDPipeline):
             options["hfa"] = self.hfa
+            options["mirror"] = self.mirror
         out = self.pipeline(image[rows, cols], alpha[rows, cols], num_inference_steps=self.num_inference_steps,
                             generator=generator, projection=False, **options)
         foreground, background = image.copy(), image.copy()
