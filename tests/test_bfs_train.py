@@ -429,3 +429,35 @@ def test_bfs_eval_cli(tiny_model):
     scores = json.loads(result.output[result.output.index("{"):])
     assert scores["background_change"] == 0.0 and 0.0 <= scores["total_iou"] <= 1.0
     assert scores["sec_per_layer"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("height, width", [(3000, 4000), (5477, 7303)])
+def test_synthesize_on_a_12_and_a_40_mpx_background_within_1_5_gb(tmp_path, height, width):
+    """``lamina synthesize`` (built-in model, two objects, PSD + sheet) on a 4000 x 3000 and a 7303 x 5477
+    background: peak RSS of the process <= 1.5 GB, and the background comes back bit-exact."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lamina.io import load
+
+    rows = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    cols = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    image = ((rows * 0.6 + cols * 0.4) * np.array([1.0, 0.8, 0.6], np.float32)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "bg.png")
+    boxes = [f"{width // 10},{height // 2},{width * 4 // 10},{height * 9 // 10}",
+             f"{width * 55 // 100},{height * 3 // 10},{width * 9 // 10},{height * 3 // 4}"]
+    command = [sys.executable, "-m", "lamina", "synthesize", str(tmp_path / "bg.png"), "--box", boxes[0], "--prompt",
+               "a red star with a shadow", "--box", boxes[1], "--prompt", "a blue circle with a shadow",
+               "--out", str(tmp_path / "out.psd"), "--threads", "1"]
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root / "src"), LAMINA_PROGRESS="0")
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, child.stderr.read().decode()[-2000:]
+    assert usage.ru_maxrss * 1024 <= 1.5 * (1 << 30)
+    layered = load(tmp_path / "out.psd", memory_budget=4 << 30)  # reading it back is not what is measured
+    assert len(layered.layers) == 2
+    assert np.array_equal(layered.background.quantised(8)[..., :3], image)
