@@ -127,10 +127,10 @@ def make_decomposer(method: str = "layeringdiff", model: Any = None, *, device: 
 
         return ClassicalDecomposer(ClassicalConfig(**options))
     if method == "layeringdiff":
-        from .fbdd import FBDDDecomposer, load_builtin
+        from .fbdd import FBDDDecomposer, load_builtin_lite
 
         if model is None or (isinstance(model, str) and model == BUILTIN_NAME):
-            model = load_builtin()
+            model = load_builtin_lite()  # pure PyTorch: no diffusers import (issue 23)
         return FBDDDecomposer.load(model, device=device, dtype=dtype, **options)
     raise LaminaError(f"unknown decomposition method {method!r}; choose from {', '.join(METHODS)}")
 

@@ -90,14 +90,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import LaminaError
 from ..tensors import grow_mask, resize, to_signed
-from ._util import BUILTIN_MODEL, first_line, pipeline_inputs, step_kwargs
+from ._util import BUILTIN_MODEL, first_line, pipeline_inputs
 from .disassembly import (
     Decomposition,
     check_alpha,
@@ -107,15 +107,36 @@ from .disassembly import (
     touching_components,
 )
 from .foreground import as_rgb
-from .hfa import HFANet, refine
+from .hfa import HFABase, LiteHFA, refine
 from .selfsim import DEFAULT_SELF_SIMILAR, SelfSimilarConfig, complete_high_frequencies
+from .unet_lite import LiteDDIM, LiteUNet
 
-try:
-    from diffusers import DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DModel
-    from diffusers.utils import BaseOutput
-    from diffusers.utils.torch_utils import randn_tensor
-except ImportError as exc:  # pragma: no cover - exercised only without diffusers
-    raise LaminaError("the learned LayeringDiff path (FBDD) needs diffusers: pip install 'diffusers>=0.42'") from exc
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
+
+    from .fbdd_pipeline import FBDDPipeline
+
+
+def _diffusers() -> Any:
+    """diffusers, imported on first use (training, saved or hub models; the built-in model's inference,
+    :class:`LiteFBDD`, never imports it), or a one-line error saying how to install it."""
+    try:
+        import diffusers
+    except ImportError as exc:  # pragma: no cover - exercised only without diffusers
+        raise LaminaError("the learned LayeringDiff path (FBDD) needs diffusers: pip install 'diffusers>=0.42'") \
+            from exc
+    return diffusers
+
+
+def __getattr__(name: str) -> Any:
+    """The diffusers pipeline classes (:mod:`.fbdd_pipeline`), imported on first access."""
+    if name in ("FBDDPipeline", "FBDDPipelineOutput"):
+        from . import fbdd_pipeline
+
+        value = getattr(fbdd_pipeline, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Channels of the sample (F, B; plus E with effects) and of the conditioning (I, alpha).
 SAMPLE_CHANNELS, EFFECTS_SAMPLE_CHANNELS, CONDITION_CHANNELS = 6, 7, 4
@@ -148,7 +169,7 @@ def make_unet(preset: str = "small", sample_size: int = 64, effects: bool = Fals
     if preset not in FBDD_PRESETS:
         raise LaminaError(f"unknown FBDD preset {preset!r}; choose from {', '.join(FBDD_PRESETS)}")
     channels = EFFECTS_SAMPLE_CHANNELS if effects else SAMPLE_CHANNELS
-    unet = UNet2DModel(sample_size=sample_size, in_channels=channels + condition_channels(prefill),
+    unet = _diffusers().UNet2DModel(sample_size=sample_size, in_channels=channels + condition_channels(prefill),
                        out_channels=channels, **FBDD_PRESETS[preset])
     if prefill:  # v = 0 at the start: the first (pure-noise) step predicts residuals 0, the classical result
         torch.nn.init.zeros_(unet.conv_out.weight)
@@ -248,7 +269,7 @@ def make_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "v_pr
     """DDIM, cosine schedule rescaled to zero terminal SNR, trailing timesteps; ``v`` or ``x_0`` (``"sample"``)."""
     if prediction_type not in ("v_prediction", "sample"):
         raise LaminaError(f"FBDD prediction_type must be 'v_prediction' or 'sample', got {prediction_type!r}")
-    return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+    return _diffusers().DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                          prediction_type=prediction_type, rescale_betas_zero_snr=True, timestep_spacing="trailing",
                          clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True)
 
@@ -297,6 +318,9 @@ def fbdd_loss(
         condition = [to_signed(image), to_signed(alpha), to_signed(prefill)]
     x0 = torch.cat(parts, dim=1)
     n = x0.shape[0]
+    _diffusers()
+    from diffusers.utils.torch_utils import randn_tensor
+
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     t = timesteps if timesteps is not None else torch.randint(0, scheduler.config.num_train_timesteps, (n,),
                                                                 generator=generator)
@@ -321,47 +345,44 @@ def fbdd_loss(
 
 # ---------------------------------------------------------------- pipeline
 @dataclass
-class FBDDPipelineOutput(BaseOutput):
-    """``foreground`` and ``background``: ``[N, H, W, 3]`` arrays (``"np"``) or ``[N, 3, H, W]`` tensors (``"pt"``);
-    ``effects``: the effects' opacity ``E`` ``[N, H, W]`` (``[N, 1, H, W]``; the layer's alpha is
-    ``alpha + E (1 - alpha)``), or ``None`` for a UNet without effects."""
+class FBDDOutput:
+    """What an FBDD sampler returns: ``foreground`` and ``background``: ``[N, H, W, 3]`` arrays (``"np"``) or
+    ``[N, 3, H, W]`` tensors (``"pt"``); ``effects``: the effects' opacity ``E`` ``[N, H, W]`` (``[N, 1, H, W]``;
+    the layer's alpha is ``alpha + E (1 - alpha)``), or ``None`` for a UNet without effects.
+    (:class:`FBDDPipeline` returns the same fields as a diffusers ``BaseOutput``, ``FBDDPipelineOutput``.)"""
 
     foreground: Any
     background: Any
     effects: Any = None
 
 
-class FBDDPipeline(DiffusionPipeline):
-    """Sample the foreground colours and the completed background of a composite, given alpha.
+def _randn(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None, device: Any,
+           dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise drawn as diffusers' ``randn_tensor`` draws it: on the generator's device (one
+    generator per batch item for a list), then moved to ``device``."""
+    if isinstance(generator, list) and len(generator) == 1:
+        generator = generator[0]
+    if isinstance(generator, list):
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype)
+                          for g in generator]).to(device)
+    rand_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
-    Args:
-        unet: a :class:`~diffusers.UNet2DModel` with 10 input channels (``[x_t, I, alpha]``)
-            and 6 output channels (``v`` of ``[F, B]``), or 11 and 7 with the effects channel
-            ``E``; see :func:`make_unet`.
-        scheduler: a diffusers scheduler configured for v-prediction (:func:`make_scheduler`).
-        prefill: ``"classical"`` or ``"telea"``: the UNet samples residuals over that classical
-            estimate (6 or 3 more input channels, :func:`compute_prefill`, the module
-            docstring); ``None``: the layers themselves.
-        inference_steps: the number of denoising steps the model was trained for (the default
-            of :class:`FBDDDecomposer`).
-        foreground_residual: with a prefill, ``F = P_F +`` the sampled ``F`` residual (``True``) or
-            ``F = P_F`` alone (``False``: the model completes ``B`` and ``E`` only; the built-in
-            model's choice, as its ``F`` residual measured worse than ``P_F`` on 256 px scenes).
-            Ignored without a prefill.
-        hfa: the learned high-frequency alignment (:class:`~lamina.layeringdiff.hfa.HFANet`),
-            applied to the full-resolution layers before the projection; ``None``: closed form only.
+
+class FBDDSampler:
+    """The sampling of a pixel-space FBDD, shared by the diffusers :class:`FBDDPipeline` (training, saving, any
+    saved model) and :class:`LiteFBDD` (the built-in model's inference without importing diffusers).
+
+    A subclass has ``unet``, ``scheduler``, ``hfa`` (or ``None``), ``config`` (``prefill``, ``inference_steps``,
+    ``foreground_residual``) and ``device``, and defines :meth:`_noise`, :meth:`_timesteps` and :meth:`_denoise`.
     """
 
-    model_cpu_offload_seq = "unet->hfa"
-    _optional_components = ["hfa"]
-
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, prefill: str | None = None,
-                 inference_steps: int = 4, foreground_residual: bool = True, hfa: HFANet | None = None) -> None:
-        super().__init__()
-        check_prefill(prefill)
-        self.register_modules(unet=unet, scheduler=scheduler, hfa=hfa)
-        self.register_to_config(prefill=prefill, inference_steps=int(inference_steps),
-                                foreground_residual=bool(foreground_residual))
+    unet: Any
+    scheduler: Any
+    hfa: HFABase | None
+    config: Any
+    device: torch.device
+    output_class: Any = FBDDOutput
 
     def working_size(self) -> tuple[int, int]:
         """``(height, width)`` the UNet runs at: its ``sample_size``."""
@@ -371,6 +392,18 @@ class FBDDPipeline(DiffusionPipeline):
         if height % factor or width % factor:
             raise LaminaError(f"the FBDD UNet's sample_size {height}x{width} must be a multiple of {factor}")
         return height, width
+
+    def _noise(self, shape: tuple[int, ...], generator: Any, dtype: torch.dtype) -> torch.Tensor:
+        """The starting noise ``x_T`` of the sample."""
+        raise NotImplementedError
+
+    def _timesteps(self, steps: int) -> torch.Tensor:
+        """Set the scheduler to ``steps`` steps; its timesteps, first to last."""
+        raise NotImplementedError
+
+    def _denoise(self, x: torch.Tensor, condition: torch.Tensor, t: torch.Tensor, generator: Any) -> torch.Tensor:
+        """One DDIM step from ``x`` at ``t`` given the conditioning channels."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def __call__(
@@ -385,7 +418,7 @@ class FBDDPipeline(DiffusionPipeline):
         foreground_residual: bool | None = None,
         hfa: bool = True,
         mirror: bool = False,
-    ) -> FBDDPipelineOutput | tuple[Any, Any, Any]:
+    ) -> FBDDOutput | tuple[Any, Any, Any]:
         """Decompose ``image`` (``[H, W, 3]``, ``[N, H, W, 3]`` or ``[N, 3, H, W]`` in ``[0, 1]``) given ``alpha``.
 
         Args:
@@ -418,19 +451,14 @@ class FBDDPipeline(DiffusionPipeline):
         condition = condition.to(dtype)
 
         # Denoise [F, B(, E)] from pure noise.
-        x = randn_tensor((image_t.shape[0], channels, *size), generator=generator, device=self.device,
-                         dtype=dtype) * self.scheduler.init_noise_sigma
+        x = self._noise((image_t.shape[0], channels, *size), generator, dtype)
         count = x.shape[0]
         if mirror:  # the mirror images in the same batch: [inputs, mirrored inputs]
             condition = torch.cat([condition, condition.flip(-1)])
             x = torch.cat([x, x.flip(-1)])
-        self.scheduler.set_timesteps(num_inference_steps or int(self.config.get("inference_steps", 4)),
-                                     device=self.device)
-        extra = step_kwargs(self.scheduler, generator)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = torch.cat([self.scheduler.scale_model_input(x, t), condition], dim=1)
-            v = self.unet(model_input, t).sample
-            x = self.scheduler.step(v, t, x, **extra).prev_sample
+        timesteps = self._timesteps(num_inference_steps or int(self.config.get("inference_steps", 4)))
+        for t in self.progress_bar(timesteps):
+            x = self._denoise(x, condition, t, generator)
         if mirror:
             x = (x[:count] + x[count:].flip(-1)) / 2.0
 
@@ -458,7 +486,69 @@ class FBDDPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return foreground, background, effects
-        return FBDDPipelineOutput(foreground=foreground, background=background, effects=effects)
+        return self.output_class(foreground=foreground, background=background, effects=effects)
+
+
+class LiteFBDD(FBDDSampler):
+    """A saved pixel-space FBDD (as the built-in model) for inference in pure PyTorch: the same files, the same
+    samples as :class:`FBDDPipeline` (to float rounding), without importing diffusers (about 7 CPU s).
+
+    Its UNet is a :class:`~lamina.layeringdiff.unet_lite.LiteUNet`, its scheduler a
+    :class:`~lamina.layeringdiff.unet_lite.LiteDDIM` (the DDIM configs those support), its HFA a
+    :class:`~lamina.layeringdiff.hfa.LiteHFA`. Use :meth:`from_folder`; calls as :meth:`FBDDSampler.__call__`.
+    """
+
+    def __init__(self, unet: LiteUNet, scheduler: LiteDDIM, prefill: str | None = None, inference_steps: int = 4,
+                 foreground_residual: bool = True, hfa: LiteHFA | None = None) -> None:
+        check_prefill(prefill)
+        self.unet, self.scheduler, self.hfa = unet, scheduler, hfa
+        self.config = {"prefill": prefill, "inference_steps": int(inference_steps),
+                       "foreground_residual": bool(foreground_residual)}
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> LiteFBDD:
+        """The FBDD saved in ``folder`` by ``FBDDPipeline.save_pretrained`` (``model_index.json``, ``unet/``,
+        ``scheduler/``, optional ``hfa/``); a :class:`LaminaError` for what the lite classes do not support."""
+        import json
+
+        folder = Path(folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        if index.get("_class_name") != "FBDDPipeline":
+            raise LaminaError(f"{folder} is a {index.get('_class_name')}, not a pixel-space FBDD")
+        hfa = LiteHFA.from_folder(folder / "hfa") if (index.get("hfa") or [None])[0] else None
+        return cls(LiteUNet.from_folder(folder / "unet"), LiteDDIM.from_folder(folder / "scheduler"),
+                   prefill=index.get("prefill"), inference_steps=index.get("inference_steps", 4),
+                   foreground_residual=index.get("foreground_residual", True), hfa=hfa)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    def to(self, device: Any = None, dtype: Any = None) -> LiteFBDD:
+        """Move the UNet and the HFA (``dtype``: the UNet only, as :meth:`FBDDDecomposer.load` does)."""
+        self.unet.to(device=device, dtype=dtype)
+        if self.hfa is not None:
+            self.hfa.to(device=device)
+        return self
+
+    def set_progress_bar_config(self, **_: Any) -> None:
+        return None
+
+    def progress_bar(self, iterable: Any) -> Any:
+        return iterable
+
+    def maybe_free_model_hooks(self) -> None:
+        return None
+
+    def _noise(self, shape: tuple[int, ...], generator: Any, dtype: torch.dtype) -> torch.Tensor:
+        return _randn(shape, generator, self.device, dtype)  # DDIM's initial noise sigma is 1
+
+    def _timesteps(self, steps: int) -> torch.Tensor:
+        self.scheduler.set_timesteps(steps)
+        return self.scheduler.timesteps
+
+    def _denoise(self, x: torch.Tensor, condition: torch.Tensor, t: torch.Tensor, generator: Any) -> torch.Tensor:
+        return self.scheduler.step(self.unet(torch.cat([x, condition], dim=1), t), t, x)
 
 
 def load_pipeline(model: str | Path, **kwargs: Any) -> FBDDPipeline | Any:
@@ -506,6 +596,8 @@ def _pipeline_class(model: str | Path, kwargs: dict[str, Any]) -> type[Diffusion
         return LatentFBDDPipeline
     if name not in (None, "FBDDPipeline"):
         raise ValueError(f"{index_path} is a {name}, not an FBDD pipeline")
+    from .fbdd_pipeline import FBDDPipeline
+
     return FBDDPipeline
 
 
@@ -520,6 +612,15 @@ def load_builtin(**kwargs: Any) -> FBDDPipeline:
         raise LaminaError(f"the built-in FBDD model is missing ({BUILTIN_MODEL}); reinstall lamina, pass a model "
                           "folder, or use method='classical'")
     return load_pipeline(BUILTIN_MODEL, **kwargs)
+
+
+def load_builtin_lite() -> LiteFBDD:
+    """The built-in FBDD model (:func:`load_builtin`) as a :class:`LiteFBDD`: the same samples, and loading it
+    imports neither diffusers nor transformers (what ``lamina decompose`` uses)."""
+    if not (BUILTIN_MODEL / "model_index.json").exists():
+        raise LaminaError(f"the built-in FBDD model is missing ({BUILTIN_MODEL}); reinstall lamina, pass a model "
+                          "folder, or use method='classical'")
+    return LiteFBDD.from_folder(BUILTIN_MODEL)
 
 
 # -------------------------------------------------------------- decomposer
@@ -574,13 +675,13 @@ class FBDDDecomposer:
 
     name = "layeringdiff"
 
-    def __init__(self, pipeline: DiffusionPipeline, num_inference_steps: int | None = None, seed: int = 0,
-                 effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12,
+    def __init__(self, pipeline: FBDDSampler | DiffusionPipeline, num_inference_steps: int | None = None,
+                 seed: int = 0, effects_threshold: float = 0.1, window: float = 2.0, effects_floor: float = 0.12,
                  effects_attached: bool = True, foreground_residual: bool | None = None, hfa: bool = True,
                  self_similar: SelfSimilarConfig | None = DEFAULT_SELF_SIMILAR, mirror: bool = True) -> None:
         if window < 1.0:
             raise LaminaError(f"the FBDD window must be at least the object's box (window >= 1), got {window}")
-        if foreground_residual is not None and not isinstance(pipeline, FBDDPipeline):
+        if foreground_residual is not None and not isinstance(pipeline, FBDDSampler):
             raise LaminaError(f"foreground_residual applies to a pixel-space FBDDPipeline with a prefill, "
                               f"not to a {type(pipeline).__name__}")
         self.pipeline = pipeline
@@ -596,7 +697,7 @@ class FBDDDecomposer:
         self.mirror = mirror
 
     @classmethod
-    def load(cls, model: DiffusionPipeline | str | Path, *, device: Any = None, dtype: Any = None,
+    def load(cls, model: FBDDSampler | DiffusionPipeline | str | Path, *, device: Any = None, dtype: Any = None,
              **options: Any) -> FBDDDecomposer:
         """From a pipeline object (pixel or latent FBDD), or a folder / hub id saved by ``save_pretrained``.
 
@@ -605,15 +706,15 @@ class FBDDDecomposer:
         explicit half precision applies to its UNet only (the learned HFA stays float32), and to the whole
         of a latent FBDD.
         """
-        pipeline = model if isinstance(model, DiffusionPipeline) else load_pipeline(model)
+        pipeline = load_pipeline(model) if isinstance(model, (str, Path)) else model
         pipeline.set_progress_bar_config(disable=True)
         if device is not None or dtype is not None:
             from ..devices import resolve_device, resolve_dtype
 
             target = resolve_device(device if device is not None else pipeline.device)
-            precision = resolve_dtype(dtype, target, small_model=isinstance(pipeline, FBDDPipeline))
+            precision = resolve_dtype(dtype, target, small_model=isinstance(pipeline, FBDDSampler))
             pipeline.to(target)
-            if isinstance(pipeline, FBDDPipeline):
+            if isinstance(pipeline, FBDDSampler):
                 if pipeline.unet.dtype != precision:
                     pipeline.unet.to(precision)
             elif pipeline.unet.dtype != precision:
@@ -628,7 +729,7 @@ class FBDDDecomposer:
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         options: dict[str, Any] = {} if self.foreground_residual is None else {
             "foreground_residual": self.foreground_residual}
-        if isinstance(self.pipeline, FBDDPipeline):
+        if isinstance(self.pipeline, FBDDSampler):
             options["hfa"] = self.hfa
             options["mirror"] = self.mirror
         out = self.pipeline(image[rows, cols], alpha[rows, cols], num_inference_steps=self.num_inference_steps,

@@ -34,20 +34,17 @@ part, **our design**:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
 from ..errors import LaminaError
-
-try:
-    from diffusers import ModelMixin
-    from diffusers.configuration_utils import ConfigMixin, register_to_config
-    from diffusers.utils import BaseOutput
-except ImportError as exc:  # pragma: no cover - exercised only without diffusers
-    raise LaminaError("the learned HFA needs diffusers: pip install 'diffusers>=0.42'") from exc
+from .unet_lite import AttrDict
 
 #: Input channels: I (3), alpha (1), E (1), F_0 (3), B_0 (3), r (3); output: dF (3), dB (3).
 IN_CHANNELS, OUT_CHANNELS = 14, 6
@@ -57,7 +54,7 @@ REGION_FLOOR = 0.01
 
 
 @dataclass
-class HFAOutput(BaseOutput):
+class HFAOutput:
     """``foreground``, ``background``: ``[N, 3, H, W]`` refined layers in ``[0, 1]`` (not yet projected)."""
 
     foreground: torch.Tensor
@@ -76,22 +73,13 @@ class _Block(nn.Module):
         return x + self.conv2(nnf.silu(self.conv1(nnf.silu(x))))
 
 
-class HFANet(ModelMixin, ConfigMixin):
-    """The learned high-frequency alignment of FBDD's upsampled layers (module docstring).
+class HFABase:
+    """The network of :class:`HFANet` (module docstring), shared with :class:`LiteHFA`; a mixin over ``nn.Module``
+    whose ``config`` has ``channels``, ``dilations`` and ``max_scale`` (see :class:`HFANet`)."""
 
-    Args:
-        channels: width of the convolutions.
-        dilations: one residual block per entry, its first convolution with that dilation.
-        max_scale: the largest ratio of output size to FBDD working size it was trained for
-            (``None``: any); :class:`~lamina.layeringdiff.fbdd.FBDDPipeline` skips it beyond that
-            (a photo's object window is often many times the 64 px working size: there the
-            network would run far outside what it learned, and cost the most).
-    """
+    config: Any
 
-    @register_to_config
-    def __init__(self, channels: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 1),
-                 max_scale: float | None = None) -> None:
-        super().__init__()
+    def _build(self, channels: int, dilations: tuple[int, ...]) -> None:
         if channels < 1 or not dilations or min(dilations) < 1:
             raise LaminaError(f"HFANet needs channels >= 1 and dilations >= 1, got {channels} and {dilations}")
         self.conv_in = nn.Conv2d(IN_CHANNELS, channels, 3, padding=1)
@@ -125,7 +113,7 @@ class HFANet(ModelMixin, ConfigMixin):
         total = alpha + effects * (1.0 - alpha)
         residual = image - total * foreground - (1.0 - total) * background
         x = torch.cat([image * 2 - 1, alpha * 2 - 1, effects * 2 - 1, foreground * 2 - 1, background * 2 - 1,
-                       residual], dim=1).to(self.dtype)
+                       residual], dim=1).to(self.conv_in.weight.dtype)
         h = self.conv_in(x)
         for block in self.blocks:
             h = block(h)
@@ -134,7 +122,45 @@ class HFANet(ModelMixin, ConfigMixin):
                          background=(background + delta[:, 3:]).clamp(0.0, 1.0))
 
 
-def refine(hfa: HFANet, image: torch.Tensor, alpha: torch.Tensor, effects: torch.Tensor | None,
+class LiteHFA(HFABase, nn.Module):
+    """:class:`HFANet` for inference without diffusers: the same network and parameter names, loaded with
+    :meth:`from_folder` from the folder ``HFANet.save_pretrained`` writes (``config.json`` + safetensors)."""
+
+    def __init__(self, channels: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 1),
+                 max_scale: float | None = None) -> None:
+        nn.Module.__init__(self)
+        self.config = AttrDict(channels=channels, dilations=tuple(dilations), max_scale=max_scale)
+        self._build(channels, tuple(dilations))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> LiteHFA:
+        """The HFA saved in ``folder``, its weights loaded strictly."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        model = cls(**{key: config[key] for key in ("channels", "dilations", "max_scale") if key in config})
+        model.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"), strict=True)
+        return model.eval()
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`HFANet` (a diffusers ``ModelMixin``) is defined in :mod:`.hfa_model`, imported on first use, so
+    that the built-in model's inference (:class:`LiteHFA`) never imports diffusers. Saved pipelines name this
+    module as the HFA's library, and diffusers' loader looks up its base class ``ModelMixin`` here too."""
+    if name == "HFANet":
+        from .hfa_model import HFANet
+
+        globals()["HFANet"] = HFANet
+        return HFANet
+    if name == "ModelMixin":
+        from .hfa_model import ModelMixin
+
+        return ModelMixin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def refine(hfa: HFABase, image: torch.Tensor, alpha: torch.Tensor, effects: torch.Tensor | None,
            foreground: torch.Tensor, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``hfa`` applied where it matters: on the box around the object and its effects (alpha or ``E``
     above :data:`REGION_FLOOR`, over the batch), grown by the network's receptive field, so inside that

@@ -1,10 +1,10 @@
 """A pure-PyTorch inference forward of the built-in FBDD UNet and its DDIM step (no diffusers import).
 
-WORK IN PROGRESS (issue 23, the 10 s target of a 12 Mpx decompose): importing diffusers costs ~7 CPU s;
-the built-in FBDD needs from it only ``UNet2DModel``'s forward and one DDIM step. This module computes
-both from the same files (``unet/config.json`` + ``diffusion_pytorch_model.safetensors``,
-``scheduler/scheduler_config.json``), checked against diffusers in ``tests/test_unet_lite.py``. Not wired
-into the decompose path yet (that also needs the HFA and FBDDPipeline's sampling loop without diffusers).
+Issue 23 (the 10 s target of a 12 Mpx decompose): importing diffusers costs ~7 CPU s; the built-in FBDD
+needs from it only ``UNet2DModel``'s forward and one DDIM step. This module computes both from the same
+files (``unet/config.json`` + ``diffusion_pytorch_model.safetensors``, ``scheduler/scheduler_config.json``),
+checked against diffusers in ``tests/test_unet_lite.py``; :class:`~lamina.layeringdiff.fbdd.LiteFBDD` samples
+with them (and :class:`~lamina.layeringdiff.hfa.LiteHFA`), which is what ``lamina decompose`` runs.
 
 Supported configs: what the built-in uses (``DownBlock2D`` / ``AttnDownBlock2D``, ``UpBlock2D`` /
 ``AttnUpBlock2D``, ``UNetMidBlock2D``, positional time embedding, conv up/down sampling, SiLU, default
@@ -27,6 +27,16 @@ from ..errors import LaminaError
 
 DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
+
+
+class AttrDict(dict):
+    """A dict whose keys are also attributes, as a diffusers config (``config.sample_size``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 class _Resnet(nn.Module):
@@ -114,7 +124,7 @@ class LiteUNet(nn.Module):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         _check_config(config)
-        self.config = dict(config)
+        self.config = AttrDict(config)
         channels = list(config["block_out_channels"])
         groups, eps = int(config["norm_num_groups"]), float(config["norm_eps"])
         head_dim = int(config["attention_head_dim"] or channels[-1])
@@ -150,6 +160,14 @@ class LiteUNet(nn.Module):
             self.up_blocks.append(_Block(resnets, attns, None if final else _Sampler(cout, False), False))
         self.conv_norm_out = nn.GroupNorm(groups, channels[0], eps=eps)
         self.conv_out = nn.Conv2d(channels[0], int(config["out_channels"]), 3, padding=1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
 
     def time_features(self, timestep: torch.Tensor, batch: int) -> torch.Tensor:
         """Sinusoidal features [N, C0] of the timestep (``get_timestep_embedding`` with the config's options)."""
