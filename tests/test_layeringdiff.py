@@ -608,3 +608,19 @@ def test_decompose_command_self_similar_switch(tmp_path) -> None:
         assert result.exit_code == 0, result.output
         scores[flag] = psnr(load(out).background.pixels[:, :, :3][hidden], truth[hidden])
     assert scores["--self-similar"] > scores["--no-self-similar"] + 3.0, scores
+
+
+def test_selfsim_correlation_is_scipy_fftconvolve_bit_for_bit():
+    from scipy import signal
+
+    from lamina.layeringdiff.selfsim import _correlate
+
+    rng = np.random.default_rng(0)
+    for h, w in [(17, 23), (64, 64), (101, 77)]:
+        a, b = rng.random((h, w)), rng.random((h, w))
+        got = _correlate(a, b)
+        assert got.shape == (2 * h - 1, 2 * w - 1)
+        assert np.array_equal(got, signal.fftconvolve(b, a[::-1, ::-1], mode="full"))
+    a = np.zeros((5, 6))
+    a[2, 3] = 1.0
+    assert np.isclose(_correlate(a, a)[4, 5], 1.0) and np.isclose(_correlate(a, a).sum(), 1.0)

@@ -12,7 +12,8 @@ built-in one), and :mod:`.latent`, the latent model on a pretrained VAE and inpa
 :mod:`.hfa` is the learned high-frequency alignment a pixel-space FBDD may carry, and
 :mod:`.selfsim` the parameter-free completion of a repeating background texture under the object.
 Every name below is imported on first use (``from lamina.layeringdiff import FBDDPipeline``
-imports :mod:`.fbdd`, and diffusers, then).
+imports :mod:`.fbdd_pipeline`, and diffusers, then); the built-in model's inference (:class:`LiteFBDD`,
+:func:`load_builtin_lite`, what :func:`make_decomposer` gives for it) is pure PyTorch and never imports diffusers.
 Training is in :mod:`.train`, the text stages (Grounding DINO, SAM, ViTMatte, any diffusers
 text-to-image pipeline) in :mod:`.grounding`, the commands in :mod:`.cli`.
 """
@@ -34,8 +35,9 @@ _LAZY: dict[str, str] = {
                      "foreground_from_mask", "grabcut_mask", "trimap_from_mask"), "foreground"),
     "LayeringDiff": "pipeline",
     **dict.fromkeys(("SaliencyConfig", "salient_boxes"), "saliency"),
-    **dict.fromkeys(("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "compute_prefill", "fbdd_loss",
-                     "load_builtin", "load_pipeline", "make_scheduler", "make_unet", "telea_prefill"), "fbdd"),
+    **dict.fromkeys(("FBDDDecomposer", "FBDDPipeline", "FBDDPipelineOutput", "LiteFBDD", "compute_prefill",
+                     "fbdd_loss", "load_builtin", "load_builtin_lite", "load_pipeline", "make_scheduler", "make_unet",
+                     "telea_prefill"), "fbdd"),
     **dict.fromkeys(("LatentFBDDPipeline", "latent_fbdd_loss", "widen_unet"), "latent"),
     **dict.fromkeys(("HFANet", "hfa_loss"), "hfa"),
 }
@@ -66,6 +68,7 @@ __all__ = [
     "ForegroundEstimate",
     "HFANet",
     "LayeringDiff",
+    "LiteFBDD",
     "SaliencyConfig",
     "LatentFBDDPipeline",
     "compute_prefill",
@@ -80,6 +83,7 @@ __all__ = [
     "hfa_loss",
     "latent_fbdd_loss",
     "load_builtin",
+    "load_builtin_lite",
     "load_pipeline",
     "make_decomposer",
     "make_scheduler",

@@ -7,6 +7,10 @@ diffusers :class:`~diffusers.UNet2DModel`, the :class:`FBDDPipeline` that sample
 ``save_pretrained`` / ``from_pretrained``), the training loss :func:`fbdd_loss`, and
 :class:`FBDDDecomposer`, which plugs the pipeline into the common
 :class:`~lamina.layeringdiff.disassembly.Decomposer` interface.
+The sampling itself is :class:`FBDDSampler`, shared by :class:`FBDDPipeline` (diffusers, defined in
+:mod:`.fbdd_pipeline` and imported on first use) and :class:`LiteFBDD`, a pure-PyTorch copy of the built-in
+model's classes (:mod:`.unet_lite`, :class:`~lamina.layeringdiff.hfa.LiteHFA`) that ``lamina decompose``
+uses: it loads the same files and gives the same layers without importing diffusers (~7 CPU s, issue 23).
 
 What the paper says (abstract and third-party summaries; its method sections are not
 public): FBDD adapts a large pretrained generative prior to estimate ``F`` and ``B`` from

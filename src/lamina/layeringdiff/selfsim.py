@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import fft, ndimage
 
 from ..errors import LaminaError
 from ..tensors import resize_array
@@ -72,8 +72,14 @@ DEFAULT_SELF_SIMILAR = SelfSimilarConfig()
 
 
 def _correlate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``C[H - 1 + dy, W - 1 + dx] = sum_p a(p) b(p + d)`` for ``a``, ``b`` ``[H, W]``: ``[2H - 1, 2W - 1]``."""
-    return signal.fftconvolve(b, a[::-1, ::-1], mode="full")
+    """``C[H - 1 + dy, W - 1 + dx] = sum_p a(p) b(p + d)`` for ``a``, ``b`` ``[H, W]``: ``[2H - 1, 2W - 1]``.
+
+    The same operations as ``scipy.signal.fftconvolve(b, a[::-1, ::-1], mode="full")`` (bit-identical, tested),
+    without importing ``scipy.signal`` (about 1 CPU s, most of it ``scipy.stats``)."""
+    shape = [b.shape[i] + a.shape[i] - 1 for i in range(2)]
+    padded = [fft.next_fast_len(n, True) for n in shape]
+    spectrum = fft.rfftn(b, padded) * fft.rfftn(a[::-1, ::-1], padded)
+    return fft.irfftn(spectrum, padded)[: shape[0], : shape[1]]
 
 
 def high_pass(image: np.ndarray, visible: np.ndarray, sigma_px: float) -> np.ndarray:

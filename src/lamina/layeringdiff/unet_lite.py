@@ -183,7 +183,8 @@ class LiteUNet(nn.Module):
     @torch.no_grad()
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         dtype = self.conv_in.weight.dtype
-        temb = self.time_embedding(self.time_features(torch.as_tensor(timestep), sample.shape[0]).to(dtype))
+        features = self.time_features(torch.as_tensor(timestep), sample.shape[0])
+        temb = self.time_embedding(features.to(self.device, dtype))
         x = self.conv_in(sample.to(dtype))
         skips = [x]
         for block in self.down_blocks:
