@@ -95,6 +95,42 @@ def seed_option(func: Any = None, *, default: int | None = 0, help: str = "rando
     return decorate(func) if func is not None else decorate
 
 
+def training_options(func: Any = None, *, batch_help: str = "batch size",
+                     set_example: str = "--set resolution=32") -> Any:
+    """The options the ``train`` commands share, in this order: ``--steps`` (``total_steps``), ``--batch``
+    (``batch_size``), ``--lr``, ``--seed``, ``--set`` (``overrides``), ``--max-minutes``, ``--threads`` and
+    ``-n/--dry-run``; :func:`resolve_training_config` turns them into a config."""
+    def decorate(f: Any) -> Any:
+        for option in reversed((
+                click.option("--steps", "total_steps", type=click.IntRange(1), default=None,
+                             help="total optimisation steps"),
+                click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help=batch_help),
+                click.option("--lr", type=float, default=None, help="learning rate"),
+                seed_option(default=None, help="data and initialisation seed"),
+                click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                             help=f"override any training option (JSON values), e.g. {set_example}"),
+                click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+                             help="stop (after saving) after this long; rerun to resume"),
+                threads_option,
+                click.option("-n", "--dry-run", is_flag=True, help="print the resolved config and exit"))):
+            f = option(f)
+        return f
+
+    return decorate(func) if func is not None else decorate
+
+
+def resolve_training_config(resolve: Callable[..., Any], preset: str, overrides: Sequence[str], **flags: Any) -> Any:
+    """``resolve(preset, **values)``: the ``--set`` overrides, then every flag that was given (not ``None``)."""
+    from .overrides import parse_overrides
+
+    return resolve(preset, **(parse_overrides(overrides) | {k: v for k, v in flags.items() if v is not None}))
+
+
+def stop_after_seconds(max_minutes: float | None) -> float | None:
+    """``--max-minutes`` in seconds (``None``: no limit)."""
+    return None if max_minutes is None else max_minutes * 60.0
+
+
 def overwrite_option(func: Any) -> Any:
     """``--overwrite``: replace existing outputs (otherwise refused; in a batch, skipped as done)."""
     return click.option("--overwrite", is_flag=True,

@@ -15,10 +15,12 @@ from ..cli_options import (
     out_option,
     overwrite_option,
     preview_option,
+    resolve_training_config,
     runtime_options,
     seed_option,
     setup_runtime,
-    threads_option,
+    stop_after_seconds,
+    training_options,
 )
 from ..errors import LaminaError
 
@@ -119,34 +121,22 @@ def bfs() -> None:
               help="run folder; running the same command again resumes")
 @click.option("--init", default=None, help="start from a saved BFS model (RUN/export, a folder, a hub id or builtin)")
 @click.option("--base", default=None, help="FLUX.1-Fill-style model (hub id or folder) to put BFS on (flux-fill)")
-@click.option("--steps", "total_steps", type=click.IntRange(1), default=None, help="total optimisation steps")
-@click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help="batch size")
-@click.option("--lr", type=float, default=None, help="learning rate")
-@seed_option(default=None, help="data and initialisation seed")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override any training option (JSON values), e.g. --set resolution=32 --set lora_rank=4")
-@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
-              help="stop (after saving) after this long; rerun to resume")
-@threads_option
-@click.option("-n", "--dry-run", is_flag=True, help="print the resolved config and exit")
+@training_options(set_example="--set resolution=32 --set lora_rank=4")
 def train(data: str, preset: str, stage: str, run_dir: Path, init: str | None, base: str | None,
           total_steps: int | None, batch_size: int | None, lr: float | None, seed: int | None,
           overrides: tuple[str, ...], max_minutes: float | None, threads: int | None, dry_run: bool) -> None:
     """Train one BFS stage on procedural scenes or your manifest; exports RUN/export (BFSPipeline.from_pretrained)."""
-    from ..overrides import parse_overrides
     from .config import resolve_config
     from .train import training_loop
 
-    flags = dict(data=data, stage=stage, init=init, base=base, total_steps=total_steps, batch_size=batch_size,
-                 lr=lr, seed=seed)
-    config = resolve_config(preset, **(parse_overrides(overrides) | {k: v for k, v in flags.items() if v is not None}))
+    config = resolve_training_config(resolve_config, preset, overrides, data=data, stage=stage, init=init, base=base,
+                                     total_steps=total_steps, batch_size=batch_size, lr=lr, seed=seed)
     if dry_run:
         click.echo(json.dumps(config.to_dict(), indent=2))
         return
     _quiet()
     setup_runtime("auto", "auto", threads)
-    export = training_loop(config, run_dir, echo=click.echo,
-                           stop_after_s=None if max_minutes is None else max_minutes * 60.0)
+    export = training_loop(config, run_dir, echo=click.echo, stop_after_s=stop_after_seconds(max_minutes))
     click.echo(f"export: {export} (use it with: lamina synthesize IMAGE --box ... --prompt ... --model {export})")
 
 

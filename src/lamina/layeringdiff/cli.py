@@ -19,9 +19,11 @@ from ..cli_options import (
     out_option,
     overwrite_option,
     preview_option,
+    resolve_training_config,
     runtime_options,
     seed_option,
-    threads_option,
+    stop_after_seconds,
+    training_options,
 )
 from ..errors import LaminaError
 
@@ -301,32 +303,20 @@ def layeringdiff() -> None:
 @click.option("--init", default=None,
               help="fine-tune: start from a saved FBDD's weights ('builtin', RUN/export or hub id); with "
                    "--preset builtin-hfa: the frozen FBDD the HFA is trained for")
-@click.option("--steps", "total_steps", type=click.IntRange(1), default=None, help="total optimisation steps")
-@click.option("--batch", "batch_size", type=click.IntRange(1), default=None,
-              help="global batch size, all processes together (batch_size)")
-@click.option("--lr", type=float, default=None, help="learning rate")
-@click.option("--seed", type=int, default=None, help="data and initialisation seed")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override any training option (JSON values), e.g. --set resolution=128 --set hole_weight=2")
-@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
-              help="stop (after saving) after this long; rerun to resume")
-@threads_option
-@click.option("-n", "--dry-run", is_flag=True, help="print the resolved config and exit")
+@training_options(batch_help="global batch size, all processes together (batch_size)",
+                  set_example="--set resolution=128 --set hole_weight=2")
 def train(data: str, preset: str, run_dir: Path, backbone: str | None, init: str | None, total_steps: int | None,
           batch_size: int | None, lr: float | None, seed: int | None, overrides: tuple[str, ...],
           max_minutes: float | None, threads: int | None, dry_run: bool) -> None:
     """Train FBDD (the learned disassembly) or its HFA on procedural scenes or your own layers; exports RUN/export."""
-    from ..overrides import parse_overrides
     from .train import resolve_config, training_loop
 
-    flags = dict(data=data, backbone=backbone, init=init, total_steps=total_steps, batch_size=batch_size, lr=lr,
-                 seed=seed)
-    config = resolve_config(preset, **(parse_overrides(overrides) | {k: v for k, v in flags.items() if v is not None}))
+    config = resolve_training_config(resolve_config, preset, overrides, data=data, backbone=backbone, init=init,
+                                     total_steps=total_steps, batch_size=batch_size, lr=lr, seed=seed)
     if dry_run:
         click.echo(json.dumps(config.to_dict(), indent=2))
         return
     _threads(threads)
-    export = training_loop(config, run_dir, echo=click.echo,
-                           stop_after_s=None if max_minutes is None else max_minutes * 60.0)
+    export = training_loop(config, run_dir, echo=click.echo, stop_after_s=stop_after_seconds(max_minutes))
     click.echo(f"inference export: {export} (use it with: lamina decompose IMAGE --model {export} ...); previews in "
                f"{run_dir / 'previews'}, losses in {run_dir / 'log.jsonl'}")
