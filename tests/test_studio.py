@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import sys
 import zipfile
 import zlib
@@ -20,18 +19,14 @@ from lamina.data import generate_scene
 from lamina.io import load
 from lamina.studio import handlers as h
 from lamina.studio.backend import Backend, BackendConfig, _resolve_device
+from lamina.testing.fuzz import png_bytes
 
 LIMITS = h.StudioLimits(max_pixels=1_000_000, preview_side=64, tile_side=32, history=5, max_objects=3)
 
 
 def png_header(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims ``width x height`` (8-bit grey) with a tiny, truncated pixel stream."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(png_bytes(width, height, colour_type=0, idat=zlib.compress(b"\0" * 64)))
     return path
 
 

@@ -284,12 +284,8 @@ def test_background_to_layers_in_the_browser(studio_url, browser, shots, tmp_pat
 
 
 def _png_header(path: Path, width: int, height: int) -> None:
-    import struct
     import zlib
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    from lamina.testing.fuzz import png_bytes
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(png_bytes(width, height, colour_type=0, idat=zlib.compress(b"\0" * 64)))
