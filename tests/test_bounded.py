@@ -167,6 +167,26 @@ def test_bounded_path_stores_compact_layers_that_still_recompose_the_photo(max_s
     np.testing.assert_array_equal(background.stored[:3].transpose(1, 2, 0)[outside], image[outside])
 
 
+@pytest.mark.parametrize("max_side", [128, 380])
+def test_bands_on_several_threads_give_the_same_layers(max_side):
+    """The full-resolution bands run on torch's thread count (run_bands): bit-identical to one thread."""
+    import torch
+
+    image, box = scene()
+    config = BoundedConfig(max_side=max_side, band_rows=23)  # 9+ bands: more than the pool keeps in flight
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = decompose_image(image, box=box, method="classical", bounded=config)
+        torch.set_num_threads(3)
+        three = decompose_image(image, box=box, method="classical", bounded=config)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one.all_layers, three.all_layers, strict=True):
+        assert a.offset == b.offset
+        np.testing.assert_array_equal(a.stored, b.stored)
+
+
 def test_quantise_background_by_hand():
     """B rounds to 1/255 levels; soft pixels solve F = (I - (1 - t) B) / t; a nearly clear pixel whose F would leave
     [0, 1] takes F = B = I; clear and opaque pixels keep F."""

@@ -109,13 +109,16 @@ def test_lite_refuses_what_it_does_not_support(tmp_path):
 
 
 def test_decompose_with_the_builtin_model_imports_neither_diffusers_nor_transformers(tmp_path):
+    # Nor pymatting and numba (about 2 s of imports): the matting is lamina.layeringdiff.matting.
     from PIL import Image
 
     image, _ = _scene()
     Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "photo.png")
     code = ("import sys\nfrom lamina.cli import main\n"
-            "main(['decompose', 'photo.png', '--box', '40,30,80,60', '--out', 'out.psd'], standalone_mode=False)\n"
-            "print(sorted(m for m in ('diffusers', 'transformers', 'torch._dynamo') if m in sys.modules))\n")
+            "main(['decompose', 'photo.png', '--box', '40,30,80,60', '--out', 'out.psd', '--threads', '1'],"
+            " standalone_mode=False)\n"
+            "print(sorted(m for m in ('diffusers', 'transformers', 'torch._dynamo', 'pymatting', 'numba')"
+            " if m in sys.modules))\n")
     src = str(Path(__file__).resolve().parents[1] / "src")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                          env={"PYTHONPATH": src, "LAMINA_PROGRESS": "0", "HF_HUB_OFFLINE": "1",

@@ -207,17 +207,22 @@ def write_layered(layered: Any, out: Path, *, overwrite: bool = False, preview: 
 
     Every write is atomic. Returns the paths written.
     """
-    from .io import save, save_contact_sheet, write_png
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .io import contact_sheet, save, write_png
 
     if output_format(out, allow_png=True) == "png":
         write_png(layered.composite(), out, overwrite=overwrite)
         return [out]
-    save(layered, out, overwrite=overwrite)
     if not preview:
+        save(layered, out, overwrite=overwrite)
         return [out]
-    sheet = sheet_path(out)
-    # The sheet belongs to the output just written: a stale one of a missing output is replaced.
-    save_contact_sheet(layered, sheet, overwrite=True)
+    with ThreadPoolExecutor(1) as pool:  # the sheet is drawn while the file is written (both read the layers)
+        drawn = pool.submit(contact_sheet, layered)
+        save(layered, out, overwrite=overwrite)
+        sheet = sheet_path(out)
+        # The sheet belongs to the output just written: a stale one of a missing output is replaced.
+        write_png(drawn.result(), sheet, overwrite=True)
     return [out, sheet]
 
 

@@ -15,6 +15,8 @@ where half precision saves nothing and costs accuracy. An explicit ``--dtype`` a
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from .errors import LaminaError
@@ -97,9 +99,10 @@ def resolve_dtype(dtype: Any = "auto", device: Any = "cpu", *, small_model: bool
 
 
 def set_threads(threads: int | None) -> None:
-    """Cap the CPU threads of torch and numba (pymatting's matting) at ``threads``; ``None``: leave the defaults.
+    """Cap the CPU threads of torch and numba (pymatting's shared matting) at ``threads``; ``None``: the defaults.
 
-    The one meaning of ``--threads`` in every command.
+    The one meaning of ``--threads`` in every command. numba is not imported for this (it costs
+    half a second): when it is not loaded yet, ``NUMBA_NUM_THREADS`` caps it when it is.
     """
     if threads is None:
         return
@@ -107,10 +110,9 @@ def set_threads(threads: int | None) -> None:
         raise LaminaError(f"--threads {threads}: give at least 1 (leave it out for PyTorch's default)")
     import torch
 
-    try:
-        import numba
-    except ImportError:  # numba comes with pymatting, an optional extra
-        numba = None
+    numba = sys.modules.get("numba")
     if numba is not None:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    else:
+        os.environ["NUMBA_NUM_THREADS"] = str(min(threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)  # after numba: its OpenMP layer may reset the shared thread count

@@ -102,6 +102,10 @@ def _plane_bytes(layer: Layer, channel: int, depth: int) -> bytes:
     order = ">u2" if depth == 16 else ">u1"
     if stored.dtype == (np.uint16 if depth == 16 else np.uint8):
         return np.ascontiguousarray(stored, order).tobytes()
+    if stored.dtype == np.uint8:  # 8 -> 16 bits: level k is k * 257 (k / 255 = 257 k / 65535 exactly)
+        out = np.empty(stored.shape, order)
+        np.multiply(stored, 257, out=out, dtype=np.uint16, casting="unsafe")
+        return out.tobytes()
     out = np.empty(stored.shape, order)
     rows = max(1, QUANTISE_CHUNK // max(1, layer.width))
     scale = 65535.0 if depth == 16 else 255.0

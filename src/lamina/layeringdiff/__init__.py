@@ -3,7 +3,7 @@
 Stages: (1) a composite from any text-to-image model (optional), (2) the foreground's alpha
 (:mod:`.foreground`: box -> GrabCut -> trimap -> matting, or a user mask), (3) disassembly
 into the foreground layer and the completed background, by the classical path
-(:mod:`.classical`: pymatting + OpenCV inpainting) or by FBDD (:mod:`.fbdd`, a conditional
+(:mod:`.classical`: closed-form matting + OpenCV inpainting) or by FBDD (:mod:`.fbdd`, a conditional
 diffusion model), both behind the :class:`Decomposer` interface (:mod:`.disassembly`, the layer maths); the entry
 points (:func:`decompose_image`, :func:`peel`, :func:`make_decomposer`) are in :mod:`.decompose`.
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,6 +258,27 @@ def _support(mask: np.ndarray, full: tuple[int, int]) -> tuple[int, int, int, in
     return y0, y1, x0, x1
 
 
+def run_bands(work: Callable[[int], None], starts: Sequence[int]) -> None:
+    """``work(start)`` for every band, on as many threads as torch uses (NumPy, OpenCV and torch release the GIL).
+
+    Each band writes only its own rows; at most two bands per thread are in flight, so the
+    working set stays a few bands.
+    """
+    threads = min(torch.get_num_threads(), len(starts))
+    if threads <= 1:
+        for start in starts:
+            work(start)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: list[Any] = []
+        for start in starts:
+            if len(pending) >= 2 * threads:
+                pending.pop(0).result()
+            pending.append(pool.submit(work, start))
+        for future in pending:
+            future.result()
+
+
 def release_memory() -> None:
     """Hand memory freed by the C heap back to the system (glibc ``malloc_trim``; nothing elsewhere).
 
@@ -391,8 +413,8 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
     object_alpha = np.zeros((y1 - y0, x1 - x0) if keep_alphas else (0, 0), np.float32)
     effects = np.zeros_like(object_alpha)
     exact = full == tuple(stacked.shape[1:])
-    buffer = None if exact else np.empty((stacked.shape[0], min(bounded.band_rows, y1 - y0), x1 - x0), np.float32)
-    for b0 in range(y0, y1, bounded.band_rows):
+
+    def assemble(b0: int) -> None:  # rows b0..b1 of the window at full resolution; bands touch disjoint rows
         b1 = min(b0 + bounded.band_rows, y1)
         r0, r1 = b0 - y0, b1 - y0
         target = canvas[:3, rows.start + b0:rows.start + b1, cols.start + x0:cols.start + x1]
@@ -403,7 +425,8 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
                 _round_alpha(band[0])
                 project_band(shown, band[0], band[1:4], band[4:7])
         else:  # upsampled, then projected onto the full-resolution image
-            band = _upsample(stacked, full, (b0, b1), (x0, x1), buffer[:, :b1 - b0])
+            band = _upsample(stacked, full, (b0, b1), (x0, x1),
+                             np.empty((stacked.shape[0], b1 - b0, x1 - x0), np.float32))
             np.clip(band, 0.0, 1.0, out=band)
             if scale is not None:
                 _round_alpha(band[0])
@@ -416,6 +439,8 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
             planes[:3, r0:r1], planes[3, r0:r1] = _levels(band[1:4]), _levels(band[0])
         if keep_alphas:
             object_alpha[r0:r1], effects[r0:r1] = band[7], band[8]
+
+    run_bands(assemble, range(y0, y1, bounded.band_rows))
     offset = (cols.start + x0, rows.start + y0)
     if not keep_alphas:
         return WindowPart(planes=planes, offset=offset, effects=has_effects, part=None)
@@ -466,17 +491,21 @@ def recomposition_psnr(layered: LayeredImage, image: np.ndarray, band_rows: int 
     boxes = [(max(layer.offset[0], 0), max(layer.offset[1], 0), min(layer.offset[0] + layer.width, width),
               min(layer.offset[1] + layer.height, height)) for layer in layered.layers]
     boxes = [b for b in boxes if b[0] < b[2] and b[1] < b[3]]
-    total = 0.0
+    sums: dict[int, float] = {}
     if boxes:
         x0, x1 = min(b[0] for b in boxes), max(b[2] for b in boxes)
-        for y0 in range(min(b[1] for b in boxes), max(b[3] for b in boxes), band_rows):
+
+        def band_error(y0: int) -> None:
             y1 = min(y0 + band_rows, height)
             band = LayeredImage(layer_from_planes(layered.background.read(slice(y0, y1), slice(x0, x1)),
                                                   "background"),
                                 [_band_layer(layer, x0, y0, y1) for layer in layered.layers])
-            composite = band.composite()[:, :, :3].astype(np.float64)
-            total += float(np.square(composite - image[y0:y1, x0:x1].astype(np.float64) / scale).sum())
-    mse = total / (width * height * 3)
+            error = image[y0:y1, x0:x1] * np.float32(1.0 / scale)  # float32: the layers' own precision
+            error -= band.composite()[:, :, :3]
+            sums[y0] = float(np.square(error, out=error).sum(dtype=np.float64))
+
+        run_bands(band_error, range(min(b[1] for b in boxes), max(b[3] for b in boxes), band_rows))
+    mse = sum(sums[y0] for y0 in sorted(sums)) / (width * height * 3)  # summed in row order: deterministic
     return cap if mse <= 10 ** (-cap / 10) else float(-10.0 * np.log10(mse))
 
 

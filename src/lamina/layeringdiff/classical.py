@@ -2,9 +2,9 @@
 
 Given the composite ``I`` and the object's alpha:
 
-* **foreground colours** ``F``: pymatting's multi-level foreground estimation
-  (``estimate_foreground_ml``, Germer et al. 2020), which un-mixes the background out of the
-  soft edge;
+* **foreground colours** ``F``: multi-level foreground estimation
+  (:func:`~lamina.layeringdiff.matting.estimate_foreground_ml`, Germer et al. 2020), which
+  un-mixes the background out of the soft edge;
 * **background** ``B``: OpenCV inpainting (Telea 2004 or Navier-Stokes) of the hole the
   object and its effects region leave: the pixels with ``alpha > alpha_floor``, grown by
   ``hole_margin`` pixels so that no colour of the object bleeds into the fill;
@@ -54,7 +54,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import LaminaError
-from ._util import bbox_slices, import_cv2, import_pymatting
+from ._util import bbox_slices, import_cv2
 from .disassembly import (
     ALPHA_EPS,
     Decomposition,
@@ -64,6 +64,7 @@ from .disassembly import (
     touching_components,
 )
 from .foreground import as_rgb
+from .matting import estimate_foreground_ml
 
 INPAINT_METHODS = ("harmonic", "telea", "ns")
 EFFECTS_MODELS = ("shadow", "difference")
@@ -254,7 +255,7 @@ def relight_shadows(unoccluded: np.ndarray, rough: np.ndarray, region: np.ndarra
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, regularization: float = 1e-5) -> np.ndarray:
-    """Foreground colours ``float32`` ``[H, W, 3]`` where ``alpha > 0`` (pymatting ``estimate_foreground_ml``).
+    """Foreground colours ``float32`` ``[H, W, 3]`` where ``alpha > 0`` (:func:`.matting.estimate_foreground_ml`).
 
     Runs on the bounding box of the object plus a margin; elsewhere the image is returned.
     """
@@ -263,8 +264,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, regularization: fl
     if not covered.any():
         return out
     rows, cols = bbox_slices(covered, margin=16)
-    fg = import_pymatting().estimate_foreground_ml(image[rows, cols].astype(np.float64),
-                                             alpha[rows, cols].astype(np.float64), regularization=regularization)
+    fg, _ = estimate_foreground_ml(image[rows, cols], alpha[rows, cols], regularization=regularization)
     out[rows, cols] = np.clip(fg, 0.0, 1.0)
     return out
 

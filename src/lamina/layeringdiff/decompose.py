@@ -171,7 +171,7 @@ def decompose_image(
             objects (:mod:`.saliency`, no weights; SAM instead of GrabCut with a ``grounder``).
         method: ``"layeringdiff"`` (FBDD; ``model`` is a folder saved by
             :meth:`FBDDPipeline.save_pretrained` or a hub id, default the built-in model) or
-            ``"classical"`` (GrabCut/pymatting/inpainting, no weights).
+            ``"classical"`` (GrabCut/matting/inpainting, no weights).
         options: keyword arguments of the decomposer (``num_inference_steps``, ``seed``, ... for
             FBDD; :class:`~lamina.layeringdiff.classical.ClassicalConfig` fields for classical).
         config: foreground-stage options (trimap widths, matting method, effects region).

@@ -6,10 +6,11 @@ is the part of that chain that needs no weights:
 
 * **box** -> GrabCut (OpenCV) -> hard mask,
 * **mask** (the user's, or GrabCut's) -> trimap by eroding and dilating the mask,
-* **trimap** -> alpha by closed-form (``"cf"``) or shared (``"sm"``) matting (pymatting).
+* **trimap** -> alpha by closed-form (``"cf"``, :mod:`lamina.layeringdiff.matting`) or shared
+  (``"sm"``, pymatting) matting.
 
 Every function takes ``float32`` images ``[H, W, 3]`` in ``[0, 1]`` and returns
-``float32`` alpha in ``[0, 1]``; trimaps use pymatting's values 0 (background), 0.5
+``float32`` alpha in ``[0, 1]``; trimaps use the values 0 (background), 0.5
 (unknown) and 1 (foreground).
 
 **Effects.** The paper lists shadows as a limitation: the matte covers the object only, so
@@ -42,7 +43,7 @@ from ._util import bbox_slices, import_cv2, import_pymatting
 
 MATTING_METHODS = ("cf", "sm")
 
-#: Trimap values (pymatting's convention).
+#: Trimap values (pymatting's convention too).
 TRIMAP_BACKGROUND, TRIMAP_UNKNOWN, TRIMAP_FOREGROUND = 0.0, 0.5, 1.0
 
 
@@ -216,8 +217,12 @@ def estimate_alpha(image: np.ndarray, trimap: np.ndarray, method: str = "cf", ma
         size = (max(2, round(w * scale)), max(2, round(h * scale)))
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         tri = cv2.resize(tri, size, interpolation=cv2.INTER_NEAREST)
-    solve = getattr(import_pymatting(), f"estimate_alpha_{method}")
-    matte = np.clip(solve(img, tri), 0.0, 1.0).astype(np.float32)
+    if method == "cf":
+        from .matting import closed_form_alpha
+
+        matte = closed_form_alpha(img, tri).astype(np.float32)
+    else:
+        matte = np.clip(import_pymatting().estimate_alpha_sm(img, tri), 0.0, 1.0).astype(np.float32)
     if scale < 1.0:
         matte = import_cv2().resize(matte, (w, h), interpolation=import_cv2().INTER_LINEAR)
     alpha[rows, cols] = np.where(unknown[rows, cols], matte, alpha[rows, cols])

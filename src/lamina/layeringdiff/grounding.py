@@ -1,7 +1,7 @@
 """Text -> foreground, and the text-to-image stage: LayeringDiff stages 1 and 2 with pretrained models.
 
 * :class:`Grounder`: phrase -> box (Grounding DINO) -> mask (SAM) -> trimap -> alpha
-  (ViTMatte; or pymatting when no matting model is given), all through ``transformers``
+  (ViTMatte; or closed-form matting when no matting model is given), all through ``transformers``
   (``AutoProcessor`` + ``GroundingDinoForObjectDetection``, ``SamProcessor`` + ``SamModel``,
   ``VitMatteImageProcessor`` + ``VitMatteForImageMatting``), each by hub id or local folder.
 * :func:`generate_composite`: any diffusers text-to-image pipeline (``DiffusionPipeline``
@@ -64,7 +64,7 @@ class GroundingConfig:
     Attributes:
         detector: Grounding DINO (hub id or folder).
         segmenter: SAM (hub id or folder).
-        matting: ViTMatte (hub id or folder); ``None``: pymatting on SAM's mask (no weights).
+        matting: ViTMatte (hub id or folder); ``None``: closed-form matting on SAM's mask (no weights).
         box_threshold: least detection score of a box.
         text_threshold: least score of a text token to count towards the phrase.
         device: torch device of the three models (``"auto"``: CUDA, then MPS, else CPU;
@@ -182,7 +182,7 @@ class Grounder:
         return self.estimate_box(rgb, self.detect(rgb, phrase), config)
 
     def estimate_box(self, image: Any, box: Any, config: ForegroundConfig | None = None) -> ForegroundEstimate:
-        """The foreground stage from a box ``(x0, y0, x1, y1)``: SAM's mask, trimap, alpha (ViTMatte or pymatting)."""
+        """The foreground stage from a box ``(x0, y0, x1, y1)``: SAM's mask, trimap, alpha (ViTMatte or matting)."""
         from ..layers import check_box
 
         config = config or ForegroundConfig()
