@@ -258,23 +258,26 @@ def _support(mask: np.ndarray, full: tuple[int, int]) -> tuple[int, int, int, in
     return y0, y1, x0, x1
 
 
-def run_bands(work: Callable[[int], None], starts: Sequence[int]) -> None:
-    """``work(start)`` for every band, on as many threads as torch uses (NumPy, OpenCV and torch release the GIL).
+def run_bands(work: Callable[[int, int], None], start: int, stop: int, rows: int) -> None:
+    """``work(b0, b1)`` for the bands of rows ``start..stop``, on as many threads as torch uses.
 
-    Each band writes only its own rows; at most two bands per thread are in flight, so the
-    working set stays a few bands.
+    NumPy, OpenCV and torch release the GIL in their loops. Each band writes only its own rows.
+    With ``k`` threads the bands are ``rows / k`` rows and ``k`` are in flight, so the working set
+    stays that of one band of ``rows``.
     """
-    threads = min(torch.get_num_threads(), len(starts))
-    if threads <= 1:
-        for start in starts:
-            work(start)
+    threads = max(1, min(torch.get_num_threads(), math.ceil((stop - start) / rows)))
+    step = max(1, rows // threads)
+    bands = [(b0, min(b0 + step, stop)) for b0 in range(start, stop, step)]
+    if threads == 1:
+        for band in bands:
+            work(*band)
         return
     with ThreadPoolExecutor(threads) as pool:
         pending: list[Any] = []
-        for start in starts:
-            if len(pending) >= 2 * threads:
+        for band in bands:
+            if len(pending) >= threads:
                 pending.pop(0).result()
-            pending.append(pool.submit(work, start))
+            pending.append(pool.submit(work, *band))
         for future in pending:
             future.result()
 
@@ -414,8 +417,7 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
     effects = np.zeros_like(object_alpha)
     exact = full == tuple(stacked.shape[1:])
 
-    def assemble(b0: int) -> None:  # rows b0..b1 of the window at full resolution; bands touch disjoint rows
-        b1 = min(b0 + bounded.band_rows, y1)
+    def assemble(b0: int, b1: int) -> None:  # rows b0..b1 of the window at full resolution
         r0, r1 = b0 - y0, b1 - y0
         target = canvas[:3, rows.start + b0:rows.start + b1, cols.start + x0:cols.start + x1]
         shown = target if scale is None else as_unit(target)
@@ -440,7 +442,7 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
         if keep_alphas:
             object_alpha[r0:r1], effects[r0:r1] = band[7], band[8]
 
-    run_bands(assemble, range(y0, y1, bounded.band_rows))
+    run_bands(assemble, y0, y1, bounded.band_rows)
     offset = (cols.start + x0, rows.start + y0)
     if not keep_alphas:
         return WindowPart(planes=planes, offset=offset, effects=has_effects, part=None)
@@ -495,8 +497,7 @@ def recomposition_psnr(layered: LayeredImage, image: np.ndarray, band_rows: int 
     if boxes:
         x0, x1 = min(b[0] for b in boxes), max(b[2] for b in boxes)
 
-        def band_error(y0: int) -> None:
-            y1 = min(y0 + band_rows, height)
+        def band_error(y0: int, y1: int) -> None:
             band = LayeredImage(layer_from_planes(layered.background.read(slice(y0, y1), slice(x0, x1)),
                                                   "background"),
                                 [_band_layer(layer, x0, y0, y1) for layer in layered.layers])
@@ -504,7 +505,7 @@ def recomposition_psnr(layered: LayeredImage, image: np.ndarray, band_rows: int 
             error -= band.composite()[:, :, :3]
             sums[y0] = float(np.square(error, out=error).sum(dtype=np.float64))
 
-        run_bands(band_error, range(min(b[1] for b in boxes), max(b[3] for b in boxes), band_rows))
+        run_bands(band_error, min(b[1] for b in boxes), min(max(b[3] for b in boxes), height), band_rows)
     mse = sum(sums[y0] for y0 in sorted(sums)) / (width * height * 3)  # summed in row order: deterministic
     return cap if mse <= 10 ** (-cap / 10) else float(-10.0 * np.log10(mse))
 
