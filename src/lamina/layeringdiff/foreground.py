@@ -153,6 +153,18 @@ def check_mask(mask: Any, height: int, width: int, what: str = "mask") -> np.nda
 
 
 # ---------------------------------------------------------------------------- trimap
+def distance_to_outside(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance ``float32`` ``[H, W]`` of each ``mask`` pixel to the nearest pixel outside it (0 outside).
+
+    OpenCV's exact transform (``DIST_MASK_PRECISE``), ten times faster than SciPy's and the same
+    up to float32 rounding; SciPy's where nothing is outside the mask (OpenCV has no answer there).
+    """
+    if mask.all():
+        return ndimage.distance_transform_edt(mask).astype(np.float32)
+    cv2 = import_cv2()
+    return cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
 def trimap_from_mask(mask: np.ndarray, erode: int, dilate: int) -> np.ndarray:
     """Trimap of a hard mask: sure foreground ``erode`` px inside its edge, sure background ``dilate`` px outside.
 
@@ -161,8 +173,8 @@ def trimap_from_mask(mask: np.ndarray, erode: int, dilate: int) -> np.ndarray:
     matting always has both.
     """
     mask = np.asarray(mask, bool)
-    inside = ndimage.distance_transform_edt(mask)
-    outside = ndimage.distance_transform_edt(~mask)
+    inside = distance_to_outside(mask)
+    outside = distance_to_outside(~mask)
     trimap = np.full(mask.shape, TRIMAP_UNKNOWN, np.float32)
     trimap[inside > min(float(erode), inside.max() - 1e-3)] = TRIMAP_FOREGROUND
     trimap[outside > min(float(dilate), outside.max() - 1e-3)] = TRIMAP_BACKGROUND
@@ -182,7 +194,7 @@ def effects_region(mask: np.ndarray, below: float, around: float) -> np.ndarray:
     if rows.size == 0:
         return np.zeros_like(mask)
     height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-    grown = ndimage.distance_transform_edt(~mask) <= around * max(height, width)
+    grown = distance_to_outside(~mask) <= around * max(height, width)
     # Rows since the last grown pixel at or above each pixel, per column: the grown object smeared down.
     index = np.arange(mask.shape[0])[:, None]
     last = np.maximum.accumulate(np.where(grown, index, -(10**9)), axis=0)
