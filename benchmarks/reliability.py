@@ -6,16 +6,19 @@ each file through ``lamina.load``, ``info``, ``view``, ``convert``, ``crop`` and
 ``metrics`` in worker subprocesses (address-space limit, timeout and memory cap per
 operation), for this checkout and, with ``--baseline REV``, for the ``src`` of a git
 revision, and prints one table. Then, with ``--big``, the peak memory and time of
-``lamina convert`` / ``view`` on a large layered file, and with ``--decompose``, of
-``lamina decompose`` (built-in model, a box) on photos of 1, 4 and 12 megapixels.
+``lamina convert`` / ``view`` on a large layered file; with ``--decompose``, of
+``lamina decompose`` (built-in model, a box) on photos of 1, 4, 12 and 40 megapixels; with
+``--kills N``, N kill -9 trials per method during training (:mod:`lamina.testing.kill`): kills
+landed, reruns that finished correctly, and reruns equal to a run never killed.
 
-    PYTHONPATH=src python benchmarks/reliability.py --level fast --baseline d53726e --big --decompose
+    PYTHONPATH=src python benchmarks/reliability.py --level fast --baseline d53726e --big --decompose --kills 4
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -43,21 +46,31 @@ def checkout(rev: str, into: Path) -> Path:
     return into / "src"
 
 
+#: GNU time, when installed: its child's peak is measured from a small process (see :func:`measure`).
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
 def measure(args: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> tuple[float, float, int]:
-    """Wall seconds, peak resident MB and exit status of a command (peak from ``wait4``)."""
+    """Wall seconds, peak resident MB and exit status of a command.
+
+    A child's ``ru_maxrss`` starts at its parent's size when it is forked, and this process holds
+    the large test files; so the command runs under GNU ``time -f %M`` (a small process that forks
+    it) where there is one, else the peak is ``wait4``'s (an upper bound).
+    """
     start = time.perf_counter()
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            process.kill()
-            pid, status, usage = os.wait4(process.pid, 0)
-            break
-        time.sleep(0.05)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    prefix = [GNU_TIME, "-f", "peak-kb %M"] if GNU_TIME else []
+    process = subprocess.Popen(prefix + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    wall = time.perf_counter() - start
+    peaks = [line.split()[1] for line in err.decode(errors="replace").splitlines() if line.startswith("peak-kb ")]
+    code = process.returncode
+    if GNU_TIME and peaks:
+        return wall, int(peaks[-1]) / 1024, code
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, code
 
 
 def cli(src: Path) -> list[str]:
@@ -82,11 +95,11 @@ def big_files(tmp: Path) -> dict[str, Path]:
 
 
 def photos(tmp: Path) -> dict[int, tuple[Path, str]]:
-    """Smooth synthetic photos of 1, 4 and 12 megapixels with a box around a central object."""
+    """Smooth synthetic photos of 1, 4, 12 and 40 (just under the limit) megapixels, with a box around an object."""
     from PIL import Image, ImageFilter
 
     out = {}
-    for mpx, (w, h) in ((1, (1152, 864)), (4, (2304, 1728)), (12, (4000, 3000))):
+    for mpx, (w, h) in ((1, (1152, 864)), (4, (2304, 1728)), (12, (4000, 3000)), (40, (7302, 5476))):
         rng = np.random.default_rng(mpx)
         small = Image.fromarray((rng.random((h // 32, w // 32, 3)) * 255).astype(np.uint8)).resize((w, h))
         pixels = np.asarray(small.filter(ImageFilter.GaussianBlur(4))).copy()
@@ -104,7 +117,8 @@ def main() -> None:
     parser.add_argument("--baseline", help="git revision whose src/ is the baseline column")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per operation")
     parser.add_argument("--big", action="store_true", help="also measure convert/view on a 12 Mpx layered file")
-    parser.add_argument("--decompose", action="store_true", help="also measure decompose at 1, 4, 12 Mpx")
+    parser.add_argument("--decompose", action="store_true", help="also measure decompose at 1, 4, 12, 40 Mpx")
+    parser.add_argument("--kills", type=int, default=0, metavar="N", help="kill -9 trials per method (this checkout)")
     parser.add_argument("--show", type=int, default=15, help="failures to list per column")
     args = parser.parse_args()
 
@@ -164,6 +178,26 @@ def main() -> None:
                                                                   "--out", str(tmp / f"d{mpx}.psd")],
                                            env_for(sources["now"]))
                 print(f"| {mpx} Mpx | {wall:.1f} | {peak:.0f} | {peak / mpx:.0f} | {code} |")
+
+        if args.kills:
+            kill_trials(args.kills, tmp / "kills")
+
+
+def kill_trials(count: int, folder: Path) -> None:
+    """``count`` kill -9 trials per method, the delay after the kill point spread over 0-0.3 s; prints a table."""
+    from lamina.testing.kill import TRAIN_COMMANDS, kill_and_resume
+
+    print(f"\nkill -9 during training, {count} trials per method (this checkout):\n")
+    print("| method | kills | landed mid-run | reruns finished correctly | equal to a run never killed |")
+    print("|---|---:|---:|---:|---:|")
+    for method in sorted(TRAIN_COMMANDS):
+        results = [kill_and_resume(method, folder / f"{method}-{k}", delay=0.3 * k / max(count - 1, 1),
+                                   src=ROOT / "src") for k in range(count)]
+        print(f"| {method} | {count} | {sum(r.landed for r in results)} | {sum(r.resumed for r in results)} | "
+              f"{sum(r.same_as_straight for r in results)} |")
+        for r in results:
+            if r.problem:
+                print(f"  {method} delay {r.delay:.2f} s: {r.problem[:200]}")
 
 
 if __name__ == "__main__":
