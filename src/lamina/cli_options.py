@@ -95,16 +95,16 @@ def seed_option(func: Any = None, *, default: int | None = 0, help: str = "rando
     return decorate(func) if func is not None else decorate
 
 
-def training_options(func: Any = None, *, batch_help: str = "batch size",
+def training_options(func: Any = None, *, batch_help: str = "batch size", min_batch: int = 1,
                      set_example: str = "--set resolution=32") -> Any:
     """The options the ``train`` commands share, in this order: ``--steps`` (``total_steps``), ``--batch``
-    (``batch_size``), ``--lr``, ``--seed``, ``--set`` (``overrides``), ``--max-minutes``, ``--threads`` and
-    ``-n/--dry-run``; :func:`resolve_training_config` turns them into a config."""
+    (``batch_size``, at least ``min_batch``), ``--lr``, ``--seed``, ``--set`` (``overrides``), ``--max-minutes``,
+    ``--threads`` and ``-n/--dry-run``; :func:`resolve_training_config` turns them into a config."""
     def decorate(f: Any) -> Any:
         for option in reversed((
                 click.option("--steps", "total_steps", type=click.IntRange(1), default=None,
                              help="total optimisation steps"),
-                click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help=batch_help),
+                click.option("--batch", "batch_size", type=click.IntRange(min_batch), default=None, help=batch_help),
                 click.option("--lr", type=float, default=None, help="learning rate"),
                 seed_option(default=None, help="data and initialisation seed"),
                 click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -119,11 +119,14 @@ def training_options(func: Any = None, *, batch_help: str = "batch size",
     return decorate(func) if func is not None else decorate
 
 
-def resolve_training_config(resolve: Callable[..., Any], preset: str, overrides: Sequence[str], **flags: Any) -> Any:
-    """``resolve(preset, **values)``: the ``--set`` overrides, then every flag that was given (not ``None``)."""
+def resolve_training_config(resolve: Callable[..., Any], preset: str, overrides: Sequence[str], *,
+                            prefix: str = "", **flags: Any) -> Any:
+    """``resolve(preset, **values)``: the ``--set`` overrides, then every flag that was given (not ``None``),
+    its key prefixed with ``prefix`` (``"train."`` where the config nests its training options)."""
     from .overrides import parse_overrides
 
-    return resolve(preset, **(parse_overrides(overrides) | {k: v for k, v in flags.items() if v is not None}))
+    given = {prefix + k: v for k, v in flags.items() if v is not None}
+    return resolve(preset, **(parse_overrides(overrides) | given))
 
 
 def stop_after_seconds(max_minutes: float | None) -> float | None:

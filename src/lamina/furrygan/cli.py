@@ -20,12 +20,14 @@ from ..cli_options import (
     format_option,
     overwrite_option,
     preview_option,
+    resolve_training_config,
     runtime_options,
     seed_option,
+    stop_after_seconds,
+    training_options,
 )
 from ..cli_options import threads_option as _threads
 from ..errors import InputFileError, LaminaError
-from ..overrides import parse_overrides
 
 LAYERED_SUFFIXES = (".psd", ".ora")
 
@@ -71,32 +73,19 @@ def build_dataset(data: str, resolution: int):
 @click.option("--preset", default="tiny-32", show_default=True, help="Starting configuration (see --list-presets).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder; rerunning the same command resumes from it.")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Total training steps (train.total_steps).")
-@click.option("--batch", type=click.IntRange(2), default=None,
-              help="Global batch size, all processes together (train.batch_size).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Learning rate (train.lr).")
-@click.option("--seed", type=int, default=None, help="Random seed (train.seed).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override any config key, e.g. --set loss.min_mask=0.2 --set model.fine_mask=false.")
+@training_options(batch_help="global batch size, all processes together (at least 2)", min_batch=2,
+                  set_example="--set loss.min_mask=0.2 --set model.fine_mask=false")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
-@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
-              help="Stop (after saving) after this long; rerun to resume.")
-@click.option("-n", "--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False, help="List the presets and exit.",
               callback=lambda ctx, _, value: _list_presets(ctx) if value else None)
-@_threads
-def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int | None, lr: float | None,
-          seed: int | None, overrides: tuple[str, ...], workers: int, max_minutes: float | None, dry_run: bool,
-          threads: int) -> None:
+def train(data: str, preset: str, run_dir: Path, total_steps: int | None, batch_size: int | None, lr: float | None,
+          seed: int | None, overrides: tuple[str, ...], max_minutes: float | None, threads: int | None, dry_run: bool,
+          workers: int) -> None:
     """Train FurryGAN on a folder of images or on procedural scenes (composites only, never masks)."""
     from .config import get_preset
 
-    settings = parse_overrides(overrides)
-    for key, value in (("train.total_steps", steps), ("train.batch_size", batch), ("train.lr", lr),
-                       ("train.seed", seed)):
-        if value is not None:
-            settings[key] = value
-    cfg = get_preset(preset).with_overrides(settings)
+    cfg = resolve_training_config(lambda name, **values: get_preset(name).with_overrides(values), preset, overrides,
+                                  prefix="train.", total_steps=total_steps, batch_size=batch_size, lr=lr, seed=seed)
     if dry_run:
         click.echo(cfg.to_json(), nl=False)
         return
@@ -110,7 +99,7 @@ def train(data: str, preset: str, run_dir: Path, steps: int | None, batch: int |
     click.echo(f"{'resuming' if resumed else 'starting'} {preset} run in {run_dir}: {len(dataset)} training images "
                f"at {cfg.model.resolution} px, {cfg.train.total_steps} steps of {cfg.train.batch_size}")
     result = training_loop(cfg, dataset, run_dir, num_workers=workers, echo=click.echo,
-                           stop_after_s=None if max_minutes is None else max_minutes * 60.0)
+                           stop_after_s=stop_after_seconds(max_minutes))
     click.echo(f"step {result.step} ({result.nimg} images): export in {run_dir / EXPORT_DIR}, "
                f"previews in {run_dir / PREVIEW_DIR}, losses in {run_dir / LOG_NAME}")
     if result.timed_out:
