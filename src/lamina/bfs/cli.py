@@ -43,7 +43,9 @@ def _load(model: str, device: str, dtype: str, threads: int | None):
     _quiet()
     resolved, torch_dtype = setup_runtime(device, dtype, threads, small_model=model == "builtin")
     pipe = load_model(model)
-    pipe.to(resolved, torch_dtype)
+    pipe.to(resolved)
+    if torch_dtype != pipe.dtype:  # only a real cast: diffusers warns on any .to(dtype), float32 -> float32 too
+        pipe.to(torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
