@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tarfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lamina.testing.fuzz import OPERATIONS, generate_cases, run_cases, summarise
+from lamina.testing.peak import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [("files tried", "files"), ("operations (file x command)", "operations"), ("correct results", "correct"),
@@ -46,31 +46,18 @@ def checkout(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-#: GNU time, when installed: its child's peak is measured from a small process (see :func:`measure`).
-GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
-
-
 def measure(args: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> tuple[float, float, int]:
     """Wall seconds, peak resident MB and exit status of a command.
 
-    A child's ``ru_maxrss`` starts at its parent's size when it is forked, and this process holds
-    the large test files; so the command runs under GNU ``time -f %M`` (a small process that forks
-    it) where there is one, else the peak is ``wait4``'s (an upper bound).
+    The peak is the command's own (:func:`lamina.testing.peak.run_measured`): a child forked from this
+    process, which holds the large test files, would start at its size.
     """
     start = time.perf_counter()
-    prefix = [GNU_TIME, "-f", "peak-kb %M"] if GNU_TIME else []
-    process = subprocess.Popen(prefix + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
-        _, err = process.communicate(timeout=timeout)
+        run = run_measured(args, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        _, err = process.communicate()
-    wall = time.perf_counter() - start
-    peaks = [line.split()[1] for line in err.decode(errors="replace").splitlines() if line.startswith("peak-kb ")]
-    code = process.returncode
-    if GNU_TIME and peaks:
-        return wall, int(peaks[-1]) / 1024, code
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, code
+        return time.perf_counter() - start, float("nan"), 124
+    return time.perf_counter() - start, (run.peak_bytes or 0) / (1 << 20), run.returncode
 
 
 def cli(src: Path) -> list[str]:

@@ -9,6 +9,7 @@ no hang, nothing over the memory cap and no file left behind. The default run us
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from lamina.testing.fuzz import OPERATIONS, generate_cases, run_cases, summarise
@@ -65,3 +66,18 @@ def test_issue_23_files_refused_before_decoding(quick_cases, monkeypatch) -> Non
         lamina.load(cases["json/deep_arrays"].path)
     with pytest.raises(InputFileError, match="out of range"):
         lamina.load(cases["ora/offset_1e20"].path)
+
+
+def test_run_measured_reports_the_commands_own_peak_not_the_callers():
+    """A child forked from a large process starts at that process's size (``ru_maxrss``); run_measured's is the
+    command's own: here the caller holds 400 MB and the command allocates 100 MB."""
+    import sys
+
+    from lamina.testing.peak import run_measured
+
+    held = np.ones(400 << 17)  # 400 MB of float64, resident
+    code = "import numpy as np, sys; a = np.ones(100 << 17); sys.stderr.write('done'); sys.exit(3)"
+    run = run_measured([sys.executable, "-c", code])
+    assert run.returncode == 3 and run.stderr.endswith("done")
+    assert 100 << 20 <= run.peak_bytes < 300 << 20
+    assert held.sum() > 0

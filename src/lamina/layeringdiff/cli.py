@@ -32,7 +32,7 @@ LAYERED_HELP = ("output: .psd, .ora, or a path without suffix (PNG-stack folder)
 
 
 def _threads(threads: int | None) -> None:
-    """Cap torch's CPU threads, and numba's (pymatting's shared matting, ``--matting sm``)."""
+    """Cap torch's CPU threads, and numba's (pymatting's shared matting, ``ForegroundConfig(matting="sm")``)."""
     from ..devices import set_threads
 
     set_threads(threads)
