@@ -5,8 +5,8 @@ The photos are scikit-image's ``coffee`` (600 x 400: a cup on a saucer, with sha
 is the cup and saucer (about 60 % of the frame: a large object, the hard case for memory).
 Each run is one ``python -m lamina decompose PHOTO [--box ...] --out X.psd`` process with the
 built-in model (PSD and its contact sheet written), measured from outside: peak resident
-memory (``ru_maxrss`` of the child, from ``os.wait4``), wall-clock seconds and CPU seconds
-(user + sys, all threads). CPU seconds are the fairer time when the machine is shared.
+memory (``ru_maxrss`` of the command itself, :func:`lamina.testing.peak.run_measured`), wall-clock
+seconds and CPU seconds (user + sys, all threads). CPU seconds are the fairer time when the machine is shared.
 
 ``--base DIR`` names a checkout of the code to compare against (e.g. ``git worktree add
 /tmp/mem-base main``): its ``src`` is put first on ``PYTHONPATH`` for the "before" column. A run
@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from lamina.testing.peak import run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The cup and saucer in the 600 x 400 original: x0, y0, x1, y1.
@@ -86,33 +86,15 @@ def measure(src: Path, photo: Path, box: str | None, out: Path, threads: int | N
     command += ["--threads", str(threads)] if threads else []
     env = dict(os.environ, PYTHONPATH=str(src), LAMINA_PROGRESS="0")
     start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    over = threading.Event()
-
-    def watch() -> None:  # stop a run that passes the cap (the old code needs ~340 bytes per pixel)
-        import psutil
-
-        try:
-            process = psutil.Process(child.pid)
-            while child.returncode is None:
-                if process.memory_info().rss > cap_bytes:
-                    over.set()
-                    child.kill()
-                    return
-                time.sleep(0.05)
-        except psutil.Error:
-            return
-
-    threading.Thread(target=watch, daemon=True).start()
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    result = {"peak_mb": usage.ru_maxrss / 1024.0, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
-    if over.is_set():
+    # The command's own peak (a child forked from this process, which made the photos, would start at its size),
+    # stopped at the cap (the old code needs ~340 bytes per pixel).
+    run = run_measured(command, env=env, rss_cap=cap_bytes)
+    result = {"peak_mb": (run.peak_bytes or 0) / (1 << 20), "wall_s": time.perf_counter() - start,
+              "cpu_s": run.cpu_seconds or 0.0}
+    if run.over_cap:
         result["over_cap"] = True
-    elif child.returncode != 0:
-        result["failed"] = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+    elif run.returncode != 0:
+        result["failed"] = run.stderr.strip().splitlines()[-1:] or ["?"]
     return result
 
 

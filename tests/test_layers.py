@@ -377,3 +377,21 @@ def test_compact_layer_validation_and_bad_bits() -> None:
         image.validate()
     with pytest.raises(LayerError, match="at least one row"):
         next(LayeredImage(np.zeros((2, 3, 3), np.uint8)).iter_composite(rows=0))
+
+
+def test_layer_from_planes_keeps_the_array_itself():
+    compact = np.random.default_rng(0).integers(0, 65536, (4, 5, 7)).astype(np.uint16)
+    layer = Layer.from_planes(compact, "obj", offset=(3, -2), opacity=0.5, visible=False, metadata={"k": 1},
+                              blend_mode="multiply")
+    assert layer.stored is compact and layer.is_compact and (layer.width, layer.height) == (7, 5)
+    assert (layer.offset, layer.opacity, layer.visible, layer.metadata, layer.blend_mode) == \
+        ((3, -2), 0.5, False, {"k": 1}, "multiply")
+    np.testing.assert_array_equal(layer.quantised(16), compact.transpose(1, 2, 0))
+    view = np.zeros((4, 8, 8), np.float32)[:, 2:6]  # a view stays a view
+    assert Layer.from_planes(view).stored is view
+    with pytest.raises(LayerError, match=r"float32, uint8 or uint16 \[4, h, w\], got float64 \(4, 2, 2\)"):
+        Layer.from_planes(np.zeros((4, 2, 2)))
+    with pytest.raises(LayerError, match=r"got float32 \(3, 2, 2\)"):
+        Layer.from_planes(np.zeros((3, 2, 2), np.float32))
+    with pytest.raises(LayerError, match="offset .* out of range"):  # checked against the planes' own size
+        Layer.from_planes(np.zeros((4, 2, 10), np.float32), offset=(2**31 - 5, 0))

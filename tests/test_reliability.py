@@ -79,5 +79,10 @@ def test_run_measured_reports_the_commands_own_peak_not_the_callers():
     code = "import numpy as np, sys; a = np.ones(100 << 17); sys.stderr.write('done'); sys.exit(3)"
     run = run_measured([sys.executable, "-c", code])
     assert run.returncode == 3 and run.stderr.endswith("done")
-    assert 100 << 20 <= run.peak_bytes < 300 << 20
+    assert 100 << 20 <= run.peak_bytes < 300 << 20 and run.cpu_seconds > 0 and not run.over_cap
     assert held.sum() > 0
+    # A cap stops the command once its resident memory passes it.
+    grow = ("import numpy as np, time\nparts = []\n"
+            "for _ in range(40):\n    parts.append(np.ones(25 << 17)); time.sleep(0.02)")  # 25 MB a step, to 1 GB
+    capped = run_measured([sys.executable, "-c", grow], rss_cap=300 << 20)
+    assert capped.over_cap and capped.returncode != 0 and capped.peak_bytes < 600 << 20

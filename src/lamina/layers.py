@@ -251,6 +251,25 @@ class Layer:
         self.metadata = _check_json(metadata, what)
         self.blend_mode = check_blend_mode(blend_mode, what)
 
+    @classmethod
+    def from_planes(cls, planes: np.ndarray, name: str = "layer", offset: tuple[int, int] = (0, 0),
+                    opacity: float = 1.0, visible: bool = True, metadata: dict[str, Any] | None = None,
+                    blend_mode: str = "normal") -> Layer:
+        """A layer holding ``planes`` themselves (no copy, no conversion): the form :attr:`stored` has.
+
+        ``planes``: ``[4, h, w]``, ``float32`` in ``[0, 1]`` or ``uint8`` / ``uint16`` (a compact layer);
+        a view is kept as a view. The other arguments are those of :class:`Layer`.
+        """
+        if not isinstance(planes, np.ndarray) or planes.ndim != 3 or planes.shape[0] != 4 or (
+                planes.dtype != np.float32 and integer_scale(planes.dtype) is None):
+            raise LayerError(f"layer planes must be float32, uint8 or uint16 [4, h, w], got "
+                             f"{getattr(planes, 'dtype', type(planes).__name__)} {getattr(planes, 'shape', '')}")
+        layer = cls(np.zeros((1, 1, 4), planes.dtype), name=name, offset=offset, opacity=opacity, visible=visible,
+                    metadata=metadata, blend_mode=blend_mode)
+        layer._stored = planes
+        _check_offset(layer)  # against the real size
+        return layer
+
     @property
     def planes(self) -> np.ndarray:
         """Straight RGBA ``float32`` ``[4, h, w]`` in ``[0, 1]`` (a compact layer becomes ``float32`` here)."""

@@ -748,8 +748,7 @@ class BFSPipeline(DiffusionPipeline):
             if placed is None:  # nothing visible: a clear layer over the box
                 x0, y0, x1, y1 = (int(v) for v in bbox)
                 placed = np.zeros((4, y1 - y0, x1 - x0), layer_dtype), (x0, y0)
-            layer = Layer(np.zeros((1, 1, 4), layer_dtype), name=name, offset=placed[1], metadata=meta)
-            layer.planes = placed[0]  # the planes as they are (the setter keeps them; no copy)
+            layer = Layer.from_planes(placed[0], name, offset=placed[1], metadata=meta)
         else:
             layer_full = resize_premultiplied(layer_small, (height, width))[0].permute(1, 2, 0).numpy()
             faint = layer_full[..., 3] < ALPHA_FLOOR  # the RGBA VAE's noise around 0: B stays untouched there

@@ -99,10 +99,8 @@ def sampled(image: LayeredImage, step: int) -> LayeredImage:
         offset = (j0, i0)
         if planes.shape[1] == 0 or planes.shape[2] == 0:  # no sampled pixel: one clear pixel off the canvas
             planes, offset = np.zeros((4, 1, 1), np.float32), (-1, -1)
-        out = Layer(np.zeros((1, 1, 4), np.float32), name=layer.name, offset=offset, opacity=layer.opacity,
-                    visible=layer.visible, blend_mode=layer.blend_mode)
-        out.planes = planes
-        return out
+        return Layer.from_planes(planes, layer.name, offset=offset, opacity=layer.opacity, visible=layer.visible,
+                                 blend_mode=layer.blend_mode)
 
     return LayeredImage(view(image.background), [view(layer) for layer in image.layers], bit_depth=image.bit_depth)
 

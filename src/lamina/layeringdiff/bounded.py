@@ -53,7 +53,7 @@ from ..layers import Layer, LayeredImage, check_box, integer_scale
 from ._util import import_cv2
 from .disassembly import Decomposer, Decomposition, project_recomposition
 
-__all__ = ["BoundedConfig", "is_large", "layer_from_planes", "peel_bounded", "read_photo", "recomposition_psnr"]
+__all__ = ["BoundedConfig", "is_large", "peel_bounded", "read_photo", "recomposition_psnr"]
 
 
 @dataclass(frozen=True)
@@ -86,22 +86,6 @@ def is_large(height: int, width: int, config: BoundedConfig | None) -> bool:
 
 # ------------------------------------------------------------------------ inputs
 # read_photo (a photo as uint8 / uint16, no float32 copy) lives in lamina.io.images: BFS reads its backgrounds so too.
-
-
-def layer_from_planes(planes: np.ndarray, name: str, offset: tuple[int, int] = (0, 0),
-                      metadata: dict[str, Any] | None = None, blend_mode: str = "normal") -> Layer:
-    """A :class:`~lamina.Layer` holding ``planes`` itself, not a copy.
-
-    ``planes``: ``[4, h, w]``, ``float32`` in ``[0, 1]`` or ``uint8`` / ``uint16`` (a compact layer).
-    """
-    if (planes.dtype != np.float32 and integer_scale(planes.dtype) is None) or planes.ndim != 3 or \
-            planes.shape[0] != 4:
-        raise LaminaError(f"layer planes must be float32, uint8 or uint16 [4, h, w], got {planes.dtype} "
-                          f"{planes.shape}")
-    layer = Layer(np.zeros((1, 1, 4), np.float32), name=name, offset=offset, metadata=metadata,
-                  blend_mode=blend_mode)
-    layer.planes = planes  # the setter would convert (and copy); the planes are already in the layer's form
-    return layer
 
 
 # ------------------------------------------------------------------------ geometry
@@ -498,7 +482,7 @@ def recomposition_psnr(layered: LayeredImage, image: np.ndarray, band_rows: int 
         x0, x1 = min(b[0] for b in boxes), max(b[2] for b in boxes)
 
         def band_error(y0: int, y1: int) -> None:
-            band = LayeredImage(layer_from_planes(layered.background.read(slice(y0, y1), slice(x0, x1)),
+            band = LayeredImage(Layer.from_planes(layered.background.read(slice(y0, y1), slice(x0, x1)),
                                                   "background"),
                                 [_band_layer(layer, x0, y0, y1) for layer in layered.layers])
             error = image[y0:y1, x0:x1] * np.float32(1.0 / scale)  # float32: the layers' own precision
@@ -516,6 +500,6 @@ def _band_layer(layer: Layer, x0: int, y0: int, y1: int) -> Layer:
     a, b = min(max(y0 - top, 0), layer.height), min(max(y1 - top, 0), layer.height)
     planes = layer.read(slice(a, b)) if b > a else np.zeros((4, 1, 1), np.float32)
     offset = (left - x0, top + a - y0) if b > a else (-1, -1)
-    band = layer_from_planes(planes, layer.name, offset=offset, blend_mode=layer.blend_mode)
+    band = Layer.from_planes(planes, layer.name, offset=offset, blend_mode=layer.blend_mode)
     band.opacity, band.visible = layer.opacity, layer.visible
     return band

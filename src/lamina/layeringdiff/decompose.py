@@ -22,7 +22,7 @@ from PIL import Image
 from ..errors import LaminaError
 from ..layers import Layer, LayeredImage, parse_box, pil_to_array
 from ._util import BUILTIN_MODEL, BUILTIN_NAME
-from .bounded import BoundedConfig, is_large, layer_from_planes, peel_bounded, recomposition_psnr
+from .bounded import BoundedConfig, is_large, peel_bounded, recomposition_psnr
 from .disassembly import Decomposer, Decomposition, psnr
 from .foreground import ForegroundConfig, ForegroundEstimate, as_rgb, foreground_from_box, foreground_from_mask
 
@@ -226,7 +226,7 @@ def decompose_image(
                 layer.offset = offset
             return out
         if planes is not None:
-            return [layer_from_planes(planes, name, offset=offset, metadata=meta)]
+            return [Layer.from_planes(planes, name, offset=offset, metadata=meta)]
         return [Layer(part.foreground, name=name, offset=offset, metadata=meta)]
 
     if large:
