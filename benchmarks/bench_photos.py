@@ -37,6 +37,9 @@ Methods (``--methods``), each in a fresh process per size (peak memory counts it
 * ``layeringdiff``: the learned path (built-in FBDD) with lamina's current defaults;
 * ``layeringdiff-today``: the learned path with today's foreground stage and Telea prefill
   (``lamina.layeringdiff.fbdd.PREFILL_FILL``);
+* ``classical-refiner`` / ``layeringdiff-refiner``: the two paths with the built-in learned cut-out
+  refiner after GrabCut (``ForegroundConfig(refiner="builtin")``, :mod:`lamina.layeringdiff.cutout`; off
+  by default);
 * ``layeringdiff-1206``: the learned path as of 2026-12-06 (no mirror average; ``--model-1206`` names
   that day's built-in model when the built-in model has changed since);
 * reference rows with the **true object alpha** instead of the box's cut-out (the foreground
@@ -92,7 +95,8 @@ FIRST_SEED = {"validation": 810_000_000, "test": 910_000_000}
 #: Photographs are decoded at about this short side (JPEG draft mode), then cropped.
 PHOTO_SIDE = 1024
 #: Today's (2026-12-06) foreground stage and classical disassembly, frozen as the baseline.
-TODAY_FOREGROUND = dict(erode=None, dilate=None, matting="cf", grabcut_iterations=5, grabcut_max_side=512)
+TODAY_FOREGROUND = dict(erode=None, dilate=None, matting="cf", grabcut_iterations=5, grabcut_max_side=512,
+                        refiner=None)
 TODAY_CLASSICAL = dict(inpaint="telea", hole_margin=None, alpha_floor=0.01, effects_model="difference")
 #: Recomposition PSNR above this is float32 rounding: exact.
 EXACT_RECOMPOSITION_DB = 120.0
@@ -134,63 +138,11 @@ def load_photos(split: str, wallpapers: str) -> tuple[list[np.ndarray], list[str
     return photos, [p.name for p in paths]
 
 
-def square_crop(rng: np.random.Generator, photo: np.ndarray, size: int | tuple[int, int],
-                share: tuple[float, float]) -> np.ndarray:
-    """A random square crop (``share`` of the short side) of ``photo`` resized to ``size`` (``(h, w)`` or a side)."""
-    import cv2
-
-    h, w = (size, size) if isinstance(size, int) else size
-    side = max(8, int(min(photo.shape[:2]) * rng.uniform(*share)))
-    y, x = rng.integers(photo.shape[0] - side + 1), rng.integers(photo.shape[1] - side + 1)
-    crop = photo[y:y + side, x:x + side]
-    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if side > max(h, w) else cv2.INTER_LINEAR)
-
-
-def handle_alpha(object_alpha: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """An anti-aliased ring ``[H, W]`` (a cup's handle) on the left or right side of the object, outside it."""
-    rows, cols = np.nonzero(object_alpha > 0.5)
-    y0, y1, x0, x1 = rows.min(), rows.max(), cols.min(), cols.max()
-    height = y1 - y0 + 1
-    radius = max(3.0, height * rng.uniform(0.18, 0.3))
-    thickness = size / 256.0 * rng.uniform(1.5, 3.0)
-    cy = y0 + height * rng.uniform(0.35, 0.6)
-    right = bool(rng.integers(2))
-    row = object_alpha[int(cy)] > 0.5
-    edge = (np.nonzero(row)[0].max() if right else np.nonzero(row)[0].min()) if row.any() else (x1 if right else x0)
-    cx = edge + (0.6 * radius if right else -0.6 * radius)
-    yy, xx = np.mgrid[0:object_alpha.shape[0], 0:object_alpha.shape[1]]
-    distance = np.abs(np.hypot(yy - cy, xx - cx) - radius)
-    return np.clip(thickness / 2.0 + 0.5 - distance, 0.0, 1.0).astype(np.float32)
-
-
 def photo_scene(seed: int, size: int, photos: list[np.ndarray]) -> dict:
-    """One composite with exact ground truth: ``{"background", "layer", "composite", "box", "object_alpha"}``."""
-    from lamina.data import SCENE_PRESETS, generate_scene
-    from lamina.layers import LayeredImage
+    """One composite with exact ground truth (:func:`lamina.data.photo_scenes.photo_scene`, a 4 % box)."""
+    from lamina.data.photo_scenes import photo_scene as make_scene
 
-    rng = np.random.default_rng([seed, 21])
-    scene = generate_scene(seed, SCENE_PRESETS["default"].with_size(size))
-    back, texture = rng.choice(len(photos), size=2, replace=False)
-    background = square_crop(rng, photos[back], size, (0.35, 0.8))
-    layer = scene.foreground.copy()
-    a_obj, total = scene.object_alpha.copy(), layer[:, :, 3].copy()
-    if rng.uniform() < 0.5:
-        ring = handle_alpha(a_obj, rng, size)
-        a_obj = np.maximum(a_obj, ring)
-        total = a_obj + scene.effects_alpha * (1.0 - a_obj)
-    rows, cols = np.nonzero(a_obj > 0)
-    y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    patch = np.zeros_like(layer[:, :, :3])
-    patch[y0:y1, x0:x1] = square_crop(rng, photos[texture], (y1 - y0, x1 - x0), (0.2, 0.6))
-    # The object's share of the layer's opacity takes the photo's colour; effects keep theirs.
-    share = np.where(total > 0, a_obj / np.maximum(total, 1e-6), 0.0)[:, :, None]
-    layer[:, :, :3] = (1.0 - share) * layer[:, :, :3] + share * patch
-    layer[:, :, 3] = total
-    truth = LayeredImage.from_foreground(background, layer)
-    pad = max(2, round(0.04 * max(y1 - y0, x1 - x0)))
-    box = (max(0, x0 - pad), max(0, y0 - pad), min(size, x1 + pad), min(size, y1 + pad))
-    return {"truth": truth, "composite": truth.composite()[:, :, :3], "box": box, "object_alpha": a_obj,
-            "layer": layer, "background": background}
+    return make_scene(seed, size, photos)
 
 
 def method_setup(method: str) -> tuple[object, object]:
@@ -210,7 +162,11 @@ def method_setup(method: str) -> tuple[object, object]:
         fbdd.PREFILL_FILL = "telea"  # today's prefill (this process runs only this method)
         return ForegroundConfig(**TODAY_FOREGROUND), make_decomposer("layeringdiff", model=OLD_MODEL, mirror=False)
     if method == "layeringdiff-1206":
-        return ForegroundConfig(), make_decomposer("layeringdiff", model=OLD_MODEL, mirror=False)
+        return ForegroundConfig(refiner=None), make_decomposer("layeringdiff", model=OLD_MODEL, mirror=False)
+    if method == "classical-refiner":
+        return ForegroundConfig(refiner="builtin"), make_decomposer("classical")
+    if method == "layeringdiff-refiner":
+        return ForegroundConfig(refiner="builtin"), make_decomposer("layeringdiff")
     if method in ("classical-truealpha", "fill-truehole"):
         return ForegroundConfig(), make_decomposer("classical")
     if method == "layeringdiff-truealpha":

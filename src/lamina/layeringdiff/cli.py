@@ -50,6 +50,10 @@ _common_decompose_options = [
     click.option("--self-similar/--no-self-similar", "self_similar", default=True, show_default=True,
                  help="FBDD: under an opaque object, continue a repeating background texture (checks, tiles, "
                       "stripes, brick) from where the photo shows it; a background without one is left alone"),
+    click.option("--cutout-model", "cutout_model", default="none", show_default=True,
+                 help="a learned refiner of GrabCut's cut-out from a box: builtin (trained on procedural objects: "
+                      "better on graphic objects pasted on photos, worse on real objects), a folder saved by lamina "
+                      "layeringdiff train-cutout, or none (GrabCut's mask as it is)"),
     click.option("--split-effects", is_flag=True,
                  help="write each object's shadow and reflection as their own layers under the object (blend "
                       "modes multiply and screen), so effects can be toggled in an editor"),
@@ -70,7 +74,7 @@ class _Settings:
 
     def __init__(self, *, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
                  self_similar: bool, split_effects: bool, grounding: tuple[str, ...], prompts: tuple[str, ...],
-                 device: str, dtype: str) -> None:
+                 device: str, dtype: str, cutout_model: str = "none") -> None:
         if method == "classical" and (model is not None or steps is not None):
             raise LaminaError("--model and --steps apply to --method layeringdiff (FBDD), not classical")
         self.method, self.model, self.device, self.dtype = method, model, device, dtype
@@ -80,6 +84,7 @@ class _Settings:
             if not self_similar:
                 self.options["self_similar"] = None
         self.split_effects = split_effects
+        self.refiner = None if cutout_model.lower() == "none" else cutout_model
         from .grounding import parse_model_roles
 
         self.grounding = parse_model_roles(grounding)
@@ -91,6 +96,10 @@ class _Settings:
         """Load the decomposer (and the grounding models' config) once, after every check has passed."""
         from .decompose import make_decomposer
 
+        if self.refiner is not None:
+            from .cutout import load_refiner
+
+            load_refiner(self.refiner)  # a wrong folder fails here, before any work
         if self.use_grounder:
             from .grounding import Grounder, GroundingConfig
 
@@ -104,8 +113,11 @@ class _Settings:
 
         # Boxes (given or automatic) go to SAM only when the user named one; prompts always need the grounder.
         grounder = self.grounder if prompts or "segmenter" in self.grounding else None
+        from .foreground import ForegroundConfig
+
         kwargs: dict[str, Any] = {"layers": layers, "decomposer": self.decomposer, "grounder": grounder,
-                                  "split_effects": self.split_effects}
+                                  "split_effects": self.split_effects,
+                                  "config": ForegroundConfig(refiner=self.refiner)}
         if boxes:
             kwargs["box"] = list(boxes)
         elif masks:
@@ -160,8 +172,8 @@ def _check_boxes(parsed: list[Any], size: tuple[int, int], what: str) -> None:
 @preview_option
 def decompose(inputs: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
               layers: int | None, out: Path, fmt: str, method: str, model: str | None, steps: int | None,
-              hfa: bool, self_similar: bool, split_effects: bool, grounding: tuple[str, ...], seed: int,
-              device: str, dtype: str, threads: int | None, overwrite: bool, preview: bool) -> None:
+              hfa: bool, self_similar: bool, cutout_model: str, split_effects: bool, grounding: tuple[str, ...],
+              seed: int, device: str, dtype: str, threads: int | None, overwrite: bool, preview: bool) -> None:
     """Split photos into a completed background and one layer per object (shadows included).
 
     IMAGE is a photo; a FOLDER or a quoted GLOB ("photos/*.jpg") decomposes every image into the
@@ -195,7 +207,7 @@ def decompose(inputs: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[Path
     setup_runtime(device, dtype, threads)  # an unavailable device fails here, before any model loads
     settings = _Settings(method=method, model=model, steps=steps, seed=seed, hfa=hfa, self_similar=self_similar,
                          split_effects=split_effects, grounding=grounding, prompts=prompts, device=device,
-                         dtype=dtype)
+                         dtype=dtype, cutout_model=cutout_model)
     if not batch:
         output_format(out)
         size = image_size(paths[0])
@@ -260,7 +272,7 @@ def _report(layered: Any, out: Path, preview: bool) -> None:
 @preview_option
 def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, t2i_steps: int, guidance: float,
              out: Path, method: str, model: str | None, steps: int | None, hfa: bool, self_similar: bool,
-             split_effects: bool, grounding: tuple[str, ...], seed: int, device: str, dtype: str,
+             cutout_model: str, split_effects: bool, grounding: tuple[str, ...], seed: int, device: str, dtype: str,
              threads: int | None, overwrite: bool, preview: bool) -> None:
     """Generate a composite from PROMPT, find the --foreground object(s) by text, and split it into layers.
 
@@ -274,7 +286,7 @@ def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, 
     output_format(out)
     settings = _Settings(method=method, model=model, steps=steps, seed=seed, hfa=hfa, self_similar=self_similar,
                          split_effects=split_effects, grounding=grounding, prompts=phrases, device=device,
-                         dtype=dtype)
+                         dtype=dtype, cutout_model=cutout_model)
     with claim_outputs([out] + ([sheet_path(out)] if preview else []), overwrite):
         image = generate_composite(t2i, prompt, size=size, num_inference_steps=t2i_steps, guidance_scale=guidance,
                                    seed=seed, device=device, dtype=dtype)
@@ -288,7 +300,7 @@ def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, 
 
 @click.group("layeringdiff")
 def layeringdiff() -> None:
-    """LayeringDiff: train the FBDD decomposition model and its learned HFA."""
+    """LayeringDiff: train the FBDD decomposition model, its learned HFA and the cut-out refiner."""
 
 
 @layeringdiff.command("train")
@@ -320,3 +332,28 @@ def train(data: str, preset: str, run_dir: Path, backbone: str | None, init: str
     export = training_loop(config, run_dir, echo=click.echo, stop_after_s=stop_after_seconds(max_minutes))
     click.echo(f"inference export: {export} (use it with: lamina decompose IMAGE --model {export} ...); previews in "
                f"{run_dir / 'previews'}, losses in {run_dir / 'log.jsonl'}")
+
+
+@layeringdiff.command("train-cutout")
+@click.option("--photos", type=click.Path(file_okay=False, exists=True), default=None,
+              help="folder of photographs for the scenes' backgrounds and object textures (at least two)")
+@click.option("--preset", default="builtin", show_default=True, help="builtin | tiny")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="run folder; running the same command again resumes")
+@training_options(batch_help="global batch size, all processes together (batch_size)",
+                  set_example="--set workers=2 --set net.channels=[16,32,64]")
+def train_cutout(photos: str | None, preset: str, run_dir: Path, total_steps: int | None, batch_size: int | None,
+                 lr: float | None, seed: int | None, overrides: tuple[str, ...], max_minutes: float | None,
+                 threads: int | None, dry_run: bool) -> None:
+    """Train the cut-out refiner (GrabCut's mask from a box, corrected by a small CNN) on composites over PHOTOS."""
+    from .cutout_train import resolve_config, training_loop
+
+    config = resolve_training_config(resolve_config, preset, overrides, photos=photos, total_steps=total_steps,
+                                     batch_size=batch_size, lr=lr, seed=seed)
+    if dry_run:
+        click.echo(json.dumps(config.to_dict(), indent=2))
+        return
+    _threads(threads)
+    export = training_loop(config, run_dir, echo=click.echo, stop_after_s=stop_after_seconds(max_minutes))
+    click.echo(f"inference export: {export} (use it with: lamina decompose IMAGE --box ... --cutout-model {export}); "
+               f"previews in {run_dir / 'previews'}, losses in {run_dir / 'log.jsonl'}")

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
 import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -628,7 +627,7 @@ def training_loop(
                         "config": config.to_dict()})
         run.export(write_export, step, snapshot=config.keep_snapshots)
 
-    deadline, last = Deadline(stop_after_s), time.time()
+    deadline = Deadline(stop_after_s)
     unet.train()
     while step < config.total_steps:
         # Batch: seeds depend only on (seed, step, rank), so a resumed run sees the same data.
@@ -662,16 +661,9 @@ def training_loop(
         ema.update(accelerator.unwrap_model(unet), step * config.batch_size, config.batch_size)
 
         # Divergence guard (the same answer on every process), then log, checkpoint, preview.
-        stacked = torch.stack([v.detach().float() for v in losses.values()])
-        stacked = accelerator.reduce(stacked, reduction="mean") if world > 1 else stacked
-        values = dict(zip(losses, stacked.cpu().tolist(), strict=True))
-        run.check_losses(step, values, config.max_loss, record={"nimg": step * config.batch_size})
-        if main and step % config.log_every == 0:
-            now = time.time()
-            record = {"step": step, "nimg": step * config.batch_size, **{k: round(v, 6) for k, v in values.items()},
-                      "sec_per_step": round((now - last) / config.log_every, 4)}
-            last = now
-            run.log(record)
+        record = run.log_step(step, losses, accelerator, batch_size=config.batch_size, max_loss=config.max_loss,
+                              log_every=config.log_every)
+        if record is not None:
             echo(f"step {step}/{config.total_steps} loss {record['loss']:.4f} ({record['sec_per_step']:.2f} s/step)")
         timed_out = deadline.passed(accelerator)
         if step % config.checkpoint_every == 0 or step == config.total_steps or timed_out:

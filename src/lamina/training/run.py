@@ -131,6 +131,7 @@ class RunDir:
         self.normalize: Callable[[dict[str, Any]], dict[str, Any]] = lambda d: d
         #: The step of the newest training state on disk (None: none yet).
         self.saved_step: int | None = None
+        self._last_log_time = time.time()  # for sec_per_step in log_step (reset by open)
 
     # ------------------------------------------------------------------ layout
     @property
@@ -178,6 +179,7 @@ class RunDir:
                 config before comparing (renames old keys, fills new ones with their defaults).
         """
         self.config, self.may_change = config, tuple(may_change)
+        self._last_log_time = time.time()
         if normalize is not None:
             self.normalize = normalize
         if self.path.exists() and not self.path.is_dir():
@@ -323,6 +325,27 @@ class RunDir:
             from ..io import plot_log
 
             plot_log(self.log_path, self.plot_path)
+
+    def log_step(self, step: int, losses: Mapping[str, Any], accelerator: Any, *, batch_size: int,
+                 max_loss: float = math.inf, log_every: int = 1) -> dict[str, Any] | None:
+        """After an optimisation step: average the loss tensors over processes, guard against divergence
+        (:meth:`check_losses`), and every ``log_every`` steps append a record with ``nimg`` and
+        ``sec_per_step`` (since the previous record) to the log. Returns that record (main process), else None."""
+        import torch
+
+        stacked = torch.stack([v.detach().float() for v in losses.values()])
+        if accelerator.num_processes > 1:
+            stacked = accelerator.reduce(stacked, reduction="mean")
+        values = dict(zip(losses, stacked.cpu().tolist(), strict=True))
+        self.check_losses(step, values, max_loss, record={"nimg": step * batch_size})
+        if not (self.is_main and step % log_every == 0):
+            return None
+        now = time.time()
+        record = {"step": step, "nimg": step * batch_size, **{k: round(v, 6) for k, v in values.items()},
+                  "sec_per_step": round((now - self._last_log_time) / log_every, 4)}
+        self._last_log_time = now
+        self.log(record)
+        return record
 
     def check_losses(self, step: int, losses: Mapping[str, float], max_loss: float = math.inf,
                      record: Mapping[str, Any] | None = None) -> None:

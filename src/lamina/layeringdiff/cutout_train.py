@@ -1,0 +1,348 @@
+"""Training the cut-out refiner (:mod:`.cutout`): config presets, samples, and the training loop.
+
+Our design. Each sample is a :func:`lamina.data.photo_scenes.photo_scene` composite at a random
+size over a folder of photographs (``photos``; the built-in model used photographs that the photo
+benchmark never sees, see ``assets/cutout/README.md``), its box grown by a random ``pad`` (a
+user's box is loose by a varying amount), GrabCut run on it exactly as at inference
+(:func:`lamina.layeringdiff.foreground.grabcut_mask` with lamina's defaults), and the window the
+refiner sees (:func:`.cutout.network_input`); the target is the true object's coverage in that
+window (object alpha, not its shadows: effects are found later, by the disassembly). Samples are
+made by ``workers`` data-loader processes from seeds that depend only on ``(seed, step)``, so a
+resumed run sees the same data.
+
+The loop follows lamina's run protocol (:class:`lamina.training.RunDir`): ``training-config.json``,
+``log.jsonl`` and ``losses.png``, ``previews/`` (per held-out sample: GrabCut's cut-out, the
+refined one and the truth), a resumable ``training-state.pt`` (running the same command again
+resumes), the export of the EMA weights (``export/``: ``config.json`` + ``model.safetensors``,
+:meth:`CutoutNet.from_pretrained`), and the divergence guard. ``accelerate`` for several processes.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, LaminaError
+from ..overrides import check_type
+from ..training import EMA, Deadline, RunDir
+from .cutout import CutoutNet, CutoutNetConfig, crop_padded, cutout_loss, network_input, refine_mask
+
+#: Options that may change when a run is resumed (run length and bookkeeping).
+RESUMABLE_CHANGES = ("total_steps", "log_every", "checkpoint_every", "preview_every", "workers", "max_loss")
+#: Seeds of the preview samples (never drawn for training: training seeds are below 2**40).
+PREVIEW_SEED = 2**41
+
+
+@dataclass(frozen=True)
+class CutoutTrainingConfig:
+    """All options of a refiner training run (saved as ``training-config.json``).
+
+    Attributes:
+        photos: folder of photographs for backgrounds and object textures (at least two).
+        net: the refiner's size (:class:`CutoutNetConfig`).
+        sizes: scene sizes in px, drawn uniformly per sample.
+        pad: the box is the object's box grown by a share of its size drawn from this range.
+        p_handle: share of scenes with a thin handle (:func:`lamina.data.photo_scenes.handle_alpha`).
+        p_inner: share of objects given inner content (:func:`inner_content`: a rim and another texture
+            inside it, still the object). A handle's inside shows the background around the object; a
+            cup seen from above is also a ring, but what it encloses is the object: without such
+            samples the refiner learns that whatever a ring encloses is background.
+        p_flip: probability of a horizontal mirror of the window.
+        dice_weight: weight of the Dice term (:func:`.cutout.cutout_loss`).
+        batch_size, total_steps, lr, warmup_steps, weight_decay, grad_clip: optimisation (AdamW).
+        ema_halflife_nimg, ema_rampup: EMA of the weights (half-life in samples).
+        workers: data-loader processes making samples (0: in the training process).
+        init: start from a saved refiner's weights (``"builtin"`` or a folder; same network size).
+        seed: data and initialisation seed.
+        log_every, checkpoint_every, preview_every: in steps; max_loss: divergence guard.
+        preview_count: held-out samples in each preview.
+    """
+
+    photos: str | None = None
+    net: CutoutNetConfig = field(default_factory=CutoutNetConfig)
+    sizes: tuple[int, ...] = (192, 256)
+    pad: tuple[float, float] = (0.01, 0.12)
+    p_handle: float = 0.5
+    p_inner: float = 0.0
+    p_flip: float = 0.5
+    dice_weight: float = 1.0
+    batch_size: int = 16
+    total_steps: int = 3000
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_halflife_nimg: float = 2000.0
+    ema_rampup: float | None = 0.2
+    workers: int = 1
+    init: str | None = None
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    preview_every: int = 250
+    preview_count: int = 6
+    max_loss: float = 100.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.net, dict):
+            object.__setattr__(self, "net", CutoutNetConfig.from_dict(self.net))
+        for name in ("sizes", "pad"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("p_handle", "p_inner", "p_flip"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"CutoutTrainingConfig.{name} must be a probability in [0, 1], "
+                                  f"got {getattr(self, name)}")
+        if not self.sizes or min(self.sizes) < 32:
+            raise ConfigError(f"CutoutTrainingConfig.sizes must be sides >= 32 px, got {self.sizes}")
+        if len(self.pad) != 2 or not 0 <= self.pad[0] <= self.pad[1]:
+            raise ConfigError(f"CutoutTrainingConfig.pad must be a range (lo, hi) with 0 <= lo <= hi, got {self.pad}")
+        for name in ("batch_size", "total_steps", "log_every", "checkpoint_every", "preview_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"CutoutTrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"CutoutTrainingConfig.workers must be >= 0, got {self.workers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["net"] = self.net.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CutoutTrainingConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown cut-out training option(s): {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: v if k == "net" else check_type(v, hints[k], k, ConfigError) for k, v in values.items()})
+
+
+#: Named presets. ``builtin``: the built-in refiner (about 40 minutes on two CPU threads); ``tiny``: tests.
+PRESETS: dict[str, CutoutTrainingConfig] = {
+    "builtin": CutoutTrainingConfig(),
+    "tiny": CutoutTrainingConfig(net=CutoutNetConfig(working_size=32, channels=(8, 16), dilations=(1,)),
+                                 sizes=(64,), batch_size=2, total_steps=4, workers=0, log_every=1,
+                                 checkpoint_every=2, preview_every=4, preview_count=2),
+}
+
+
+def resolve_config(preset: str = "builtin", **overrides: Any) -> CutoutTrainingConfig:
+    """A preset with ``overrides`` applied (``net.channels=[...]`` style keys reach the network's config)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown cut-out preset {preset!r}; choose from {', '.join(PRESETS)}")
+    values = PRESETS[preset].to_dict()
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if name and section == "net":
+            values["net"][name] = value
+        elif name:
+            raise ConfigError(f"unknown cut-out training option {key!r}")
+        else:
+            values[key] = value
+    return CutoutTrainingConfig.from_dict(values)
+
+
+# --------------------------------------------------------------------------- data
+def _photos(folder: str | None) -> list[np.ndarray]:
+    from .train import RealBackgrounds
+
+    if folder is None:
+        raise ConfigError("the cut-out refiner trains on photographs: give a folder with --set photos=FOLDER")
+    photos = RealBackgrounds.of(folder).photos
+    if len(photos) < 2:
+        raise ConfigError(f"photos {folder!r}: need at least two photographs (background and texture differ)")
+    return photos
+
+
+def make_sample(seed: int, config: CutoutTrainingConfig, photos: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """One training sample: ``{"input": [6, S, S], "target": [1, S, S], "box": [4], "image": [3, S, S]}``."""
+    import cv2
+
+    from ..data.photo_scenes import photo_scene
+    from .foreground import ForegroundConfig, grabcut_mask
+
+    rng = np.random.default_rng([seed, 37])
+    size = int(config.sizes[int(rng.integers(len(config.sizes)))])
+    scene = photo_scene(seed, size, photos, pad=float(rng.uniform(*config.pad)), p_handle=config.p_handle)
+    if rng.random() < config.p_inner:
+        scene = inner_content(scene, rng, photos)
+    defaults = ForegroundConfig()
+    try:
+        mask = grabcut_mask(scene["composite"], scene["box"], defaults.grabcut_iterations,
+                            defaults.grabcut_max_side, defaults.seed)
+    except LaminaError:  # GrabCut found nothing: the refiner must find the object from the image alone
+        mask = np.zeros(scene["composite"].shape[:2], bool)
+    inputs, (x, y, side) = network_input(scene["composite"], scene["box"], mask, config.net)
+    s = config.net.working_size
+    target = cv2.resize(crop_padded(scene["object_alpha"], x, y, side), (s, s), interpolation=cv2.INTER_AREA)
+    if rng.random() < config.p_flip:
+        inputs, target = inputs[:, :, ::-1], target[:, ::-1]
+    return {"input": np.ascontiguousarray(inputs), "target": np.ascontiguousarray(target[None], dtype=np.float32)}
+
+
+def inner_content(scene: dict[str, Any], rng: np.random.Generator, photos: list[np.ndarray]) -> dict[str, Any]:
+    """``scene`` with an ellipse inside its object painted with another photo's texture and a rim (a cup's inside).
+
+    The alpha, the box and the background are unchanged (the inside is still the object); the layer
+    and the composite are redrawn.
+    """
+    from ..data.photo_scenes import square_crop
+    from .foreground import distance_to_outside
+
+    solid = scene["object_alpha"] > 0.99
+    depth = distance_to_outside(solid)
+    if depth.max() < 4:
+        return scene
+    cy, cx = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    radius = float(depth.max()) * rng.uniform(0.6, 0.95)
+    ry, rx = radius * rng.uniform(0.6, 1.0), radius * rng.uniform(0.6, 1.0)
+    yy, xx = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+    r = np.hypot((yy - cy) / ry, (xx - cx) / rx) * min(ry, rx)  # about px from the centre
+    rim = depth.shape[0] / 256.0 * rng.uniform(1.5, 4.0)
+    inside = np.clip(min(ry, rx) - rim - r + 0.5, 0.0, 1.0)[:, :, None]
+    ring = np.clip(min(ry, rx) - r + 0.5, 0.0, 1.0)[:, :, None] - inside
+    texture = square_crop(rng, photos[int(rng.integers(len(photos)))], depth.shape, (0.2, 0.6))
+    colour = rng.uniform(0.0, 1.0, 3).astype(np.float32)
+    layer = scene["layer"].copy()
+    share = np.where(layer[:, :, 3:] > 0, scene["object_alpha"][:, :, None] / np.maximum(layer[:, :, 3:], 1e-6), 0.0)
+    paint = ring * colour + inside * texture
+    amount = (ring + inside) * share
+    layer[:, :, :3] = (1.0 - amount) * layer[:, :, :3] + amount * paint / np.maximum(ring + inside, 1e-6)
+    a = layer[:, :, 3:]
+    composite = (a * layer[:, :, :3] + (1.0 - a) * scene["background"]).astype(np.float32)
+    return scene | {"layer": layer.astype(np.float32), "composite": composite}
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``step``: that step's batch (seeds from ``(seed, step)`` only)."""
+
+    def __init__(self, config: CutoutTrainingConfig) -> None:
+        self.config = config
+
+    def __len__(self) -> int:
+        return self.config.total_steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        photos = _photos(self.config.photos)
+        base = (self.config.seed * 1_000_003 + step) * self.config.batch_size
+        samples = [make_sample(base + i, self.config, photos) for i in range(self.config.batch_size)]
+        return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+
+
+# ------------------------------------------------------------------------ preview
+def write_preview(net: CutoutNet, config: CutoutTrainingConfig, path: Path) -> None:
+    """A contact sheet of held-out scenes: the composite with GrabCut's cut-out, the refined one and the truth."""
+    from ..data.photo_scenes import photo_scene
+    from ..io import save_contact_sheet
+    from ..layers import Layer, LayeredImage
+    from .foreground import grabcut_mask
+
+    photos = _photos(config.photos)
+    sheets = []
+    for i in range(config.preview_count):
+        scene = photo_scene(PREVIEW_SEED + i, max(config.sizes), photos)
+        image = scene["composite"]
+        try:
+            grabcut = grabcut_mask(image, scene["box"])
+        except LaminaError:
+            grabcut = np.zeros(image.shape[:2], bool)
+        refined = refine_mask(net, image, scene["box"], grabcut)
+        cutouts = [Layer(np.dstack([image, m.astype(np.float32)]), name=name) for name, m in (
+            ("grabcut", grabcut), ("refined", refined), ("truth", scene["object_alpha"] > 0.5))]
+        sheets.append(LayeredImage(Layer(image, name="composite"), cutouts))
+    save_contact_sheet(sheets, path, overwrite=True)
+
+
+# --------------------------------------------------------------------------- loop
+def training_loop(config: CutoutTrainingConfig, run_dir: str | Path, *, echo: Callable[[str], None] = print,
+                  stop_after_s: float | None = None) -> Path:
+    """Train the refiner into ``run_dir``; running it again resumes. Returns the export folder.
+
+    Raises:
+        ConfigError: ``run_dir`` holds a run with other options, or ``photos`` is missing.
+        TrainingDivergedError: a loss became NaN/Inf or exceeded ``max_loss``; the last good state is kept.
+    """
+    from ..extras import require
+    from ..progress import progress
+
+    _photos(config.photos)  # fail before anything is written
+    Accelerator = require("accelerate", "train").Accelerator
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
+    run = RunDir(run_dir, is_main=main, echo=echo)
+    run.open(config.to_dict(), may_change=RESUMABLE_CHANGES,
+             normalize=lambda d: CutoutTrainingConfig.from_dict(d).to_dict())
+    accelerator.wait_for_everyone()
+
+    torch.manual_seed(config.seed)
+    net = CutoutNet(config.net)
+    if config.init is not None and not run.has_state():
+        saved = CutoutNet.from_pretrained(config.init)
+        if saved.config != config.net:
+            raise ConfigError(f"init {config.init!r} is a refiner of another size ({saved.config}); "
+                              f"this run's is {config.net}")
+        net.load_state_dict(saved.state_dict())
+        echo(f"starting from the weights of {config.init}")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(net, config.ema_halflife_nimg, config.ema_rampup)
+    step = 0
+    state = run.load_state()
+    if state is not None:
+        net.load_state_dict(state["net"])
+        ema.model.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        echo(f"resuming {run.path} at step {step}")
+        if run.export_is_stale():
+            run.export(ema.model.save_pretrained, step)
+    net, optimizer = accelerator.prepare(net, optimizer)
+    ema.model.to(accelerator.device).eval()
+
+    def save() -> None:
+        run.save_state({"step": step, "net": accelerator.unwrap_model(net).state_dict(),
+                        "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "config": config.to_dict()})
+        run.export(ema.model.save_pretrained, step)
+
+    # Each process takes every world-th sample of the step's global batch.
+    per_process = replace(config, batch_size=config.batch_size // world,
+                          seed=config.seed * world + accelerator.process_index)
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(per_process), batch_size=None, sampler=range(step, config.total_steps),
+        num_workers=config.workers, persistent_workers=False)
+    deadline = Deadline(stop_after_s)
+    net.train()
+    for batch in progress(loader, desc="cut-out refiner", disable=None if main else True):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+        logits = net(batch["input"].to(accelerator.device)).logits
+        losses = cutout_loss(logits, batch["target"].to(accelerator.device), config.dice_weight)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(losses["loss"])
+        if config.grad_clip > 0:
+            accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        ema.update(accelerator.unwrap_model(net), step * config.batch_size, config.batch_size)
+        run.log_step(step, losses, accelerator, batch_size=config.batch_size, max_loss=config.max_loss,
+                     log_every=config.log_every)
+        timed_out = deadline.passed(accelerator)
+        if step % config.checkpoint_every == 0 or step == config.total_steps or timed_out:
+            save()
+        if main and (step % config.preview_every == 0 or step == config.total_steps):
+            write_preview(ema.model, config, run.preview_path(step))
+            run.plot()
+        if timed_out:
+            echo(f"stopping after {deadline.elapsed():.0f} s at step {step}; run again to resume")
+            break
+    if step >= config.total_steps and not run.export_dir.is_dir():
+        save()
+    return run.export_dir

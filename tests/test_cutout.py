@@ -1,0 +1,261 @@
+"""Issue 21: the learned cut-out refiner (network, input window, loss, training, loading, CLI) and photo scenes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from lamina.cli import main
+from lamina.data.photo_scenes import photo_scene
+from lamina.errors import ConfigError, LaminaError
+from lamina.layeringdiff.cutout import (
+    BUILTIN_DIR,
+    CutoutNet,
+    CutoutNetConfig,
+    cutout_loss,
+    cutout_window,
+    load_refiner,
+    network_input,
+    refine_mask,
+)
+from lamina.layeringdiff.cutout_train import make_sample, resolve_config, training_loop
+from lamina.layeringdiff.foreground import ForegroundConfig, foreground_from_box, grabcut_mask
+
+TINY = CutoutNetConfig(working_size=32, channels=(8, 16), dilations=(1,))
+
+
+def _photos(n: int = 3, size: int = 96) -> list[np.ndarray]:
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    planes = [[0.5 + 0.4 * np.sin(6 * (k + 1) * xx), 0.5 + 0.3 * np.cos(4 * yy), 0.3 + 0.1 * k + 0 * xx]
+              for k in range(n)]
+    noise = [0.05 * rng.standard_normal((size, size, 3)) for _ in range(n)]
+    return [np.clip(np.dstack(p) + e, 0, 1).astype(np.float32) for p, e in zip(planes, noise, strict=True)]
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, photo in enumerate(_photos()):
+        Image.fromarray((photo * 255).astype(np.uint8)).save(folder / f"p{k}.png")
+    return folder
+
+
+def test_photo_scene_is_exact_and_deterministic():
+    photos = _photos()
+    a, b = photo_scene(7, 64, photos), photo_scene(7, 64, photos)
+    assert np.array_equal(a["composite"], b["composite"]) and a["box"] == b["box"]
+    layer = a["layer"]
+    over = layer[..., 3:] * layer[..., :3] + (1 - layer[..., 3:]) * a["background"]
+    np.testing.assert_allclose(a["composite"], over, atol=1e-5)
+    x0, y0, x1, y1 = a["box"]
+    rows, cols = np.nonzero(a["object_alpha"] > 0)
+    assert x0 <= cols.min() and cols.max() < x1 and y0 <= rows.min() and rows.max() < y1
+    loose = photo_scene(7, 64, photos, pad=0.2)["box"]
+    assert loose[0] <= x0 and loose[2] >= x1 and (loose[2] - loose[0]) >= (x1 - x0)
+
+
+def test_window_and_input_planes():
+    assert cutout_window((10, 20, 30, 60), 0.25) == (-10, 10, 60)  # side = 40 * 1.5, centred on the box
+    image = np.full((40, 50, 3), 0.25, np.float32)
+    mask = np.zeros((40, 50), bool)
+    mask[5:15, 2:12] = True
+    config = CutoutNetConfig(working_size=16, channels=(8, 16), dilations=(1,), context=0.5)
+    inputs, (x, y, side) = network_input(image, (0, 0, 20, 20), mask, config)
+    assert inputs.shape == (6, 16, 16) and inputs.dtype == np.float32
+    assert (x, y, side) == (-10, -10, 40)  # the window leaves the image at the top left
+    np.testing.assert_allclose(inputs[:3], -0.5)  # image 0.25 -> [-1, 1]
+    box_plane, inside = inputs[4], inputs[5]
+    assert box_plane[4:12, 4:12].min() == 1.0 and box_plane[0, 0] == -1.0 and box_plane[14, 14] == -1.0
+    assert inside[0, 0] == -1.0 and inside[15, 15] == 1.0  # outside / inside the image
+    assert inputs[3].max() == 1.0 and inputs[3].min() == -1.0
+
+
+def test_network_shapes_backward_and_untrained_net_keeps_grabcut():
+    net = CutoutNet(TINY)
+    x = torch.rand(2, 6, 32, 32) * 2 - 1
+    out = net(x)
+    assert out.logits.shape == (2, 1, 32, 32)
+    out.logits.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    # Zero-initialised head: the logits are GrabCut's mask times the prior gain.
+    torch.testing.assert_close(out.logits, TINY.prior_gain * x[:, 3:4])
+    with pytest.raises(LaminaError, match=r"\[N, 6, S, S\]"):
+        net(torch.zeros(1, 5, 32, 32))
+    scene = photo_scene(3, 64, _photos())
+    grabcut = grabcut_mask(scene["composite"], scene["box"])
+    refined = refine_mask(net.eval(), scene["composite"], scene["box"], grabcut)
+    assert refined.dtype == bool and refined.shape == grabcut.shape
+    assert (refined != grabcut).mean() < 0.02  # only resampling at the working size differs
+    x0, y0, x1, y1 = scene["box"]
+    outside = np.ones_like(refined)
+    outside[y0:y1, x0:x1] = False
+    assert not refined[outside].any()
+
+
+def test_cutout_loss_golden_numbers():
+    logits = torch.zeros(1, 1, 1, 2)
+    target = torch.tensor([[[[1.0, 0.0]]]])
+    losses = cutout_loss(logits, target)
+    # p = 0.5 everywhere: BCE = ln 2; Dice = 1 - 2 * 0.5 / (1 + 1) = 0.5.
+    assert losses["bce"].item() == pytest.approx(math.log(2.0))
+    assert losses["dice"].item() == pytest.approx(0.5)
+    assert losses["loss"].item() == pytest.approx(math.log(2.0) + 0.5)
+    # p = (0.75, 0.25): BCE = -ln 0.75; Dice = 1 - 2 * 0.75 / (1 + 1) = 0.25; weight 2.
+    losses = cutout_loss(torch.tensor([[[[math.log(3.0), -math.log(3.0)]]]]), target, dice_weight=2.0)
+    assert losses["bce"].item() == pytest.approx(-math.log(0.75), rel=1e-5)
+    assert losses["dice"].item() == pytest.approx(0.25, rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(-math.log(0.75) + 0.5, rel=1e-5)
+
+
+def test_save_load_round_trip_and_errors(tmp_path):
+    torch.manual_seed(0)
+    net = CutoutNet(TINY)
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    net.save_pretrained(tmp_path / "refiner")
+    saved = json.loads((tmp_path / "refiner" / "config.json").read_text())
+    assert saved["channels"] == [8, 16] and saved["_class_name"] == "CutoutNet"
+    loaded = CutoutNet.from_pretrained(tmp_path / "refiner")
+    x = torch.rand(1, 6, 32, 32)
+    torch.testing.assert_close(loaded(x).logits, net.eval()(x).logits)
+    with pytest.raises(LaminaError, match="not a cut-out refiner"):
+        CutoutNet.from_pretrained(tmp_path)
+    (tmp_path / "refiner" / "config.json").write_text(json.dumps({"channels": [8, 24], "dilations": [1],
+                                                                  "working_size": 32}))
+    with pytest.raises(LaminaError, match="weights do not fit"):
+        CutoutNet.from_pretrained(tmp_path / "refiner")
+    with pytest.raises(ConfigError, match="multiple"):
+        CutoutNetConfig(working_size=31, channels=(8, 16))
+
+
+def test_builtin_refiner_loads_and_is_small():
+    net = load_refiner("builtin")
+    assert isinstance(net, CutoutNet) and not net.training
+    size = sum(p.stat().st_size for p in BUILTIN_DIR.iterdir())
+    assert size < 5 * 2**20
+    assert (BUILTIN_DIR / "README.md").is_file()
+
+
+def test_foreground_from_box_uses_the_refiner(tmp_path):
+    scene = photo_scene(11, 64, _photos())
+    plain = foreground_from_box(scene["composite"], scene["box"], ForegroundConfig(refiner=None))
+    assert np.array_equal(plain.mask, grabcut_mask(scene["composite"], scene["box"]))
+    # A refiner that marks the whole box as object (head bias large): the mask is the box.
+    net = CutoutNet(TINY)
+    with torch.no_grad():
+        net.head[-1].bias.fill_(50.0)
+    net.save_pretrained(tmp_path / "all")
+    estimate = foreground_from_box(scene["composite"], scene["box"], ForegroundConfig(refiner=str(tmp_path / "all")))
+    x0, y0, x1, y1 = scene["box"]
+    assert estimate.mask[y0:y1, x0:x1].all() and estimate.mask.sum() == (x1 - x0) * (y1 - y0)
+    with pytest.raises(LaminaError, match="refiner"):
+        ForegroundConfig(refiner=3)
+    for bad in ({"refiner_threshold": 0.0}, {"refiner_threshold": 1.0}, {"refiner_unknown": 0.6}):
+        with pytest.raises(LaminaError, match=next(iter(bad))):
+            ForegroundConfig(**bad)
+
+
+def test_large_holes():
+    from lamina.layeringdiff.foreground import large_holes
+
+    mask = np.zeros((40, 40), bool)
+    mask[5:35, 5:35] = True
+    mask[10:25, 10:25] = False  # a hole of 225 px in a filled area of 900 px (share 0.25)
+    mask[28:30, 28:30] = False  # a hole of 4 px
+    assert large_holes(mask, 0.3).sum() == 0
+    big = large_holes(mask, 0.2)
+    assert big.sum() == 225 and big[10:25, 10:25].all()
+    assert large_holes(mask, 0.001).sum() == 229
+    assert not large_holes(mask, 1.0).any()
+    opened = mask.copy()
+    opened[10:25, 5:10] = False  # the big region now reaches the outside: not a hole
+    assert large_holes(opened, 0.001).sum() == 4
+
+
+def test_uncertain_pixels_join_the_unknown_band():
+    from lamina.layeringdiff.foreground import TRIMAP_FOREGROUND, TRIMAP_UNKNOWN, _matte
+
+    scene = photo_scene(4, 64, _photos())
+    hard = scene["object_alpha"] > 0.5
+    config = ForegroundConfig(effects=False)
+    plain = _matte(scene["composite"], hard, config)
+    uncertain = np.zeros_like(hard)
+    rows, cols = np.nonzero(plain.trimap == TRIMAP_FOREGROUND)
+    uncertain[rows[0], cols[0]] = True
+    banded = _matte(scene["composite"], hard, config, uncertain=uncertain)
+    assert banded.trimap[rows[0], cols[0]] == TRIMAP_UNKNOWN
+    assert np.array_equal(banded.trimap[~uncertain], plain.trimap[~uncertain])
+    # A band that would leave no sure foreground is not applied (matting needs both classes).
+    everything = _matte(scene["composite"], hard, config, uncertain=np.ones_like(hard))
+    assert np.array_equal(everything.trimap, plain.trimap)
+
+
+def test_training_runs_resumes_and_exports(photo_folder, tmp_path):
+    config = resolve_config("tiny", photos=str(photo_folder))
+    photos = [np.asarray(Image.open(p), np.float32) / 255 for p in sorted(photo_folder.iterdir())]
+    sample = make_sample(0, config, photos)
+    assert sample["input"].shape == (6, 32, 32) and sample["target"].shape == (1, 32, 32)
+    assert 0.0 <= sample["target"].min() and sample["target"].max() <= 1.0
+    run = tmp_path / "run"
+    export = training_loop(config, run, echo=lambda _: None)
+    assert (export / "model.safetensors").is_file() and (run / "previews" / "step-0000004.png").is_file()
+    first = CutoutNet.from_pretrained(export)
+    messages = []
+    training_loop(resolve_config("tiny", photos=str(photo_folder), total_steps=6), run, echo=messages.append)
+    assert any("resuming" in m and "step 4" in m for m in messages)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert not torch.equal(CutoutNet.from_pretrained(export).head[-1].weight, first.head[-1].weight)
+    with pytest.raises(ConfigError, match="different configuration"):
+        training_loop(resolve_config("tiny", photos=str(photo_folder), lr=0.5), run, echo=lambda _: None)
+    with pytest.raises(ConfigError, match="photos"):
+        training_loop(resolve_config("tiny"), tmp_path / "other", echo=lambda _: None)
+    with pytest.raises(ConfigError, match="unknown"):
+        resolve_config("tiny", nope=1)
+
+
+def test_cli_train_cutout_and_decompose_option(photo_folder, tmp_path):
+    runner = CliRunner()
+    done = runner.invoke(main, ["layeringdiff", "train-cutout", "--preset", "tiny", "--photos", str(photo_folder),
+                                "--out", str(tmp_path / "run"), "--steps", "2"])
+    assert done.exit_code == 0, done.output
+    assert "inference export" in done.output
+    scene = photo_scene(2, 64, _photos())
+    Image.fromarray((scene["composite"] * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    box = ",".join(map(str, scene["box"]))
+    for model in ("none", str(tmp_path / "run" / "export")):
+        done = runner.invoke(main, ["decompose", str(tmp_path / "in.png"), "--box", box, "--method", "classical",
+                                    "--cutout-model", model, "--out", str(tmp_path / f"out-{len(model)}"),
+                                    "--no-preview"])
+        assert done.exit_code == 0, done.output
+    done = runner.invoke(main, ["decompose", str(tmp_path / "in.png"), "--box", box, "--cutout-model",
+                                str(tmp_path / "missing"), "--out", str(tmp_path / "bad")])
+    assert done.exit_code != 0 and "not a cut-out refiner" in done.output
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_builtin_refiner_beats_grabcut_on_photo_scenes():
+    """On composites over scikit-image's validation photographs the refined cut-out's alpha is closer to the truth."""
+    skimage = pytest.importorskip("skimage")
+    from pathlib import Path
+
+    root = Path(skimage.__file__).parent / "data"
+    photos = [np.asarray(Image.open(root / name).convert("RGB"), np.float32) / 255.0
+              for name in ("astronaut.png", "chelsea.png", "motorcycle_left.png", "brick.png", "grass.png")]
+    sad = {None: [], "builtin": []}
+    for seed in range(12):
+        scene = photo_scene(700_000_000 + seed, 256, photos)
+        for refiner in sad:
+            alpha = foreground_from_box(scene["composite"], scene["box"],
+                                        ForegroundConfig(refiner=refiner, effects=False)).alpha
+            sad[refiner].append(np.abs(alpha - scene["object_alpha"]).sum())
+    assert np.mean(sad["builtin"]) < 0.85 * np.mean(sad[None]), sad
