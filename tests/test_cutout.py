@@ -153,7 +153,7 @@ def test_foreground_from_box_uses_the_refiner(tmp_path):
     with torch.no_grad():
         net.head[-1].bias.fill_(50.0)
     net.save_pretrained(tmp_path / "all")
-    estimate = foreground_from_box(scene["composite"], scene["box"], ForegroundConfig(refiner=str(tmp_path / "all")))
+    estimate = foreground_from_box(scene["composite"], scene["box"], ForegroundConfig(refiner=tmp_path / "all"))
     x0, y0, x1, y1 = scene["box"]
     assert estimate.mask[y0:y1, x0:x1].all() and estimate.mask.sum() == (x1 - x0) * (y1 - y0)
     with pytest.raises(LaminaError, match="refiner"):

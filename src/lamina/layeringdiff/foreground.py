@@ -33,6 +33,7 @@ backgrounds, also moves more inpainting error into the foreground layer.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,8 @@ class ForegroundConfig:
         for name in ("grabcut_iterations", "grabcut_max_side", "matting_max_side"):
             if getattr(self, name) < 1:
                 raise LaminaError(f"ForegroundConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if isinstance(self.refiner, os.PathLike):
+            object.__setattr__(self, "refiner", os.fspath(self.refiner))
         if self.refiner is not None and not isinstance(self.refiner, str):
             raise LaminaError(f"ForegroundConfig.refiner must be 'builtin', a folder or None, got {self.refiner!r}")
         if not 0.0 < self.refiner_threshold < 1.0:
