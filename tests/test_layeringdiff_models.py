@@ -350,8 +350,9 @@ def test_training_on_a_folder_of_layers(tmp_path) -> None:
 
 
 def test_procedural_objects_on_real_backgrounds(tmp_path) -> None:
+    from lamina.data.photo_scenes import PhotoFolder
     from lamina.io import write_png
-    from lamina.layeringdiff.train import RealBackgrounds, resolve_config, synth_sample
+    from lamina.layeringdiff.train import resolve_config, synth_sample
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -374,12 +375,12 @@ def test_procedural_objects_on_real_backgrounds(tmp_path) -> None:
     never = resolve_config("tiny", real_backgrounds=str(photos), p_real_background=0.0)
     np.testing.assert_array_equal(synth_sample(3, never)["background"],
                                   synth_sample(3, resolve_config("tiny"))["background"])
-    assert len(RealBackgrounds.of(photos).photos) == 2
+    assert len(PhotoFolder.of(photos).photos) == 2
     with pytest.raises(LaminaError, match="real_backgrounds"):
         resolve_config("tiny", real_backgrounds=str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(LaminaError, match="no readable photographs"):
-        RealBackgrounds.of(tmp_path / "empty")
+        PhotoFolder.of(tmp_path / "empty")
 
 
 def test_builtin_model_is_the_default_and_small(tmp_path) -> None:

@@ -9,14 +9,17 @@ its size on each side (a user's loose box).
 
 ``benchmarks/bench_photos.py`` scores decomposers on these scenes over held-out photographs;
 the cut-out refiner (:mod:`lamina.layeringdiff.cutout`) is trained on them over *other*
-photographs. All arrays are ``float32`` in ``[0, 1]``.
+photographs, read by :class:`PhotoFolder`. All arrays are ``float32`` in ``[0, 1]``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..errors import ConfigError
 
 #: Share of the background photograph's short side that a scene's background crop covers.
 BACKGROUND_SHARE = (0.35, 0.8)
@@ -101,3 +104,62 @@ def photo_scene(seed: int, size: int, photos: list[np.ndarray], *, pad: float = 
     box = (max(0, x0 - margin), max(0, y0 - margin), min(size, x1 + margin), min(size, y1 + margin))
     return {"truth": truth, "composite": truth.composite()[:, :, :3], "box": box, "object_alpha": a_obj,
             "layer": layer, "background": background}
+
+
+class PhotoFolder:
+    """Photographs of a folder, decoded once (short side at most :attr:`MAX_SIDE`), as random square crops.
+
+    FBDD's real backgrounds (``real_backgrounds``) and the cut-out refiner's scenes (``photos``) read
+    their photographs with it. :meth:`of` keeps one instance per folder per process. Files that are
+    not images are skipped; a folder without any raises :class:`~lamina.errors.ConfigError`.
+    """
+
+    #: Photographs are decoded (JPEG draft mode) and kept at about this short side.
+    MAX_SIDE = 512
+    #: A crop's side, as a share of the photograph's short side (then resized to the training resolution).
+    CROP_SHARE = (0.2, 0.8)
+    _cache: dict[str, PhotoFolder] = {}
+
+    def __init__(self, folder: str | Path) -> None:
+        from PIL import Image
+
+        from .datasets import IMAGE_EXTENSIONS
+
+        self.photos: list[np.ndarray] = []
+        for path in sorted(Path(folder).expanduser().iterdir()):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                with Image.open(path) as image:
+                    image.draft("RGB", (self.MAX_SIDE, self.MAX_SIDE))
+                    image = image.convert("RGB")
+                    scale = self.MAX_SIDE / min(image.size)
+                    if scale < 1.0:
+                        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                             Image.LANCZOS)
+                    self.photos.append(np.asarray(image, np.float32) / 255.0)
+            except OSError:
+                continue
+        if not self.photos:
+            raise ConfigError(f"{str(folder)!r}: no readable photographs in it")
+
+    @classmethod
+    def of(cls, folder: str | Path) -> PhotoFolder:
+        """The (cached) photographs of ``folder``."""
+        key = str(Path(folder).expanduser().resolve())
+        if key not in cls._cache:
+            cls._cache[key] = cls(key)
+        return cls._cache[key]
+
+    def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """A random square crop of a random photograph: ``[size, size, 3]`` ``float32``, mirrored at random."""
+        import torch
+        import torch.nn.functional as nnf
+
+        photo = self.photos[int(rng.integers(len(self.photos)))]
+        side = max(2, int(min(photo.shape[:2]) * rng.uniform(*self.CROP_SHARE)))
+        y, x = int(rng.integers(photo.shape[0] - side + 1)), int(rng.integers(photo.shape[1] - side + 1))
+        crop = torch.from_numpy(np.ascontiguousarray(photo[y:y + side, x:x + side])).permute(2, 0, 1)[None]
+        crop = nnf.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out = crop[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy()
+        return np.ascontiguousarray(out[:, ::-1] if rng.random() < 0.5 else out, dtype=np.float32)

@@ -150,11 +150,11 @@ def resolve_config(preset: str = "builtin", **overrides: Any) -> CutoutTrainingC
 
 # --------------------------------------------------------------------------- data
 def _photos(folder: str | None) -> list[np.ndarray]:
-    from .train import RealBackgrounds
+    from ..data.photo_scenes import PhotoFolder
 
     if folder is None:
         raise ConfigError("the cut-out refiner trains on photographs: give a folder with --set photos=FOLDER")
-    photos = RealBackgrounds.of(folder).photos
+    photos = PhotoFolder.of(folder).photos
     if len(photos) < 2:
         raise ConfigError(f"photos {folder!r}: need at least two photographs (background and texture differ)")
     return photos
@@ -165,25 +165,30 @@ def make_sample(seed: int, config: CutoutTrainingConfig, photos: list[np.ndarray
     import cv2
 
     from ..data.photo_scenes import photo_scene
-    from .foreground import ForegroundConfig, grabcut_mask
 
     rng = np.random.default_rng([seed, 37])
     size = int(config.sizes[int(rng.integers(len(config.sizes)))])
     scene = photo_scene(seed, size, photos, pad=float(rng.uniform(*config.pad)), p_handle=config.p_handle)
     if rng.random() < config.p_inner:
         scene = inner_content(scene, rng, photos)
-    defaults = ForegroundConfig()
-    try:
-        mask = grabcut_mask(scene["composite"], scene["box"], defaults.grabcut_iterations,
-                            defaults.grabcut_max_side, defaults.seed)
-    except LaminaError:  # GrabCut found nothing: the refiner must find the object from the image alone
-        mask = np.zeros(scene["composite"].shape[:2], bool)
-    inputs, (x, y, side) = network_input(scene["composite"], scene["box"], mask, config.net)
+    inputs, (x, y, side) = network_input(scene["composite"], scene["box"], _grabcut(scene), config.net)
     s = config.net.working_size
     target = cv2.resize(crop_padded(scene["object_alpha"], x, y, side), (s, s), interpolation=cv2.INTER_AREA)
     if rng.random() < config.p_flip:
         inputs, target = inputs[:, :, ::-1], target[:, ::-1]
     return {"input": np.ascontiguousarray(inputs), "target": np.ascontiguousarray(target[None], dtype=np.float32)}
+
+
+def _grabcut(scene: dict[str, Any]) -> np.ndarray:
+    """GrabCut's mask of the scene's box with lamina's defaults, as at inference; empty when it finds nothing."""
+    from .foreground import ForegroundConfig, grabcut_mask
+
+    defaults = ForegroundConfig()
+    try:
+        return grabcut_mask(scene["composite"], scene["box"], defaults.grabcut_iterations, defaults.grabcut_max_side,
+                            defaults.seed)
+    except LaminaError:  # GrabCut found nothing: the refiner must find the object from the image alone
+        return np.zeros(scene["composite"].shape[:2], bool)
 
 
 def inner_content(scene: dict[str, Any], rng: np.random.Generator, photos: list[np.ndarray]) -> dict[str, Any]:
@@ -241,17 +246,12 @@ def write_preview(net: CutoutNet, config: CutoutTrainingConfig, path: Path) -> N
     from ..data.photo_scenes import photo_scene
     from ..io import save_contact_sheet
     from ..layers import Layer, LayeredImage
-    from .foreground import grabcut_mask
 
     photos = _photos(config.photos)
     sheets = []
     for i in range(config.preview_count):
         scene = photo_scene(PREVIEW_SEED + i, max(config.sizes), photos)
-        image = scene["composite"]
-        try:
-            grabcut = grabcut_mask(image, scene["box"])
-        except LaminaError:
-            grabcut = np.zeros(image.shape[:2], bool)
+        image, grabcut = scene["composite"], _grabcut(scene)
         refined = refine_mask(net, image, scene["box"], grabcut)
         cutouts = [Layer(np.dstack([image, m.astype(np.float32)]), name=name) for name, m in (
             ("grabcut", grabcut), ("refined", refined), ("truth", scene["object_alpha"] > 0.5))]

@@ -348,9 +348,10 @@ def foreground_from_box(image: Any, box: Any, config: ForegroundConfig | None = 
         from .cutout import load_refiner, object_probability
 
         probability = object_probability(load_refiner(config.refiner), image, (x0, y0, x1, y1), hard)
-        if (probability > config.refiner_threshold).any():  # else GrabCut's mask stays
+        refined = probability > config.refiner_threshold
+        if refined.any():  # else GrabCut's mask stays
             large = large_holes(probability > 0.5, config.refiner_max_hole)
-            hard = np.where(large, hard, probability > config.refiner_threshold)
+            hard = np.where(large, hard, refined)
             if config.refiner_unknown > 0:
                 uncertain = (np.abs(probability - 0.5) < config.refiner_unknown) & ~large
     outside = np.ones(hard.shape, bool)

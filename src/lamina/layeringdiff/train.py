@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as nnf
 from PIL import Image
 
+from ..data.photo_scenes import PhotoFolder
 from ..errors import ConfigError, LaminaError
 from ..io import atomic_output, save_contact_sheet
 from ..layers import LayeredImage
@@ -248,65 +249,12 @@ def synth_sample(seed: int, config: TrainingConfig) -> Sample:
     if rng.random() < config.p_swap_background:
         background = generate_scene(seed + 7_919, scene_config).composite
     if config.real_backgrounds is not None:
-        photos = RealBackgrounds.of(config.real_backgrounds)
+        photos = PhotoFolder.of(config.real_backgrounds)
         real = np.random.default_rng([seed, 1])
         if real.random() < config.p_real_background:
             background = photos.crop(real, config.resolution)
     return {"rgb": np.ascontiguousarray(scene.foreground[:, :, :3]), "alpha": np.ascontiguousarray(a),
             "effects": np.clip(effects, 0.0, 1.0).astype(np.float32), "background": np.ascontiguousarray(background)}
-
-
-class RealBackgrounds:
-    """Photographs of a folder, decoded once (short side at most :attr:`MAX_SIDE`), as random square crops.
-
-    :meth:`of` keeps one instance per folder per process. Files that are not images are skipped;
-    a folder without any raises :class:`~lamina.errors.ConfigError`.
-    """
-
-    #: Photographs are decoded (JPEG draft mode) and kept at about this short side.
-    MAX_SIDE = 512
-    #: A crop's side, as a share of the photograph's short side (then resized to the training resolution).
-    CROP_SHARE = (0.2, 0.8)
-    _cache: dict[str, RealBackgrounds] = {}
-
-    def __init__(self, folder: str | Path) -> None:
-        from ..data.datasets import IMAGE_EXTENSIONS
-
-        self.photos: list[np.ndarray] = []
-        for path in sorted(Path(folder).expanduser().iterdir()):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            try:
-                with Image.open(path) as image:
-                    image.draft("RGB", (self.MAX_SIDE, self.MAX_SIDE))
-                    image = image.convert("RGB")
-                    scale = self.MAX_SIDE / min(image.size)
-                    if scale < 1.0:
-                        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                             Image.LANCZOS)
-                    self.photos.append(np.asarray(image, np.float32) / 255.0)
-            except OSError:
-                continue
-        if not self.photos:
-            raise ConfigError(f"real_backgrounds {str(folder)!r}: no readable photographs in it")
-
-    @classmethod
-    def of(cls, folder: str | Path) -> RealBackgrounds:
-        """The (cached) photographs of ``folder``."""
-        key = str(Path(folder).expanduser().resolve())
-        if key not in cls._cache:
-            cls._cache[key] = cls(key)
-        return cls._cache[key]
-
-    def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """A random square crop of a random photograph: ``[size, size, 3]`` ``float32``, mirrored at random."""
-        photo = self.photos[int(rng.integers(len(self.photos)))]
-        side = max(2, int(min(photo.shape[:2]) * rng.uniform(*self.CROP_SHARE)))
-        y, x = int(rng.integers(photo.shape[0] - side + 1)), int(rng.integers(photo.shape[1] - side + 1))
-        crop = torch.from_numpy(np.ascontiguousarray(photo[y:y + side, x:x + side])).permute(2, 0, 1)[None]
-        crop = nnf.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out = crop[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy()
-        return np.ascontiguousarray(out[:, ::-1] if rng.random() < 0.5 else out, dtype=np.float32)
 
 
 def folder_sample(item: dict[str, Any]) -> Sample:
