@@ -259,3 +259,18 @@ def test_builtin_refiner_beats_grabcut_on_photo_scenes():
                                         ForegroundConfig(refiner=refiner, effects=False)).alpha
             sad[refiner].append(np.abs(alpha - scene["object_alpha"]).sum())
     assert np.mean(sad["builtin"]) < 0.85 * np.mean(sad[None]), sad
+
+
+def test_config_values_refuses_unknown_keys_and_wrong_types():
+    from lamina.overrides import config_values
+
+    assert config_values(CutoutNetConfig, {"channels": [8, 16], "prior_gain": 1}, "net") == {
+        "channels": (8, 16), "prior_gain": 1.0}
+    with pytest.raises(ConfigError, match="unknown net option\\(s\\): a, b"):
+        config_values(CutoutNetConfig, {"b": 1, "a": 2}, "net", ConfigError)
+    with pytest.raises(ConfigError, match="working_size"):
+        CutoutNetConfig.from_dict({"working_size": "big"})
+    from lamina.layeringdiff.cutout_train import CutoutTrainingConfig
+
+    nested = CutoutTrainingConfig.from_dict({"net": {"working_size": 32, "channels": [8, 16], "dilations": [1]}})
+    assert nested.net == TINY

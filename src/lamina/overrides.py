@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from .errors import LaminaError
@@ -72,3 +74,16 @@ def check_type(value: Any, hint: Any, key: str, error: type[Exception] = LaminaE
     if hint is str and not isinstance(value, str):
         raise error(f"{key} must be a string, got {value!r}")
     return value
+
+
+def config_values(cls: type, values: dict[str, Any], what: str, error: type[Exception] = LaminaError,
+                  nested: Iterable[str] = ()) -> dict[str, Any]:
+    """``values`` checked for the dataclass ``cls``: keys it lacks are refused in one ``error`` naming them all
+    ("unknown ``what`` option(s): ..."), and each value is checked against its field's type hint
+    (:func:`check_type`); keys in ``nested`` pass as they are (a nested config checks its own)."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise error(f"unknown {what} option(s): {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    skip = set(nested)
+    return {k: v if k in skip else check_type(v, hints[k], k, error) for k, v in values.items()}

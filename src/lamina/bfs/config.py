@@ -13,13 +13,12 @@ public (``shared/reference/bfs.md``). Two presets span the one code path:
 
 from __future__ import annotations
 
-import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import LaminaError
-from ..overrides import check_type
+from ..overrides import config_values
 
 #: What a run trains: ``vae`` the two VAEs (RGB and transparency); ``layered`` stage 1 (both branches on
 #: layered data); ``composite`` stage 2 (the composite branch only, on unlayered composites).
@@ -116,12 +115,7 @@ class BFSTrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BFSTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise LaminaError(f"unknown BFS training option(s): {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: check_type(v, hints[k], k) for k, v in values.items()})
+        return cls(**config_values(cls, values, "BFS training"))
 
 
 #: ``tiny``: the built-in CPU model (64 px, everything trained from scratch, one thread);

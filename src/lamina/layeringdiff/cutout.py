@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from ..errors import ConfigError, LaminaError
+from ..overrides import config_values
 
 #: Files of a saved refiner.
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -86,11 +87,7 @@ class CutoutNetConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CutoutNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown CutoutNetConfig option(s): {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**config_values(cls, values, "CutoutNetConfig", ConfigError))
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ resumes), the export of the EMA weights (``export/``: ``config.json`` + ``model.
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, LaminaError
-from ..overrides import check_type
+from ..overrides import config_values
 from ..training import EMA, Deadline, RunDir
 from .cutout import CutoutNet, CutoutNetConfig, crop_padded, cutout_loss, network_input, refine_mask
 
@@ -115,12 +114,7 @@ class CutoutTrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CutoutTrainingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown cut-out training option(s): {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: v if k == "net" else check_type(v, hints[k], k, ConfigError) for k, v in values.items()})
+        return cls(**config_values(cls, values, "cut-out training", ConfigError, nested=("net",)))
 
 
 #: Named presets. ``builtin``: the built-in refiner (about 40 minutes on two CPU threads); ``tiny``: tests.

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import io
 import math
-import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -60,7 +59,7 @@ from ..data.photo_scenes import PhotoFolder
 from ..errors import ConfigError, LaminaError
 from ..io import atomic_output, save_contact_sheet
 from ..layers import LayeredImage
-from ..overrides import check_type
+from ..overrides import config_values
 from ..training import (
     CONFIG_NAME,
     EMA,
@@ -185,12 +184,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: check_type(v, hints[k], k, ConfigError) for k, v in values.items()})
+        return cls(**config_values(cls, values, "training", ConfigError))
 
 
 #: ``tiny``: tests (16 px, a few steps); ``builtin``: the model shipped in the package (64 px,
