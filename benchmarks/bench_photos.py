@@ -28,6 +28,19 @@ The Debian photographs (CC-BY-4.0 / CC-BY-SA-4.0 / CC0, authors in
 
 Missing photographs are skipped (the table says how many of each split were found).
 
+**Real objects** (``--objects FOLDER``): the foreground is instead a real object's cut-out with its
+true alpha (:func:`lamina.data.photo_scenes.object_scene`: scaled to 30-70 % of the side, placed at
+random, in half of the scenes over a cast shadow made from its silhouette, which belongs to its
+layer), from a folder of RGBA cut-outs split by file name (:class:`~lamina.data.photo_scenes.ObjectFolder`:
+this split's share, never the ``train`` share a model may learn from). The photographic stamps of
+Debian's ``tuxpaint-stamps-default`` (GPL-2, Bill Kendrick and contributors), without its ``symbols``
+folder (letters and signs)::
+
+    apt-get download tuxpaint-stamps-default && dpkg -x tuxpaint-stamps-default_*.deb /tmp/tuxpaint-root
+    mkdir /tmp/objects && for d in /tmp/tuxpaint-root/usr/share/tuxpaint/stamps/*/; do
+        [ "$(basename $d)" = symbols ] || ln -s $d /tmp/objects/; done
+    python benchmarks/bench_photos.py --objects /tmp/objects --wallpapers ...
+
 Methods (``--methods``), each in a fresh process per size (peak memory counts its imports):
 
 * ``telea``: today's classical path, its settings frozen here (:data:`TODAY_FOREGROUND`,
@@ -38,8 +51,9 @@ Methods (``--methods``), each in a fresh process per size (peak memory counts it
 * ``layeringdiff-today``: the learned path with today's foreground stage and Telea prefill
   (``lamina.layeringdiff.fbdd.PREFILL_FILL``);
 * ``classical-refiner`` / ``layeringdiff-refiner``: the two paths with the built-in learned cut-out
-  refiner after GrabCut (``ForegroundConfig(refiner="builtin")``, :mod:`lamina.layeringdiff.cutout`; off
-  by default);
+  refiner after GrabCut (``ForegroundConfig(refiner="builtin")``, :mod:`lamina.layeringdiff.cutout`), or
+  the one ``--refiner DIR`` names; ``classical-grabcut`` / ``layeringdiff-grabcut``: GrabCut's mask as
+  it is (``ForegroundConfig(refiner=None)``, lamina's default before 2026-12-07's fifth session);
 * ``layeringdiff-1206``: the learned path as of 2026-12-06 (no mirror average; ``--model-1206`` names
   that day's built-in model when the built-in model has changed since);
 * reference rows with the **true object alpha** instead of the box's cut-out (the foreground
@@ -138,11 +152,13 @@ def load_photos(split: str, wallpapers: str) -> tuple[list[np.ndarray], list[str
     return photos, [p.name for p in paths]
 
 
-def photo_scene(seed: int, size: int, photos: list[np.ndarray]) -> dict:
-    """One composite with exact ground truth (:func:`lamina.data.photo_scenes.photo_scene`, a 4 % box)."""
+def photo_scene(seed: int, size: int, photos: list[np.ndarray], objects: list[np.ndarray] | None = None) -> dict:
+    """One composite with exact ground truth, a 4 % box: a procedural object
+    (:func:`lamina.data.photo_scenes.photo_scene`) or, given ``objects``, a real one (``object_scene``)."""
+    from lamina.data.photo_scenes import object_scene
     from lamina.data.photo_scenes import photo_scene as make_scene
 
-    return make_scene(seed, size, photos)
+    return make_scene(seed, size, photos) if objects is None else object_scene(seed, size, photos, objects)
 
 
 def method_setup(method: str) -> tuple[object, object]:
@@ -163,10 +179,14 @@ def method_setup(method: str) -> tuple[object, object]:
         return ForegroundConfig(**TODAY_FOREGROUND), make_decomposer("layeringdiff", model=OLD_MODEL, mirror=False)
     if method == "layeringdiff-1206":
         return ForegroundConfig(refiner=None), make_decomposer("layeringdiff", model=OLD_MODEL, mirror=False)
+    if method == "classical-grabcut":
+        return ForegroundConfig(refiner=None), make_decomposer("classical")
+    if method == "layeringdiff-grabcut":
+        return ForegroundConfig(refiner=None), make_decomposer("layeringdiff")
     if method == "classical-refiner":
-        return ForegroundConfig(refiner="builtin"), make_decomposer("classical")
+        return ForegroundConfig(refiner=REFINER), make_decomposer("classical")
     if method == "layeringdiff-refiner":
-        return ForegroundConfig(refiner="builtin"), make_decomposer("layeringdiff")
+        return ForegroundConfig(refiner=REFINER), make_decomposer("layeringdiff")
     if method in ("classical-truealpha", "fill-truehole"):
         return ForegroundConfig(), make_decomposer("classical")
     if method == "layeringdiff-truealpha":
@@ -174,6 +194,8 @@ def method_setup(method: str) -> tuple[object, object]:
     sys.exit(f"unknown method {method!r}")
 
 
+#: The cut-out refiner of the ``-refiner`` methods (``--refiner``: ``"builtin"`` or a folder).
+REFINER = "builtin"
 #: The built-in FBDD of 2026-12-06 for ``layeringdiff-today`` / ``-1206`` (``--model-1206``; None: the built-in).
 OLD_MODEL: str | None = None
 
@@ -194,7 +216,7 @@ def fill_truehole(composite: np.ndarray, layer: np.ndarray):
                          np.zeros_like(alpha))
 
 
-def run_one(method: str, size: int, count: int, split: str, wallpapers: str) -> dict:
+def run_one(method: str, size: int, count: int, split: str, wallpapers: str, objects: str | None = None) -> dict:
     """Decompose ``count`` scenes with one method in this process; mean metrics and timings."""
     import torch
 
@@ -205,12 +227,17 @@ def run_one(method: str, size: int, count: int, split: str, wallpapers: str) -> 
     from lamina.metrics.background import LocalFeatureDistance, ghost_opacity
 
     photos, names = load_photos(split, wallpapers)
+    cutouts = None
+    if objects is not None:
+        from lamina.data.photo_scenes import ObjectFolder
+
+        cutouts = ObjectFolder.of(objects, split).objects
     config, decomposer = method_setup(method)
     perceptual = LocalFeatureDistance()
     values: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
     seconds, fallbacks, per_scene = [], 0, []
     for i in range(count + 1):  # the first scene warms up (pymatting's JIT, the first UNet call)
-        s = photo_scene(FIRST_SEED[split] + i, size, photos)
+        s = photo_scene(FIRST_SEED[split] + i, size, photos, cutouts)
         start = time.perf_counter()
         if method == "fill-truehole":
             part = fill_truehole(s["composite"], s["layer"])
@@ -242,7 +269,7 @@ def run_one(method: str, size: int, count: int, split: str, wallpapers: str) -> 
                 for key, v in values.items()})
     out["psnr_per_scene"] = per_scene  # for paired differences between methods (the same scenes)
     out.update(seconds=float(np.mean(seconds)), peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-               count=count, fallbacks=fallbacks, photos=names)
+               count=count, fallbacks=fallbacks, photos=names, objects=None if cutouts is None else len(cutouts))
     return out
 
 
@@ -255,16 +282,20 @@ def main() -> None:
     parser.add_argument("--methods", default="telea,classical,layeringdiff")
     parser.add_argument("--wallpapers", default="/usr/share/backgrounds",
                         help="folder of Debian's lomiri-wallpapers photographs (see the docstring)")
+    parser.add_argument("--objects", default=None,
+                        help="folder of real objects' RGBA cut-outs: real objects instead of procedural ones")
     parser.add_argument("--model-1206", default=None,
                         help="the built-in FBDD of 2026-12-06 (a folder) for layeringdiff-today / layeringdiff-1206")
+    parser.add_argument("--refiner", default="builtin", help="the -refiner methods' refiner (builtin or a folder)")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     counts = {256: args.count256, 512: args.count512}
     if args.one:
-        global OLD_MODEL
-        OLD_MODEL = args.model_1206
+        global OLD_MODEL, REFINER
+        OLD_MODEL, REFINER = args.model_1206, args.refiner
         method, size = args.one[0], int(args.one[1])
-        print(json.dumps(run_one(method, size, counts.get(size, args.count512), args.split, args.wallpapers)))
+        print(json.dumps(run_one(method, size, counts.get(size, args.count512), args.split, args.wallpapers,
+                                 args.objects)))
         return
 
     rows = []
@@ -275,6 +306,8 @@ def main() -> None:
                        "--count256", str(args.count256), "--count512", str(args.count512),
                        "--wallpapers", args.wallpapers]
             command += ["--model-1206", args.model_1206] if args.model_1206 else []
+            command += ["--objects", args.objects] if args.objects else []
+            command += ["--refiner", args.refiner]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode:
                 sys.exit(f"{method} at {size} px failed:\n{done.stderr[-3000:]}")
@@ -312,7 +345,9 @@ def main() -> None:
     print("\n(± : standard error over the scenes: of the paired PSNR difference, and of the mean ghost)")
     photos = rows[0][2]["photos"]
     counts_text = ", ".join(f"{counts.get(s, args.count512)} at {s}²" for s in sizes)
-    print(f"\nsplit: {args.split} ({len(photos)} photographs: {', '.join(photos)}); scenes: {counts_text}; "
+    objects = rows[0][2]["objects"]
+    kind = "procedural objects" if objects is None else f"real objects ({objects} cut-outs of the {args.split} split)"
+    print(f"\nsplit: {args.split} ({len(photos)} photographs: {', '.join(photos)}); scenes: {counts_text}, {kind}; "
           f"seeds from {FIRST_SEED[args.split]}; one CPU thread")
 
 

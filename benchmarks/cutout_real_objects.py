@@ -3,10 +3,13 @@
 Objects in the photo benchmark's *validation* photographs (Debian's lomiri wallpapers ``Kleiber``,
 ``friends`` and ``Wine``, decoded at 640 px on the long side), each with a hand-drawn box. Each row:
 the photo around the box, then the cut-out over green for GrabCut alone and for the refiner
-(``ForegroundConfig(refiner="builtin")``) at the thresholds 0.05 (its default), 0.15 and 0.3. No ground
-truth: this is the check on real objects that the benchmark's procedural objects cannot give.
+(``ForegroundConfig(refiner="builtin")``) with its defaults, without the second GrabCut pass
+(``refiner_grabcut=None``), and so at the threshold 0.3. No ground truth: this is the check on real
+objects in real photographs that composites cannot give.
 
     python benchmarks/cutout_real_objects.py --wallpapers FOLDER --out docs/cutout_real_objects.png
+
+``--refiner DIR`` puts another refiner (a training run's ``export/``) in the refiner's columns.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ CASES = (("Kleiber_by_Lukas_Baubkus", (250, 122, 348, 240)), ("friends_by_Aitzol
          ("Wine_by_Jakkub_Mede", (10, 310, 272, 480)))
 #: Columns after the photo: (label, ForegroundConfig options).
 VARIANTS = (("GrabCut", {"refiner": None}), ("refiner", {"refiner": "builtin"}),
-            ("refiner t=0.15", {"refiner": "builtin", "refiner_threshold": 0.15}),
-            ("refiner t=0.3", {"refiner": "builtin", "refiner_threshold": 0.3}))
+            ("refiner, no second GrabCut", {"refiner": "builtin", "refiner_grabcut": None}),
+            ("refiner, no second GrabCut, t=0.3", {"refiner": "builtin", "refiner_grabcut": None,
+                                                   "refiner_threshold": 0.3}))
 ROW_HEIGHT = 170
 
 
@@ -35,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--wallpapers", default="/usr/share/backgrounds")
     parser.add_argument("--out", type=Path, default=Path("docs/cutout_real_objects.png"))
+    parser.add_argument("--refiner", default="builtin", help="the refiner columns' refiner (builtin or a folder)")
     args = parser.parse_args()
     rows = []
     for stem, box in CASES:
@@ -46,6 +51,7 @@ def main() -> None:
         ys, xs = slice(max(0, y0 - 8), y1 + 8), slice(max(0, x0 - 8), x1 + 8)
         tiles = [image[ys, xs]]
         for _, options in VARIANTS:
+            options = options | ({"refiner": args.refiner} if options["refiner"] else {})
             alpha = foreground_from_box(image, box, ForegroundConfig(effects=False, **options)).alpha[ys, xs, None]
             tiles.append(alpha * image[ys, xs] + (1.0 - alpha) * np.array([0.0, 1.0, 0.0], np.float32))
         row = Image.fromarray((np.concatenate(tiles, 1) * 255).round().astype(np.uint8))

@@ -9,6 +9,9 @@ backgrounds differ under the object. The quantitative real-background check with
 ground truth is ``bench_decompose.py --backgrounds skimage``.
 
     python benchmarks/real_photos.py --out docs/real_photos.png
+
+``--cutout-model builtin|DIR|none`` sets the cut-out refiner after GrabCut, as ``lamina decompose``'s
+option of that name does (default: lamina's default).
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ def main() -> None:
 
     from lamina.io import read_rgb, save_contact_sheet
     from lamina.layeringdiff import decompose_image
+    from lamina.layeringdiff.foreground import ForegroundConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/real_photos.png"))
+    parser.add_argument("--cutout-model", default=None, help="builtin, a refiner's folder, or none")
     args = parser.parse_args()
+    config = ForegroundConfig() if args.cutout_model is None else ForegroundConfig(
+        refiner=None if args.cutout_model == "none" else args.cutout_model)
     torch.set_num_threads(1)
     root = Path(skimage.__file__).parent / "data"
     rows = []
@@ -43,7 +50,7 @@ def main() -> None:
         backgrounds = {}
         for method in ("classical", "layeringdiff"):
             start = time.perf_counter()
-            layered = decompose_image(image, box=box, method=method)
+            layered = decompose_image(image, box=box, method=method, config=config)
             seconds = time.perf_counter() - start
             layered.metadata["title"] = f"{name} {method}"
             rows.append(layered)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from lamina.cli import main
-from lamina.data.photo_scenes import photo_scene
+from lamina.data.photo_scenes import ObjectFolder, object_scene, photo_scene, resize_rgba, silhouette_shadow
 from lamina.errors import ConfigError, LaminaError
 from lamina.layeringdiff.cutout import (
     BUILTIN_DIR,
@@ -22,6 +23,7 @@ from lamina.layeringdiff.cutout import (
     cutout_window,
     load_refiner,
     network_input,
+    object_probability,
     refine_mask,
 )
 from lamina.layeringdiff.cutout_train import make_sample, resolve_config, training_loop
@@ -46,6 +48,94 @@ def photo_folder(tmp_path):
     for k, photo in enumerate(_photos()):
         Image.fromarray((photo * 255).astype(np.uint8)).save(folder / f"p{k}.png")
     return folder
+
+
+def _cutout(k: int, size: int = 40) -> np.ndarray:
+    """An RGBA object: a soft-edged ellipse of a colour gradient (uint8)."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    r = np.hypot((yy - size / 2) / (0.45 * size), (xx - size / 2) / (0.3 * size))
+    alpha = np.clip((1.0 - r) * size * 0.3, 0, 1)
+    colour = np.dstack([xx / size, yy / size, np.full_like(xx, 0.2 + 0.1 * k)])
+    return (np.dstack([colour, alpha]) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def object_folder(tmp_path):
+    folder = tmp_path / "objects"
+    (folder / "animals").mkdir(parents=True)
+    for k in range(24):
+        Image.fromarray(_cutout(k), "RGBA").save(folder / "animals" / f"thing{k}.png")
+    glyph = _cutout(0)
+    glyph[..., :3] = 0  # one colour: a letter, not an object
+    Image.fromarray(glyph, "RGBA").save(folder / "glyph.png")
+    Image.fromarray(_cutout(1)[..., :3], "RGB").save(folder / "opaque.png")  # no alpha
+    return folder
+
+
+def test_object_folder_splits_and_skips(object_folder):
+    every = ObjectFolder(object_folder)
+    assert len(every.objects) == 24 and "glyph.png" not in every.names and "opaque.png" not in every.names
+    assert all(o.dtype == np.float32 and o.shape[2] == 4 and 0 <= o.min() and o.max() <= 1 for o in every.objects)
+    # Cropped to the object: the opaque part touches every side but one pixel of soft edge.
+    assert all((o[1:-1, 1:-1, 3] > 0.5).any(axis=0).all() for o in every.objects)
+    splits = {name: ObjectFolder.split_of(Path(name).name) for name in every.names}
+    parts = [ObjectFolder.of(object_folder, split).names
+             for split in ("train", "validation", "test") if split in splits.values()]
+    assert sorted(sum(parts, [])) == sorted(every.names)  # disjoint and complete
+    # The split is a fixed function of the file name (crc32), the same on every machine.
+    assert [ObjectFolder.split_of(n) for n in ("bear.png", "balloon.png")] == ["train", "validation"]
+    with pytest.raises(ConfigError, match="not a folder"):
+        ObjectFolder(object_folder / "missing")
+    (object_folder / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no usable RGBA"):
+        ObjectFolder(object_folder / "empty")
+    with pytest.raises(ConfigError, match="split"):
+        ObjectFolder(object_folder, "holdout")
+
+
+def test_resize_rgba_keeps_the_colour_under_alpha_zero_out():
+    rgba = np.zeros((4, 6, 4), np.float32)
+    rgba[:, :3] = (1.0, 0.0, 0.0, 1.0)  # opaque red
+    rgba[:, 3:] = (0.0, 1.0, 0.0, 0.0)  # transparent green: must not tint the edge
+    small = resize_rgba(rgba, 2, 2)  # each output pixel averages 3 columns: 1.5 red, 1.5 transparent
+    assert small.shape == (2, 2, 4) and small.dtype == np.float32
+    np.testing.assert_allclose(small[:, 0], [[1.0, 0.0, 0.0, 1.0]] * 2, atol=1e-6)
+    np.testing.assert_allclose(small[:, 1, 3], 0.0, atol=1e-6)
+    edge = resize_rgba(rgba[:, 2:4], 1, 4)  # one red and one transparent column: half opaque, still red
+    np.testing.assert_allclose(edge[:, 0], [[1.0, 0.0, 0.0, 0.5]] * 4, atol=1e-6)
+
+
+def test_silhouette_shadow_lies_behind_and_leans():
+    alpha = np.zeros((64, 64), np.float32)
+    alpha[20:40, 28:36] = 1.0  # an upright bar standing on row 39
+    rng = np.random.default_rng(0)
+    shadow = silhouette_shadow(alpha, rng)
+    assert shadow.shape == alpha.shape and 0 <= shadow.min() and shadow.max() <= 0.75
+    outside = shadow * (alpha < 0.5)
+    rows, cols = np.nonzero(outside > 0.05)
+    assert rows.size and rows.max() <= 42 and rows.min() >= 39 - 0.45 * 20 - 4  # behind, at most 45 % long
+    rng = np.random.default_rng(0)
+    length, lean = rng.uniform(0.12, 0.45), rng.uniform(-1.0, 1.0)
+    centre = (outside.sum(axis=0) * np.arange(64)).sum() / outside.sum()
+    assert np.sign(centre - 31.5) == np.sign(lean) and length > 0
+    assert not silhouette_shadow(np.zeros((8, 8), np.float32), rng).any()
+
+
+def test_object_scene_is_exact_with_its_shadow_in_the_layer(object_folder):
+    objects = ObjectFolder(object_folder).objects
+    photos = _photos()
+    a, b = object_scene(3, 64, photos, objects, p_shadow=1.0), object_scene(3, 64, photos, objects, p_shadow=1.0)
+    assert np.array_equal(a["composite"], b["composite"]) and a["box"] == b["box"]
+    layer = a["layer"]
+    over = layer[..., 3:] * layer[..., :3] + (1 - layer[..., 3:]) * a["background"]
+    np.testing.assert_allclose(a["composite"], over, atol=1e-5)
+    assert np.all(layer[..., 3] >= a["object_alpha"] - 1e-6)
+    assert (layer[..., 3] - a["object_alpha"]).max() > 0.1  # the shadow belongs to the layer
+    x0, y0, x1, y1 = a["box"]
+    rows, cols = np.nonzero(a["object_alpha"] > 0.5)
+    assert x0 <= cols.min() and cols.max() < x1 and y0 <= rows.min() and rows.max() < y1
+    plain = object_scene(3, 64, photos, objects, p_shadow=0.0)
+    np.testing.assert_allclose(plain["layer"][..., 3], plain["object_alpha"])
 
 
 def test_photo_scene_is_exact_and_deterministic():
@@ -98,6 +188,28 @@ def test_network_shapes_backward_and_untrained_net_keeps_grabcut():
     outside = np.ones_like(refined)
     outside[y0:y1, x0:x1] = False
     assert not refined[outside].any()
+
+
+def test_mirror_average_is_the_mean_of_the_window_and_its_mirror():
+    torch.manual_seed(0)
+    net = CutoutNet(TINY)
+    torch.nn.init.normal_(net.head[-1].weight, std=0.3)  # a trained-looking, asymmetric net
+    net.eval()
+    scene = photo_scene(3, 64, _photos())
+    image, box = scene["composite"], scene["box"]
+    grabcut = grabcut_mask(image, box)
+    inputs, (x, y, side) = network_input(image, box, grabcut, TINY)
+    with torch.no_grad():
+        both = torch.sigmoid(net(torch.from_numpy(np.stack([inputs, inputs[:, :, ::-1].copy()]))).logits)[:, 0]
+    expected = ((both[0] + both[1].flip(-1)) / 2).numpy()
+    plain = object_probability(net, image, box, grabcut)
+    mirrored = object_probability(net, image, box, grabcut, mirror=True)
+    assert not np.allclose(plain, mirrored, atol=1e-3)
+    import cv2
+
+    window = cv2.resize(expected, (side, side), interpolation=cv2.INTER_LINEAR)
+    x0, y0, x1, y1 = box
+    np.testing.assert_allclose(mirrored[y0:y1, x0:x1], window[y0 - y:y1 - y, x0 - x:x1 - x], atol=1e-5)
 
 
 def test_cutout_loss_golden_numbers():
@@ -156,11 +268,47 @@ def test_foreground_from_box_uses_the_refiner(tmp_path):
     estimate = foreground_from_box(scene["composite"], scene["box"], ForegroundConfig(refiner=tmp_path / "all"))
     x0, y0, x1, y1 = scene["box"]
     assert estimate.mask[y0:y1, x0:x1].all() and estimate.mask.sum() == (x1 - x0) * (y1 - y0)
+    # Where GrabCut finds nothing (a flat image), the refiner still looks; if it finds nothing either: an error.
+    flat = np.full((64, 64, 3), 0.5, np.float32)
+    with pytest.raises(LaminaError, match="GrabCut found no object"):
+        foreground_from_box(flat, (16, 16, 48, 48), ForegroundConfig(refiner=None))
+    found = foreground_from_box(flat, (16, 16, 48, 48), ForegroundConfig(refiner=tmp_path / "all"))
+    assert found.mask.sum() == 32 * 32
+    # A refiner that finds nothing: the second GrabCut pass has nothing to start from, GrabCut's mask stays.
+    with torch.no_grad():
+        net.head[-1].bias.fill_(-50.0)
+    net.save_pretrained(tmp_path / "none")
+    estimate = foreground_from_box(scene["composite"], scene["box"], ForegroundConfig(refiner=tmp_path / "none"))
+    assert np.array_equal(estimate.mask, plain.mask)
+    with pytest.raises(LaminaError, match="neither GrabCut nor the cut-out refiner"):
+        foreground_from_box(flat, (16, 16, 48, 48), ForegroundConfig(refiner=tmp_path / "none"))
     with pytest.raises(LaminaError, match="refiner"):
         ForegroundConfig(refiner=3)
-    for bad in ({"refiner_threshold": 0.0}, {"refiner_threshold": 1.0}, {"refiner_unknown": 0.6}):
+    for bad in ({"refiner_threshold": 0.0}, {"refiner_threshold": 1.0}, {"refiner_unknown": 0.6},
+                {"refiner_grabcut": 0.5}, {"refiner_grabcut": -0.1}):
         with pytest.raises(LaminaError, match=next(iter(bad))):
             ForegroundConfig(**bad)
+
+
+def test_grabcut_from_a_prior_keeps_its_sure_pixels():
+    from scipy import ndimage
+
+    scene = photo_scene(11, 96, _photos())
+    image, box = scene["composite"], scene["box"]
+    truth = scene["object_alpha"] > 0.5
+    core = ndimage.binary_erosion(truth, iterations=3)
+    far = ~ndimage.binary_dilation(truth, iterations=3)
+    prior = np.where(core, 1.0, np.where(far, 0.0, np.where(truth, 0.6, 0.4))).astype(np.float32)
+    mask = grabcut_mask(image, box, prior=prior)
+    assert mask[core].all() and not mask[far].any()  # fixed where the prior is sure
+    x0, y0, x1, y1 = box
+    assert not mask[:y0].any() and not mask[:, :x0].any() and not mask[y1:].any() and not mask[:, x1:].any()
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.9
+    # Nothing sure: GrabCut may move every pixel of the box.
+    loose = grabcut_mask(image, box, prior=np.where(truth, 0.7, 0.3).astype(np.float32), sure=0.0)
+    assert loose.dtype == bool and loose.any()
+    with pytest.raises(LaminaError, match="marks no object"):
+        grabcut_mask(image, box, prior=np.zeros(truth.shape, np.float32))
 
 
 def test_large_holes():
@@ -222,6 +370,25 @@ def test_training_runs_resumes_and_exports(photo_folder, tmp_path):
         resolve_config("tiny", nope=1)
 
 
+def test_training_on_real_objects(photo_folder, object_folder, tmp_path):
+    """With ``objects`` the samples put the folder's train split over the photographs; previews show held-out ones."""
+    with pytest.raises(ConfigError, match="objects=FOLDER"):
+        resolve_config("tiny", photos=str(photo_folder), p_object=0.5)
+    config = resolve_config("tiny", photos=str(photo_folder), objects=str(object_folder), p_object=1.0)
+    photos = [np.asarray(Image.open(p), np.float32) / 255 for p in sorted(photo_folder.iterdir())]
+    plain = resolve_config("tiny", photos=str(photo_folder))
+    assert not np.array_equal(make_sample(0, config, photos)["target"], make_sample(0, plain, photos)["target"])
+    export = training_loop(config, tmp_path / "run", echo=lambda _: None)
+    assert (export / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "run" / "training-config.json").read_text())
+    assert saved["objects"] == str(object_folder) and saved["p_object"] == 1.0
+    done = CliRunner().invoke(main, ["layeringdiff", "train-cutout", "--preset", "tiny", "--photos", str(photo_folder),
+                                     "--objects", str(object_folder), "--set", "p_object=0.5", "--out",
+                                     str(tmp_path / "cli"), "--dry-run"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["objects"] == str(object_folder)
+
+
 def test_cli_train_cutout_and_decompose_option(photo_folder, tmp_path):
     runner = CliRunner()
     done = runner.invoke(main, ["layeringdiff", "train-cutout", "--preset", "tiny", "--photos", str(photo_folder),
@@ -244,21 +411,25 @@ def test_cli_train_cutout_and_decompose_option(photo_folder, tmp_path):
 
 @pytest.mark.slow
 def test_builtin_refiner_beats_grabcut_on_photo_scenes():
-    """On composites over scikit-image's validation photographs the refined cut-out's alpha is closer to the truth."""
+    """On composites over scikit-image's validation photographs the default cut-out (the built-in refiner and
+    its second GrabCut pass) is closer to the true object alpha than GrabCut's alone."""
     skimage = pytest.importorskip("skimage")
-    from pathlib import Path
 
     root = Path(skimage.__file__).parent / "data"
     photos = [np.asarray(Image.open(root / name).convert("RGB"), np.float32) / 255.0
               for name in ("astronaut.png", "chelsea.png", "motorcycle_left.png", "brick.png", "grass.png")]
     sad = {None: [], "builtin": []}
-    for seed in range(12):
+    for seed in range(36):
         scene = photo_scene(700_000_000 + seed, 256, photos)
         for refiner in sad:
-            alpha = foreground_from_box(scene["composite"], scene["box"],
-                                        ForegroundConfig(refiner=refiner, effects=False)).alpha
+            try:
+                alpha = foreground_from_box(scene["composite"], scene["box"],
+                                            ForegroundConfig(refiner=refiner, effects=False)).alpha
+            except LaminaError:  # nothing found: what the user gets is no object
+                alpha = np.zeros_like(scene["object_alpha"])
             sad[refiner].append(np.abs(alpha - scene["object_alpha"]).sum())
-    assert np.mean(sad["builtin"]) < 0.85 * np.mean(sad[None]), sad
+    # Measured 2026-12-07: 2371 -> 1491 (-37 %); GrabCut alone finds nothing in 2 of the 36 boxes.
+    assert np.mean(sad["builtin"]) < 0.8 * np.mean(sad[None]), sad
 
 
 def test_config_values_refuses_unknown_keys_and_wrong_types():

@@ -50,10 +50,10 @@ _common_decompose_options = [
     click.option("--self-similar/--no-self-similar", "self_similar", default=True, show_default=True,
                  help="FBDD: under an opaque object, continue a repeating background texture (checks, tiles, "
                       "stripes, brick) from where the photo shows it; a background without one is left alone"),
-    click.option("--cutout-model", "cutout_model", default="none", show_default=True,
-                 help="a learned refiner of GrabCut's cut-out from a box: builtin (trained on procedural objects: "
-                      "better on graphic objects pasted on photos, worse on real objects), a folder saved by lamina "
-                      "layeringdiff train-cutout, or none (GrabCut's mask as it is)"),
+    click.option("--cutout-model", "cutout_model", default="builtin", show_default=True,
+                 help="the learned refiner of GrabCut's cut-out from a box (it says where the object is, GrabCut "
+                      "runs again from that): builtin, a folder saved by lamina layeringdiff train-cutout, or none "
+                      "(GrabCut's mask as it is)"),
     click.option("--split-effects", is_flag=True,
                  help="write each object's shadow and reflection as their own layers under the object (blend "
                       "modes multiply and screen), so effects can be toggled in an editor"),
@@ -74,7 +74,7 @@ class _Settings:
 
     def __init__(self, *, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
                  self_similar: bool, split_effects: bool, grounding: tuple[str, ...], prompts: tuple[str, ...],
-                 device: str, dtype: str, cutout_model: str = "none") -> None:
+                 device: str, dtype: str, cutout_model: str = "builtin") -> None:
         if method == "classical" and (model is not None or steps is not None):
             raise LaminaError("--model and --steps apply to --method layeringdiff (FBDD), not classical")
         self.method, self.model, self.device, self.dtype = method, model, device, dtype
@@ -337,19 +337,22 @@ def train(data: str, preset: str, run_dir: Path, backbone: str | None, init: str
 @layeringdiff.command("train-cutout")
 @click.option("--photos", type=click.Path(file_okay=False, exists=True), default=None,
               help="folder of photographs for the scenes' backgrounds and object textures (at least two)")
+@click.option("--objects", type=click.Path(file_okay=False, exists=True), default=None,
+              help="folder of real objects' RGBA cut-outs (true alpha; its train split is used): a share p_object "
+                   "of the scenes (--set p_object=0.7) puts one of them over the photograph")
 @click.option("--preset", default="builtin", show_default=True, help="builtin | tiny")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="run folder; running the same command again resumes")
 @training_options(batch_help="global batch size, all processes together (batch_size)",
                   set_example="--set workers=2 --set net.channels=[16,32,64]")
-def train_cutout(photos: str | None, preset: str, run_dir: Path, total_steps: int | None, batch_size: int | None,
-                 lr: float | None, seed: int | None, overrides: tuple[str, ...], max_minutes: float | None,
-                 threads: int | None, dry_run: bool) -> None:
+def train_cutout(photos: str | None, objects: str | None, preset: str, run_dir: Path, total_steps: int | None,
+                 batch_size: int | None, lr: float | None, seed: int | None, overrides: tuple[str, ...],
+                 max_minutes: float | None, threads: int | None, dry_run: bool) -> None:
     """Train the cut-out refiner (GrabCut's mask from a box, corrected by a small CNN) on composites over PHOTOS."""
     from .cutout_train import resolve_config, training_loop
 
-    config = resolve_training_config(resolve_config, preset, overrides, photos=photos, total_steps=total_steps,
-                                     batch_size=batch_size, lr=lr, seed=seed)
+    config = resolve_training_config(resolve_config, preset, overrides, photos=photos, objects=objects,
+                                     total_steps=total_steps, batch_size=batch_size, lr=lr, seed=seed)
     if dry_run:
         click.echo(json.dumps(config.to_dict(), indent=2))
         return

@@ -15,14 +15,18 @@ module is lamina's own small replacement for that step (our design, not the pape
   blocks at the lowest scale for context) whose logits are a correction on top of GrabCut's
   mask: ``logits = head(features) + prior_gain * (2 m - 1)``, so an untrained net reproduces
   GrabCut and training learns only where GrabCut errs.
-* **Output** (:func:`refine_mask`): the object probability is resized back to the window and
-  thresholded at 0.5 inside the box; the usual trimap and matting then run at full resolution,
-  so soft edges and thin parts below the working size still come from matting.
+* **Output** (:func:`object_probability`): the object probability, resized back to the window,
+  inside the box. lamina's foreground stage (:func:`.foreground.foreground_from_box`) runs GrabCut
+  a second time from it (``ForegroundConfig.refiner_grabcut``): the network says where the object
+  is at its working size, GrabCut's colour models draw the outline at full resolution; the usual
+  trimap and matting follow, so soft edges and thin parts still come from matting.
+  (:func:`refine_mask`: the probability thresholded at 0.5, without the second pass.)
 
-Trained on :func:`lamina.data.photo_scenes.photo_scene` composites over photographs that the
-photo benchmark never uses (:mod:`.cutout_train`); the built-in model and its sources are in
-``assets/cutout`` (``README.md``). Inference is pure PyTorch (no diffusers import): the weights
-are ``model.safetensors`` beside ``config.json``.
+Trained on :func:`lamina.data.photo_scenes.photo_scene` composites (procedural objects) and
+:func:`~lamina.data.photo_scenes.object_scene` composites (real objects' cut-outs with their true
+alpha) over photographs that the photo benchmark never uses (:mod:`.cutout_train`); the built-in
+model and its sources are in ``assets/cutout`` (``README.md``). Inference is pure PyTorch (no
+diffusers import): the weights are ``model.safetensors`` beside ``config.json``.
 """
 
 from __future__ import annotations
@@ -240,7 +244,7 @@ def network_input(image: np.ndarray, box: tuple[int, int, int, int], mask: np.nd
 
 
 def object_probability(net: CutoutNet, image: np.ndarray, box: tuple[int, int, int, int],
-                       mask: np.ndarray) -> np.ndarray:
+                       mask: np.ndarray, *, mirror: bool = False) -> np.ndarray:
     """The refiner's object probability ``float32`` ``[H, W]`` in ``[0, 1]`` (0 outside ``box``).
 
     Args:
@@ -248,16 +252,20 @@ def object_probability(net: CutoutNet, image: np.ndarray, box: tuple[int, int, i
         image: ``float32`` ``[H, W, 3]`` in ``[0, 1]``.
         box: ``(x0, y0, x1, y1)`` inside the image, exclusive end.
         mask: GrabCut's mask ``[H, W]``.
+        mirror: average the probabilities of the window and of its mirror image (one batch of two).
     """
     import cv2
 
     h, w = image.shape[:2]
     x0, y0, x1, y1 = box
     inputs, (x, y, side) = network_input(image, box, mask, net.config)
+    batch = torch.from_numpy(np.stack([inputs, inputs[:, :, ::-1]]) if mirror else inputs[None])
     with torch.inference_mode():
         parameter = next(net.parameters())
-        logits = net(torch.from_numpy(inputs)[None].to(parameter.device, parameter.dtype)).logits
-        window = torch.sigmoid(logits)[0, 0].float().cpu().numpy()
+        probabilities = torch.sigmoid(net(batch.to(parameter.device, parameter.dtype)).logits)[:, 0]
+        if mirror:
+            probabilities = (probabilities[0] + probabilities[1].flip(-1)) / 2.0
+        window = probabilities.reshape(probabilities.shape[-2:]).float().cpu().numpy()
     window = cv2.resize(window, (side, side), interpolation=cv2.INTER_LINEAR)
     probability = np.zeros((h, w), np.float32)
     ya, yb, xa, xb = max(y0, y), min(y1, y + side), max(x0, x), min(x1, x + side)

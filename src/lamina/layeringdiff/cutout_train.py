@@ -1,8 +1,10 @@
 """Training the cut-out refiner (:mod:`.cutout`): config presets, samples, and the training loop.
 
-Our design. Each sample is a :func:`lamina.data.photo_scenes.photo_scene` composite at a random
-size over a folder of photographs (``photos``; the built-in model used photographs that the photo
-benchmark never sees, see ``assets/cutout/README.md``), its box grown by a random ``pad`` (a
+Our design. Each sample is a :func:`lamina.data.photo_scenes.photo_scene` composite (a procedural
+object) or, a share ``p_object`` of them, an :func:`~lamina.data.photo_scenes.object_scene` composite
+(a real object's cut-out from the ``train`` split of ``objects``) at a random size over a folder of
+photographs (``photos``; the built-in model used photographs that the photo benchmark never sees,
+see ``assets/cutout/README.md``), its box grown by a random ``pad`` (a
 user's box is loose by a varying amount), GrabCut run on it exactly as at inference
 (:func:`lamina.layeringdiff.foreground.grabcut_mask` with lamina's defaults), and the window the
 refiner sees (:func:`.cutout.network_input`); the target is the true object's coverage in that
@@ -44,6 +46,11 @@ class CutoutTrainingConfig:
 
     Attributes:
         photos: folder of photographs for backgrounds and object textures (at least two).
+        objects: folder of real objects' cut-outs with their true alpha (RGBA images,
+            :class:`lamina.data.photo_scenes.ObjectFolder`; its ``train`` split is used, the other two
+            are the photo benchmark's); ``None``: procedural objects only.
+        p_object: share of samples that put a real object (:func:`lamina.data.photo_scenes.object_scene`)
+            instead of a procedural one over the photograph.
         net: the refiner's size (:class:`CutoutNetConfig`).
         sizes: scene sizes in px, drawn uniformly per sample.
         pad: the box is the object's box grown by a share of its size drawn from this range.
@@ -64,6 +71,8 @@ class CutoutTrainingConfig:
     """
 
     photos: str | None = None
+    objects: str | None = None
+    p_object: float = 0.0
     net: CutoutNetConfig = field(default_factory=CutoutNetConfig)
     sizes: tuple[int, ...] = (192, 256)
     pad: tuple[float, float] = (0.01, 0.12)
@@ -93,7 +102,7 @@ class CutoutTrainingConfig:
             object.__setattr__(self, "net", CutoutNetConfig.from_dict(self.net))
         for name in ("sizes", "pad"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("p_handle", "p_inner", "p_flip"):
+        for name in ("p_handle", "p_inner", "p_flip", "p_object"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"CutoutTrainingConfig.{name} must be a probability in [0, 1], "
                                   f"got {getattr(self, name)}")
@@ -104,6 +113,9 @@ class CutoutTrainingConfig:
         for name in ("batch_size", "total_steps", "log_every", "checkpoint_every", "preview_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"CutoutTrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.p_object > 0 and self.objects is None:
+            raise ConfigError("CutoutTrainingConfig.p_object > 0 needs a folder of object cut-outs: "
+                              "--objects FOLDER (--set objects=FOLDER)")
         if self.workers < 0:
             raise ConfigError(f"CutoutTrainingConfig.workers must be >= 0, got {self.workers}")
 
@@ -154,17 +166,34 @@ def _photos(folder: str | None) -> list[np.ndarray]:
     return photos
 
 
-def make_sample(seed: int, config: CutoutTrainingConfig, photos: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """One training sample: ``{"input": [6, S, S], "target": [1, S, S], "box": [4], "image": [3, S, S]}``."""
-    import cv2
+def _objects(config: CutoutTrainingConfig) -> list[np.ndarray]:
+    """The ``train`` split of the run's object cut-outs (none without ``objects``)."""
+    from ..data.photo_scenes import ObjectFolder
 
-    from ..data.photo_scenes import photo_scene
+    return [] if config.objects is None else ObjectFolder.of(config.objects, "train").objects
+
+
+def training_scene(seed: int, config: CutoutTrainingConfig, photos: list[np.ndarray], objects: list[np.ndarray],
+                   size: int, pad: float, rng: np.random.Generator) -> dict[str, Any]:
+    """A real object's scene (share ``p_object``) or a procedural object's (maybe with inner content)."""
+    from ..data.photo_scenes import object_scene, photo_scene
+
+    # No extra draw without objects: runs without them see the samples they always saw.
+    if config.p_object > 0 and rng.random() < config.p_object:
+        return object_scene(seed, size, photos, objects, pad=pad)
+    scene = photo_scene(seed, size, photos, pad=pad, p_handle=config.p_handle)
+    return inner_content(scene, rng, photos) if rng.random() < config.p_inner else scene
+
+
+def make_sample(seed: int, config: CutoutTrainingConfig, photos: list[np.ndarray],
+                objects: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """One training sample: ``{"input": [6, S, S], "target": [1, S, S]}`` (``S`` the refiner's working size)."""
+    import cv2
 
     rng = np.random.default_rng([seed, 37])
     size = int(config.sizes[int(rng.integers(len(config.sizes)))])
-    scene = photo_scene(seed, size, photos, pad=float(rng.uniform(*config.pad)), p_handle=config.p_handle)
-    if rng.random() < config.p_inner:
-        scene = inner_content(scene, rng, photos)
+    pad = float(rng.uniform(*config.pad))
+    scene = training_scene(seed, config, photos, _objects(config) if objects is None else objects, size, pad, rng)
     inputs, (x, y, side) = network_input(scene["composite"], scene["box"], _grabcut(scene), config.net)
     s = config.net.working_size
     target = cv2.resize(crop_padded(scene["object_alpha"], x, y, side), (s, s), interpolation=cv2.INTER_AREA)
@@ -228,23 +257,30 @@ class _StepBatches(torch.utils.data.Dataset):
         return self.config.total_steps
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        photos = _photos(self.config.photos)
+        photos, objects = _photos(self.config.photos), _objects(self.config)
         base = (self.config.seed * 1_000_003 + step) * self.config.batch_size
-        samples = [make_sample(base + i, self.config, photos) for i in range(self.config.batch_size)]
+        samples = [make_sample(base + i, self.config, photos, objects) for i in range(self.config.batch_size)]
         return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
 
 
 # ------------------------------------------------------------------------ preview
 def write_preview(net: CutoutNet, config: CutoutTrainingConfig, path: Path) -> None:
-    """A contact sheet of held-out scenes: the composite with GrabCut's cut-out, the refined one and the truth."""
-    from ..data.photo_scenes import photo_scene
+    """A contact sheet of held-out scenes: the composite with GrabCut's cut-out, the refined one and the truth.
+
+    With ``objects``, every other scene is a real object's (of the ``validation`` split: never trained on).
+    """
+    from ..data.photo_scenes import ObjectFolder, object_scene, photo_scene
     from ..io import save_contact_sheet
     from ..layers import Layer, LayeredImage
 
     photos = _photos(config.photos)
+    held_out = None if config.objects is None else ObjectFolder.of(config.objects, "validation").objects
     sheets = []
     for i in range(config.preview_count):
-        scene = photo_scene(PREVIEW_SEED + i, max(config.sizes), photos)
+        if held_out and i % 2:
+            scene = object_scene(PREVIEW_SEED + i, max(config.sizes), photos, held_out)
+        else:
+            scene = photo_scene(PREVIEW_SEED + i, max(config.sizes), photos)
         image, grabcut = scene["composite"], _grabcut(scene)
         refined = refine_mask(net, image, scene["box"], grabcut)
         cutouts = [Layer(np.dstack([image, m.astype(np.float32)]), name=name) for name, m in (
@@ -265,7 +301,7 @@ def training_loop(config: CutoutTrainingConfig, run_dir: str | Path, *, echo: Ca
     from ..extras import require
     from ..progress import progress
 
-    _photos(config.photos)  # fail before anything is written
+    _photos(config.photos), _objects(config)  # fail before anything is written
     Accelerator = require("accelerate", "train").Accelerator
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main, world = accelerator.is_main_process, accelerator.num_processes

@@ -4,9 +4,9 @@ LayeringDiff gets its alpha from a matting chain, never from the diffusion model
 (box -> mask -> trimap -> alpha; Grounding DINO, SAM and ViTMatte in the paper). This module
 is the part of that chain that needs no weights:
 
-* **box** -> GrabCut (OpenCV) -> hard mask, optionally corrected by the learned cut-out refiner
-  (:mod:`.cutout`, a small CNN shipped in the package, ``ForegroundConfig(refiner="builtin")``; off by
-  default: it helps on procedural objects and hurts on real ones, see ``benchmarks/RESULTS.md``),
+* **box** -> GrabCut (OpenCV) -> hard mask -> the learned cut-out refiner (:mod:`.cutout`, a small
+  CNN shipped in the package) says where the object is -> GrabCut again from that, for the outline
+  (``ForegroundConfig(refiner=None)``: GrabCut's first mask as it is),
 * **mask** (the user's, or GrabCut's) -> trimap by eroding and dilating the mask,
 * **trimap** -> alpha by closed-form (``"cf"``, :mod:`lamina.layeringdiff.matting`) or shared
   (``"sm"``, pymatting) matting.
@@ -67,21 +67,31 @@ class ForegroundConfig:
         matting_max_side: matting runs on the unknown band's bounding box, downscaled to at
             most this side (known pixels are then restored at full resolution).
         refiner: the cut-out refiner that corrects GrabCut's mask from a box (:mod:`.cutout`):
-            ``"builtin"``, a folder saved by ``lamina layeringdiff train-cutout``, or ``None`` (the
-            default: GrabCut's mask as it is). The built-in one was trained on procedural objects over
-            photographs: it cuts those out better than GrabCut (alpha SAD -36 % on the photo
-            benchmark's validation split) but cuts parts off real objects (``benchmarks/RESULTS.md``).
-        refiner_threshold: the refined mask is the refiner's probability above this. Low, because an
-            object pixel the mask misses stays in the background layer (a ghost no fill can remove),
-            while a background pixel it takes is given back by matting in the unknown band (0.05 and
-            0.45 below were chosen on the photo benchmark's validation split, ``benchmarks/RESULTS.md``).
+            ``"builtin"`` (the default), a folder saved by ``lamina layeringdiff train-cutout``, or
+            ``None`` (GrabCut's mask as it is). The built-in one was trained on procedural objects and
+            on real objects' cut-outs over photographs; with the second GrabCut pass below it lowers the
+            alpha SAD on the photo benchmark's validation split by 46 % (procedural objects) and 24 %
+            (real objects) at 256², the hidden background level or better (``benchmarks/RESULTS.md``).
+        refiner_grabcut: run GrabCut again from the refiner's probability (:func:`grabcut_mask`'s
+            ``prior``), pixels within this of 0 or 1 fixed: the refiner says where the object is (at its
+            128 px working size), GrabCut's colour models draw its outline at full detail. On real
+            objects the refiner's own mask cuts parts off (a djembe's body, ``docs/cutout_real_objects.png``)
+            and the second pass gives them back. ``None``: the refiner's probability above
+            ``refiner_threshold`` is the mask (the behaviour before 2026-12-07's fifth session).
+        refiner_threshold: without ``refiner_grabcut`` (or when its pass finds nothing), the refined mask
+            is the refiner's probability above this. Low, because an object pixel the mask misses stays
+            in the background layer (a ghost no fill can remove), while a background pixel it takes is
+            given back by matting in the unknown band.
         refiner_unknown: pixels whose refiner probability is within this of 0.5 join the trimap's
             unknown band, so matting decides them (edges and thin parts the refiner's working size
-            blurs); 0: the trimap comes from the refined mask alone.
+            blurs); 0 (the default): the trimap comes from the refined mask alone (with the second
+            GrabCut pass the band made real objects half transparent: the djembe's skin).
         refiner_max_hole: a hole that the refiner opens in the object (a region its mask encloses)
             larger than this share of the object's filled area is left to GrabCut: the refiner learned
             from procedural scenes that what a thin ring encloses is background (a handle's inside),
-            and it says the same of a real cup's contents seen from above. 1: no limit.
+            and it said the same of a real cup's contents seen from above. 1: no limit.
+        refiner_mirror: average the refiner's probabilities of the window and its mirror image (off: on
+            the validation split it changed the alpha SAD by less than the noise, at twice the cost).
         effects: mark the effects region around and below the object.
         effects_below: how far below the object the region reaches, in object heights.
         effects_around: how far around the object the region reaches, in object sizes.
@@ -94,10 +104,12 @@ class ForegroundConfig:
     grabcut_iterations: int = 5
     grabcut_max_side: int = 512
     matting_max_side: int = 1024
-    refiner: str | None = None
+    refiner: str | None = "builtin"
+    refiner_grabcut: float | None = 0.005
     refiner_threshold: float = 0.05
-    refiner_unknown: float = 0.45
+    refiner_unknown: float = 0.0
     refiner_max_hole: float = 0.3
+    refiner_mirror: bool = False
     effects: bool = True
     effects_below: float = 0.5
     effects_around: float = 0.1
@@ -121,6 +133,9 @@ class ForegroundConfig:
             raise LaminaError(f"ForegroundConfig.refiner_threshold must be in (0, 1), got {self.refiner_threshold!r}")
         if not 0.0 <= self.refiner_unknown <= 0.5:
             raise LaminaError(f"ForegroundConfig.refiner_unknown must be in [0, 0.5], got {self.refiner_unknown!r}")
+        if self.refiner_grabcut is not None and not 0.0 <= self.refiner_grabcut < 0.5:
+            raise LaminaError(f"ForegroundConfig.refiner_grabcut must be in [0, 0.5) or None, "
+                              f"got {self.refiner_grabcut!r}")
         if not 0.0 < self.refiner_max_hole <= 1.0:
             raise LaminaError(f"ForegroundConfig.refiner_max_hole must be in (0, 1], got {self.refiner_max_hole!r}")
         if self.effects_below < 0 or self.effects_around < 0:
@@ -286,11 +301,17 @@ def estimate_alpha(image: np.ndarray, trimap: np.ndarray, method: str = "cf", ma
 
 
 # --------------------------------------------------------------------------- GrabCut
-def grabcut_mask(image: np.ndarray, box: Any, iterations: int = 5, max_side: int = 512, seed: int = 0) -> np.ndarray:
+def grabcut_mask(image: np.ndarray, box: Any, iterations: int = 5, max_side: int = 512, seed: int = 0, *,
+                 prior: np.ndarray | None = None, sure: float = 0.005, allow_empty: bool = False) -> np.ndarray:
     """Hard mask ``bool`` ``[H, W]`` of the object inside ``box`` ``(x0, y0, x1, y1)`` by GrabCut.
 
+    Without ``prior`` GrabCut starts from the box (everything outside it background). With an object
+    probability ``prior`` ``[H, W]`` in ``[0, 1]`` (the cut-out refiner's) it starts from that instead:
+    pixels in the box above 0.5 are probably object, the others probably background, and those within
+    ``sure`` of 0 or 1 are fixed; its colour models then decide the uncertain pixels at full detail.
+
     Raises :class:`LaminaError` for a box outside the image, one that leaves no background
-    around it, or when GrabCut finds no object in it.
+    around it, or when GrabCut finds no object in it (``allow_empty``: an empty mask is returned then).
     """
     cv2 = import_cv2()
     image = as_rgb(image)
@@ -307,10 +328,20 @@ def grabcut_mask(image: np.ndarray, box: Any, iterations: int = 5, max_side: int
     sx0, sy0 = min(int(x0 * sw / w), sw - 1), min(int(y0 * sh / h), sh - 1)
     sx1, sy1 = max(int(np.ceil(x1 * sw / w)), sx0 + 1), max(int(np.ceil(y1 * sh / h)), sy0 + 1)
     labels = np.zeros((sh, sw), np.uint8)
+    mode, rect = cv2.GC_INIT_WITH_RECT, (sx0, sy0, sx1 - sx0, sy1 - sy0)
+    if prior is not None:
+        p = np.asarray(prior, np.float32)
+        p = cv2.resize(p, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1.0 else p
+        inner = np.where(p[sy0:sy1, sx0:sx1] > 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+        inner[p[sy0:sy1, sx0:sx1] > 1.0 - sure] = cv2.GC_FGD
+        inner[p[sy0:sy1, sx0:sx1] < sure] = cv2.GC_BGD
+        if not (inner % 2).any():  # GC_FGD = 1, GC_PR_FGD = 3: no object pixel to start from
+            raise LaminaError(f"the cut-out prior marks no object in box {x0},{y0},{x1},{y1}")
+        labels[sy0:sy1, sx0:sx1] = inner
+        mode, rect = cv2.GC_INIT_WITH_MASK, None
     cv2.setRNGSeed(seed)
     try:
-        cv2.grabCut(small, labels, (sx0, sy0, sx1 - sx0, sy1 - sy0), np.zeros((1, 65)), np.zeros((1, 65)),
-                    iterations, cv2.GC_INIT_WITH_RECT)
+        cv2.grabCut(small, labels, rect, np.zeros((1, 65)), np.zeros((1, 65)), iterations, mode)
     except cv2.error as exc:
         raise LaminaError(f"GrabCut failed on box {x0},{y0},{x1},{y1}: {str(exc).strip().splitlines()[-1]}") from None
     fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)
@@ -318,7 +349,7 @@ def grabcut_mask(image: np.ndarray, box: Any, iterations: int = 5, max_side: int
         fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
     mask = np.zeros((h, w), bool)
     mask[y0:y1, x0:x1] = fg[y0:y1, x0:x1] > 0.5
-    if not mask.any():
+    if not mask.any() and not allow_empty:
         raise LaminaError(f"GrabCut found no object in box {x0},{y0},{x1},{y1}; draw a tighter box or pass a mask")
     return mask
 
@@ -341,19 +372,31 @@ def foreground_from_box(image: Any, box: Any, config: ForegroundConfig | None = 
     """
     config = config or ForegroundConfig()
     image = as_rgb(image)
-    hard = grabcut_mask(image, box, config.grabcut_iterations, config.grabcut_max_side, config.seed)
+    # With a refiner, an empty first mask is not the end: the refiner looks at the image itself.
+    hard = grabcut_mask(image, box, config.grabcut_iterations, config.grabcut_max_side, config.seed,
+                        allow_empty=config.refiner is not None)
     x0, y0, x1, y1 = check_box(box, image.shape[1], image.shape[0])
     uncertain = None
     if config.refiner is not None:
         from .cutout import load_refiner, object_probability
 
-        probability = object_probability(load_refiner(config.refiner), image, (x0, y0, x1, y1), hard)
+        probability = object_probability(load_refiner(config.refiner), image, (x0, y0, x1, y1), hard,
+                                         mirror=config.refiner_mirror)
         refined = probability > config.refiner_threshold
+        if config.refiner_grabcut is not None:
+            try:
+                refined = grabcut_mask(image, box, config.grabcut_iterations, config.grabcut_max_side, config.seed,
+                                       prior=probability, sure=config.refiner_grabcut)
+            except LaminaError:  # nothing to start from, or nothing found: the refiner's mask stays
+                pass
         if refined.any():  # else GrabCut's mask stays
             large = large_holes(probability > 0.5, config.refiner_max_hole)
             hard = np.where(large, hard, refined)
             if config.refiner_unknown > 0:
                 uncertain = (np.abs(probability - 0.5) < config.refiner_unknown) & ~large
+        if not hard.any():
+            raise LaminaError(f"neither GrabCut nor the cut-out refiner found an object in box {x0},{y0},{x1},{y1}; "
+                              "draw a tighter box or pass a mask")
     outside = np.ones(hard.shape, bool)
     outside[y0:y1, x0:x1] = False
     return _matte(image, hard, config, outside, uncertain)
