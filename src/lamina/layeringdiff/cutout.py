@@ -262,10 +262,8 @@ def object_probability(net: CutoutNet, image: np.ndarray, box: tuple[int, int, i
     batch = torch.from_numpy(np.stack([inputs, inputs[:, :, ::-1]]) if mirror else inputs[None])
     with torch.inference_mode():
         parameter = next(net.parameters())
-        probabilities = torch.sigmoid(net(batch.to(parameter.device, parameter.dtype)).logits)[:, 0]
-        if mirror:
-            probabilities = (probabilities[0] + probabilities[1].flip(-1)) / 2.0
-        window = probabilities.reshape(probabilities.shape[-2:]).float().cpu().numpy()
+        p = torch.sigmoid(net(batch.to(parameter.device, parameter.dtype)).logits)[:, 0]
+        window = ((p[0] + p[1].flip(-1)) / 2.0 if mirror else p[0]).float().cpu().numpy()
     window = cv2.resize(window, (side, side), interpolation=cv2.INTER_LINEAR)
     probability = np.zeros((h, w), np.float32)
     ya, yb, xa, xb = max(y0, y), min(y1, y + side), max(x0, x), min(x1, x + side)
