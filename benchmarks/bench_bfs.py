@@ -23,8 +23,9 @@ Metrics (:mod:`lamina.metrics.synthesis`): total / object / effects IoU against 
 (predicted effects = dark soft-alpha pixels, i.e. mostly shadows), alpha SAD (/1000), the largest
 background change where alpha is 0 (BFS and paste: must be exactly 0), composite FID/KID against
 the ground-truth composites with lamina's local random-conv features (relative only; few images),
-the share of "with a shadow" captions whose layer has a shadow touching the object, and seconds
-per layer (one thread, wall clock).
+the share of "with a shadow" captions whose layer has a shadow touching the object, the share of layers whose
+object's median colour is nearest to the caption's colour among the 12 named colours (the ``paste`` row is
+the exact objects' score, the ceiling), and seconds per layer (one thread, wall clock).
 
     python benchmarks/bench_bfs.py [--single 24] [--multi 8] [--photo 12] [--model builtin] [--steps N]
 """
@@ -44,7 +45,8 @@ import numpy as np  # noqa: E402
 
 COLUMNS = (("total_iou", "total IoU"), ("object_iou", "object IoU"), ("effects_iou", "effects IoU"),
            ("alpha_sad", "alpha SAD"), ("background_change", "bg change"), ("fid", "FID (local)"),
-           ("kid", "KID x1e3"), ("shadow_hit", "shadow hit"), ("sec_per_layer", "s / layer"))
+           ("kid", "KID x1e3"), ("shadow_hit", "shadow hit"), ("colour_hit", "colour hit"),
+           ("sec_per_layer", "s / layer"))
 
 
 #: gen+decompose layers for which GrabCut found no object in the generated composite (an empty layer is scored).

@@ -32,7 +32,7 @@ from lamina.layers import LayeredImage  # noqa: E402
 
 #: Smaller than the ``tiny`` preset, for speed (diffusers' own Flux Fill tests use sizes like these).
 SMALL = dataclasses.replace(
-    comp.get_preset("tiny"), name="test", resolution=32, vae_block_out_channels=(8, 16, 16), vae_norm_num_groups=8,
+    comp.get_preset("tiny-kl"), name="test", resolution=32, vae_block_out_channels=(8, 16, 16), vae_norm_num_groups=8,
     latent_channels=4, num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=16,
     joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8), text_hidden_size=32,
     text_intermediate_size=37, joint_rank=4, joint_alpha=4.0, inference_steps=2,
@@ -308,6 +308,58 @@ def test_widened_vae_encodes_and_decodes_like_the_rgb_vae(parts):
     assert torch.all(layer[:, 3] == 1.0)  # alpha starts opaque
 
 
+def test_linear_patch_vae_round_trips_and_fits_principal_components(tmp_path):
+    """The tiny preset's VAEs: pixel patches, exact with every component (RGB plus an opaque alpha channel; a layer
+    with soft alpha back as straight colour wherever alpha > 0); fitted, the kept principal components reconstruct
+    data that lies in their span exactly; saved and loaded as pipeline components."""
+    from lamina.bfs.patch_vae import LinearPatchVAE
+    from lamina.bfs.pipeline import decode_latents, encode_image, vae_scale_factor
+    from lamina.bfs.transparency import NEUTRAL_GREY, decode_layer, encode_layer
+
+    rgb_vae = LinearPatchVAE(image_channels=3, factor=4, scaling_factor=2.0, shift_factor=0.1)
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 16, 24, generator=g) * 2 - 1
+    latents = encode_image(rgb_vae, image)
+    assert latents.shape == (2, 64, 4, 6) and vae_scale_factor(rgb_vae) == 4
+    # cell (0, 0), channel 0 is pixel (0, 0) of red; channels 48.. are the opaque alpha, +1 in [-1, 1]
+    assert torch.allclose(latents[:, 0, 0, 0], (image[:, 0, 0, 0] - 0.1) * 2.0)
+    assert torch.allclose(latents[:, 48:], torch.full_like(latents[:, 48:], (1 - 0.1) * 2.0))
+    assert torch.equal(encode_image(rgb_vae, image, generator=g, sample=True), latents)  # a point mass
+    torch.testing.assert_close(decode_latents(rgb_vae, latents), image)
+
+    trans = LinearPatchVAE(image_channels=4, factor=4, unpremultiply_grey=NEUTRAL_GREY)
+    rgba = torch.rand(2, 4, 16, 24, generator=g)
+    rgba[:, 3, :4] = 0.0  # transparent rows: colour undefined, decoded as 0
+    rgba[:, 3, 4:8] = 0.05  # a faint shadow
+    layer = decode_layer(trans, encode_layer(trans, rgba))
+    torch.testing.assert_close(layer[:, 3], rgba[:, 3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer[:, :3, 4:], rgba[:, :3, 4:], atol=2e-5, rtol=0)
+    assert torch.all(layer[:, :3, :4] == 0)
+
+    # Images made of 3 patch patterns (plus a mean): 3 principal components hold them exactly.
+    patterns = torch.randn(3, 64, generator=g, dtype=torch.float64)
+    weights = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    cells = (weights @ patterns + 0.2).float().reshape(10, 2, 2, 64).permute(0, 3, 1, 2)  # [10, 64, 2, 2]
+    images = torch.nn.functional.pixel_shuffle(cells, 4)[:, :3]  # the 4th channel's patterns are dropped:
+    fitted = LinearPatchVAE(image_channels=3, factor=4, components=4)  # ... the opaque alpha adds a direction
+    fitted.fit(images)
+    assert fitted.config.latent_channels == 4
+    torch.testing.assert_close(fitted.basis.T @ fitted.basis, torch.eye(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fitted.decode(fitted.encode(images).latent_dist.mode()).sample, images,
+                               atol=1e-4, rtol=0)
+    fitted.save_pretrained(tmp_path / "fitted")
+    loaded = LinearPatchVAE.from_pretrained(tmp_path / "fitted")
+    assert torch.equal(loaded.basis, fitted.basis) and torch.equal(loaded.center, fitted.center)
+    with pytest.raises(LaminaError, match="image_channels"):
+        LinearPatchVAE(image_channels=2)
+    with pytest.raises(LaminaError, match="unpremultiply_grey"):
+        LinearPatchVAE(image_channels=4)
+    with pytest.raises(LaminaError, match="components must be 1 to 64"):
+        LinearPatchVAE(components=65)
+    with pytest.raises(LaminaError, match="sides multiples of 4"):
+        rgb_vae.encode(torch.zeros(1, 3, 10, 12))
+
+
 # ---------------------------------------------------------------------------- building blocks, components
 
 
@@ -331,18 +383,25 @@ def test_packing_and_mask_condition_follow_flux_fill():
 
 def test_tiny_components_sizes_and_tokenizers():
     tiny = comp.get_preset("tiny")
-    assert tiny.fill_in_channels == 128 and tiny.packing_multiple == 8
+    assert tiny.vae_kind == "patch" and tiny.latent_channels == 16
+    assert tiny.fill_in_channels == 2 * 4 * 16 + 4 * 16 and tiny.packing_multiple == 8
+    assert comp.get_preset("tiny-kl").fill_in_channels == 128 and comp.get_preset("tiny-kl").packing_multiple == 8
     clip, t5 = comp.build_clip_tokenizer(24), comp.build_t5_tokenizer(24)
     for word in comp.caption_vocabulary():
         assert len(clip.tokenize(word)) == 1, word
         assert len(t5.tokenize(word)) == 1, word
     transformer = comp.build_transformer(tiny)
+    assert transformer.config.in_channels == tiny.fill_in_channels and transformer.config.out_channels == 64
     assert 1.5e6 < comp.count_parameters(transformer) < 3e6
     assert comp.count_parameters(comp.build_joint(tiny, transformer)) < 0.6e6
     with pytest.raises(LaminaError, match="loaded from"):
         comp.build_components("flux-fill")
     with pytest.raises(LaminaError, match="unknown BFS components preset"):
         comp.get_preset("huge")
+    with pytest.raises(LaminaError, match="latent channels"):
+        dataclasses.replace(tiny, latent_channels=65)
+    with pytest.raises(LaminaError, match="vae_kind"):
+        dataclasses.replace(tiny, vae_kind="vq")
 
 
 # ---------------------------------------------------------------------------- pipeline

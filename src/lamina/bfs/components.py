@@ -5,6 +5,8 @@ adapter (:mod:`.joint`) and the transparency VAE (:mod:`.transparency`):
 
 * ``vae``: :class:`~diffusers.AutoencoderKL` RGB -> latent (the composite branch decodes with it);
 * ``trans_vae``: the same architecture with 4 (RGBA) image channels (the foreground branch);
+  or, with ``vae_kind="patch"`` (the ``tiny`` preset), both are linear codes of pixel patches
+  (:class:`~lamina.bfs.patch_vae.LinearPatchVAE`, fitted to data): a tiny learned VAE lost colour and soft alpha;
 * ``transformer``: a stock :class:`~diffusers.FluxTransformer2DModel` with Fill input channels
   ``in = 2 * 4c + s^2 * 4`` (noisy packed latents, packed condition latents, packed
   pixel-unshuffled mask; ``c`` latent channels, ``s`` the VAE's scale factor);
@@ -12,9 +14,10 @@ adapter (:mod:`.joint`) and the transparency VAE (:mod:`.transparency`):
   T5 (token embeddings), as in FLUX;
 * ``scheduler``: :class:`~diffusers.FlowMatchEulerDiscreteScheduler` with resolution-dependent shift.
 
-:data:`PRESETS` names two configs: ``tiny`` (built here, randomly initialised, trained on CPU
-into the built-in model) and ``flux-fill`` (full size; it only describes what to load: the
-weights are FLUX.1-Fill-dev's, which users bring themselves).
+:data:`PRESETS` names three configs: ``tiny`` (built here, randomly initialised, linear patch codes as VAEs,
+trained on CPU into the built-in model), ``tiny-kl`` (the same with tiny learned ``AutoencoderKL`` VAEs,
+trained by the ``vae`` stage: the full-size layout at toy size) and ``flux-fill`` (full size; it only
+describes what to load: the weights are FLUX.1-Fill-dev's, which users bring themselves).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ _GRAMMAR_WORDS = ("a", "an", "and", ",", "-", "with", "on", "in", "of", "front")
 _TOKENIZER_REPAIR_ROUNDS = 8
 
 
+#: VAE kinds of :class:`BFSComponentsConfig`: learned ``AutoencoderKL`` pairs, or linear patch codes.
+VAE_KINDS = ("kl", "patch")
+
+
 @dataclass(frozen=True)
 class BFSComponentsConfig:
     """Sizes of every BFS component (a preset of :data:`PRESETS`, or ``dataclasses.replace`` of one).
@@ -48,7 +55,10 @@ class BFSComponentsConfig:
     source: str | None = None
     #: Working resolution (short side, pixels) of the model.
     resolution: int = 64
-    # --- VAE (both ``vae`` and ``trans_vae``)
+    # --- VAE (both ``vae`` and ``trans_vae``): "kl" (AutoencoderKL) or "patch" (LinearPatchVAE of ``patch_factor``
+    # px patches, ``latent_channels`` components)
+    vae_kind: str = "kl"
+    patch_factor: int = 4
     vae_block_out_channels: tuple[int, ...] = (16, 32, 32)
     vae_layers_per_block: int = 1
     vae_norm_num_groups: int = 8
@@ -87,6 +97,11 @@ class BFSComponentsConfig:
     guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.vae_kind not in VAE_KINDS:
+            raise LaminaError(f"vae_kind must be one of {', '.join(VAE_KINDS)}, got {self.vae_kind!r}")
+        if self.vae_kind == "patch" and not 1 <= self.latent_channels <= 4 * self.patch_factor ** 2:
+            raise LaminaError(f"a patch VAE of factor {self.patch_factor} has 1 to {4 * self.patch_factor ** 2} "
+                              f"latent channels, got latent_channels={self.latent_channels}")
         if self.joint_single_tokens not in ("all", "image"):
             raise LaminaError(f"joint_single_tokens must be 'all' or 'image', got {self.joint_single_tokens!r}")
         if self.resolution % self.packing_multiple:
@@ -95,8 +110,9 @@ class BFSComponentsConfig:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell: ``2 ** (len(vae_block_out_channels) - 1)``, as diffusers computes it."""
-        return 2 ** (len(self.vae_block_out_channels) - 1)
+        """Pixels per latent cell side: ``patch_factor``, or ``2 ** (len(vae_block_out_channels) - 1)`` as diffusers
+        computes it for an ``AutoencoderKL``."""
+        return self.patch_factor if self.vae_kind == "patch" else 2 ** (len(self.vae_block_out_channels) - 1)
 
     @property
     def packing_multiple(self) -> int:
@@ -118,7 +134,8 @@ class BFSComponentsConfig:
 
 #: Named presets. ``flux-fill`` describes FLUX.1-Fill-dev (loaded, never built here).
 PRESETS: dict[str, BFSComponentsConfig] = {
-    "tiny": BFSComponentsConfig(),
+    "tiny": BFSComponentsConfig(vae_kind="patch", patch_factor=4, latent_channels=16),
+    "tiny-kl": BFSComponentsConfig(name="tiny-kl"),
     "flux-fill": BFSComponentsConfig(
         name="flux-fill", source="black-forest-labs/FLUX.1-Fill-dev", resolution=512,
         vae_block_out_channels=(128, 256, 512, 512), vae_layers_per_block=2, vae_norm_num_groups=32,
@@ -134,7 +151,7 @@ PRESETS: dict[str, BFSComponentsConfig] = {
 
 
 def get_preset(name: str) -> BFSComponentsConfig:
-    """The preset called ``name`` (``tiny`` or ``flux-fill``)."""
+    """The preset called ``name`` (``tiny``, ``tiny-kl`` or ``flux-fill``)."""
     if name not in PRESETS:
         raise LaminaError(f"unknown BFS components preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
@@ -217,8 +234,18 @@ def build_t5_tokenizer(max_length: int) -> Any:
 
 
 def build_vae(config: BFSComponentsConfig, channels: int = 3) -> Any:
-    """A randomly initialised :class:`~diffusers.AutoencoderKL` with ``channels`` image channels (no quant convs)."""
+    """A randomly initialised :class:`~diffusers.AutoencoderKL` with ``channels`` image channels (no quant convs),
+    or for ``vae_kind="patch"`` a :class:`~lamina.bfs.patch_vae.LinearPatchVAE` (not yet fitted; the RGBA one
+    un-premultiplies from :data:`~lamina.bfs.transparency.NEUTRAL_GREY`)."""
     from diffusers import AutoencoderKL
+
+    if config.vae_kind == "patch":
+        from .patch_vae import LinearPatchVAE
+        from .transparency import NEUTRAL_GREY
+
+        return LinearPatchVAE(image_channels=channels, factor=config.patch_factor, components=config.latent_channels,
+                              scaling_factor=config.vae_scaling_factor, shift_factor=config.vae_shift_factor,
+                              unpremultiply_grey=NEUTRAL_GREY if channels == 4 else None)
 
     n = len(config.vae_block_out_channels)
     return AutoencoderKL(
@@ -295,7 +322,8 @@ def build_components(config: BFSComponentsConfig | str = "tiny", seed: int = 0) 
     """Every component of a randomly initialised BFS model (keys as :class:`~lamina.bfs.pipeline.BFSPipeline`'s).
 
     ``trans_vae`` is ``vae`` widened to RGBA (:func:`~lamina.bfs.transparency.widen_vae`), so that
-    before training it encodes a layer as ``vae`` encodes its colour.
+    before training it encodes a layer as ``vae`` encodes its colour; patch codes are fitted to data when a
+    run starts instead (:func:`lamina.bfs.train.fit_patch_codes`).
     """
     from ..extras import require
     from .transparency import widen_vae
@@ -308,7 +336,7 @@ def build_components(config: BFSComponentsConfig | str = "tiny", seed: int = 0) 
                           "(BFSPipeline.from_fill), not built from random weights")
     torch.manual_seed(seed)
     vae = build_vae(config)
-    trans_vae = widen_vae(vae)
+    trans_vae = build_vae(config, channels=4) if config.vae_kind == "patch" else widen_vae(vae)
     transformer = build_transformer(config)
     parts = build_text_encoders(config)
     joint = build_joint(config, transformer)

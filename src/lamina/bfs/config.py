@@ -26,6 +26,10 @@ STAGES = ("vae", "layered", "composite")
 #: What stage ``vae`` trains: both VAEs from their start, or only the transparency VAE's decoder (its encoder, whose
 #: latents a trained transformer denoises, stays frozen: a decoder fine-tune of a finished model).
 VAE_MODULES = ("both", "trans_decoder")
+#: Why stage ``vae`` cannot train a model whose VAEs are linear patch codes (``lamina.bfs.patch_vae``).
+PATCH_CODE_VAE_STAGE = ("stage vae: this model's VAEs are linear patch codes (components 'tiny'), fitted when a run "
+                        "starts, with nothing to train; train the 'layered' stage, or give --set components=tiny-kl "
+                        "for learned VAEs")
 #: Mixed precision modes of ``accelerate``.
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -47,6 +51,7 @@ class BFSTrainConfig:
     composite_backgrounds: str = "auto"  # stage composite: "auto" (photos if scikit-image is installed), "procedural"
     # Model.
     components: str = "tiny"  # tiny component preset (lamina.bfs.components) when base is None
+    latent_channels: int | None = None  # ... with this many latent channels (None: the preset's; tiny: components)
     base: str | None = None  # FLUX.1-Fill-style folder or hub id (None: tiny components built from scratch)
     init: str | None = None  # start from this saved BFS export (RUN/export, a folder or "builtin")
     train_base: bool = True  # stage layered/composite: also train the base transformer (tiny: no pretrained base)
@@ -101,6 +106,11 @@ class BFSTrainConfig:
                 raise LaminaError(f"{f.name} must be a probability in [0, 1], got {getattr(self, f.name)}")
         if self.vae_modules not in VAE_MODULES:
             raise LaminaError(f"vae_modules must be one of {', '.join(VAE_MODULES)}, got {self.vae_modules!r}")
+        if self.stage == "vae" and self.init is None and self.base is None:
+            from .components import get_preset
+
+            if get_preset(self.components).vae_kind == "patch":
+                raise LaminaError(PATCH_CODE_VAE_STAGE)
         if self.composite_backgrounds not in ("auto", "procedural"):
             raise LaminaError(f"composite_backgrounds must be 'auto' or 'procedural', got "
                               f"{self.composite_backgrounds!r}")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..layers import Layer, LayeredImage
-from ..metrics.synthesis import background_change, layer_metrics, shadow_touches_object
+from ..metrics.synthesis import background_change, caption_colour_hit, layer_metrics, shadow_touches_object
 
 #: Held-out scenes start at this seed (training uses far smaller ones).
 HELD_OUT_SEED = 900_000_000
@@ -116,7 +116,8 @@ def evaluate_method(method: Method, cases: list[Case], keep: list[LayeredImage] 
 
     Region IoUs and alpha SAD per layer; the largest change of the method's output background (its
     input unless it returns one) where the layer's alpha is 0; the share of "with a shadow" captions
-    whose layer has a shadow touching the object; seconds per layer. ``keep`` collects the output
+    whose layer has a shadow touching the object; the share of layers whose object has the caption's colour
+    (``colour_hit``); seconds per layer. ``keep`` collects the output
     :class:`LayeredImage` of each case."""
     rows: list[dict[str, float]] = []
     shadows, change, seconds = [], 0.0, 0.0
@@ -131,7 +132,8 @@ def evaluate_method(method: Method, cases: list[Case], keep: list[LayeredImage] 
             layer = np.asarray(layer, np.float32)
             change = max(change, background_change(np.asarray(produced, np.float32), current, layer[:, :, 3]))
             result.layers.append(Layer(layer, name=f"{k}: {target.caption or 'layer'}"))
-            rows.append(layer_metrics(layer, target.object_alpha, target.effects_alpha))
+            rows.append(layer_metrics(layer, target.object_alpha, target.effects_alpha)
+                        | {"colour_hit": caption_colour_hit(layer, target.caption)})
             if "with a shadow" in target.caption:
                 shadows.append(shadow_touches_object(layer))
         if keep is not None:

@@ -28,6 +28,7 @@ from ..errors import LaminaError
 from ..layers import Layer, LayeredImage, check_box
 from ..progress import progress
 from .joint import BFSJointAdapter, BFSJointProcessor
+from .patch_vae import LinearPatchVAE  # noqa: F401  (a component class: from_pretrained finds it once imported)
 
 #: A pixel of a region mask is inside above this value (masks in [0, 1]; uint8 masks are scaled).
 MASK_THRESHOLD = 0.5
@@ -107,8 +108,10 @@ def encode_prompts(
 
 
 def vae_scale_factor(vae: nn.Module) -> int:
-    """Pixels per latent cell of a diffusers VAE (``2 ** (len(block_out_channels) - 1)``)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    """Pixels per latent cell side of a diffusers VAE (``2 ** (len(block_out_channels) - 1)``), or the ``factor``
+    of a :class:`~lamina.bfs.patch_vae.LinearPatchVAE`."""
+    factor = vae.config.get("factor")
+    return int(factor) if factor is not None else 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def _vae_shift_scale(vae: nn.Module) -> tuple[float, float]:

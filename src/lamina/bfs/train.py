@@ -32,7 +32,7 @@ import torch
 
 from ..errors import LaminaError
 from ..training import EMA, Deadline, RunDir
-from .config import RESUMABLE_CHANGES, BFSTrainConfig
+from .config import PATCH_CODE_VAE_STAGE, RESUMABLE_CHANGES, BFSTrainConfig
 from .data import collate, make_source
 from .losses import (
     composite_only_loss,
@@ -51,6 +51,8 @@ from .losses import (
 HELD_OUT_SEED = 2_000_000_000
 #: Samples used to measure a VAE's latent mean and std at export.
 LATENT_STAT_SAMPLES = 32
+#: Samples whose patches fit a linear patch code's basis (:func:`fit_patch_codes`).
+PATCH_FIT_SAMPLES = 256
 
 
 # --------------------------------------------------------------------------------- the VAEs
@@ -124,12 +126,22 @@ def transparency_decoder_losses(trans_vae: Any, batch: dict[str, Any], generator
 
 
 @torch.no_grad()
+def fit_patch_codes(vae: Any, trans_vae: Any, config: BFSTrainConfig) -> None:
+    """Fit both :class:`~lamina.bfs.patch_vae.LinearPatchVAE` codes (principal components of their patches) to
+    :data:`PATCH_FIT_SAMPLES` preview-range samples: ``vae`` to composites, ``trans_vae`` to layers."""
+    source = make_source(replace(config, stage="layered", p_drop_caption=0.0))
+    batch = collate([source(HELD_OUT_SEED + i) for i in range(PATCH_FIT_SAMPLES)])
+    vae.fit(batch["composite"] * 2.0 - 1.0)
+    trans_vae.fit(transparency_input(batch["foreground"]))
+
+
+@torch.no_grad()
 def set_latent_statistics(vae: Any, trans_vae: Any, config: BFSTrainConfig) -> None:
     """Set both VAEs' ``shift_factor`` (mean) and ``scaling_factor`` (1 / std) from held-out samples,
     so the transformer sees unit-variance latents in both rows."""
     source = make_source(replace(config, stage="layered", p_drop_caption=0.0))
     batch = collate([source(HELD_OUT_SEED + i) for i in range(LATENT_STAT_SAMPLES)])
-    device = next(vae.parameters()).device
+    device = vae.device
     for model, latent in ((vae, encode_rgb(vae, batch["composite"].to(device)).mean),
                           (trans_vae, encode_rgba(trans_vae, batch["foreground"].to(device)).mean)):
         model.register_to_config(shift_factor=float(latent.mean()), scaling_factor=float(1.0 / latent.std()))
@@ -235,9 +247,13 @@ def load_parts(config: BFSTrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
         from .components import build_components, get_preset
 
-        preset = dc_replace(get_preset(config.components), joint_rank=config.lora_rank,
-                            joint_alpha=float(config.lora_rank))
+        preset = get_preset(config.components)
+        preset = dc_replace(preset, joint_rank=config.lora_rank, joint_alpha=float(config.lora_rank),
+                            latent_channels=config.latent_channels or preset.latent_channels)
         parts = build_components(preset, seed=config.seed)
+        if preset.vae_kind == "patch":  # no VAE stage: fit and normalise the codes now (a KL pair: at its export)
+            fit_patch_codes(parts["vae"], parts["trans_vae"], config)
+            set_latent_statistics(parts["vae"], parts["trans_vae"], config)
         options = {"resolution": config.resolution, "inference_steps": config.inference_steps,
                    "guidance_scale": preset.guidance_scale, "max_sequence_length": preset.max_sequence_length}
         return parts, options
@@ -258,6 +274,8 @@ def _trainable(config: BFSTrainConfig, parts: dict[str, Any]) -> torch.nn.Module
     for module in parts.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False).eval()
+    if config.stage == "vae" and not any(True for _ in parts["trans_vae"].parameters()):
+        raise LaminaError(PATCH_CODE_VAE_STAGE)  # (a saved model's: ``init``)
     if config.stage == "vae" and config.vae_modules == "trans_decoder":
         trans_vae = parts["trans_vae"]
         trans_vae.train()

@@ -10,9 +10,10 @@ Generation is stochastic, so these are loose geometric checks, not pixel errors:
   object (so a dark object's anti-aliased rim is not a shadow) -- this measures shadows;
   reflections mostly count as object.
 * **IoU** of each region, **alpha SAD** (in thousands, as alphamatting.com), **background change**
-  where the layer's alpha is 0 (must be exactly 0: BFS never regenerates the background), and
+  where the layer's alpha is 0 (must be exactly 0: BFS never regenerates the background),
   whether a "with a shadow" caption got a shadow region that touches the object
-  (:func:`shadow_touches_object`).
+  (:func:`shadow_touches_object`), and whether the object has the caption's colour
+  (:func:`caption_colour_hit`).
 
 Inputs are channel-last NumPy arrays in ``[0, 1]``: layers straight RGBA ``[H, W, 4]``, maps ``[H, W]``.
 """
@@ -77,6 +78,26 @@ def shadow_touches_object(layer: np.ndarray) -> bool:
     regions = predicted_regions(layer)
     near = dilate(regions["object"], TOUCH_PX) & regions["effects"]
     return bool(regions["effects"].sum() >= MIN_EFFECT_PIXELS and near.any())
+
+
+def caption_colour_hit(layer: np.ndarray, caption: str, top: int = 1) -> float:
+    """1.0 when the colour the caption names is among the ``top`` named colours (:data:`lamina.data.captions.COLORS`)
+    nearest in RGB to the median colour of the layer's object region, 0.0 when not or when the layer has no object;
+    NaN when the caption names no colour. Shading, stripes and speckles pull the median away from the named colour
+    (a shaded yellow reads as brown), so even exact layers miss sometimes: compare methods with the exact layers'
+    score. Chance is ``top / 12``."""
+    from ..data.captions import COLORS
+
+    named = [word for word in caption.replace(",", " ").split() if word in COLORS]
+    if not named:
+        return float("nan")
+    obj = predicted_regions(layer)["object"]
+    if not obj.any():
+        return 0.0
+    median = np.median(layer[:, :, :3][obj], axis=0)
+    names = list(COLORS)
+    order = np.argsort([np.sum((median - np.asarray(COLORS[n])) ** 2) for n in names], kind="stable")
+    return float(named[0] in [names[int(i)] for i in order[:top]])
 
 
 def background_change(composite: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> float:
