@@ -4,7 +4,7 @@ The tiny learned :class:`~diffusers.AutoencoderKL` (0.24 M parameters, ``bfs.md`
 poor autoencoder at this size: trained from scratch on the procedural scenes it reconstructed
 21-22 dB and **no colour at all** (its decoded composites were grey), and a layer's soft shadow
 alpha came back with an effects IoU of 0.28, so the transformer denoised a latent space without
-colour (``benchmarks/RESULTS.md``, "BFS: a linear patch code instead of the tiny VAE"). ``bfs.md``
+colour (``benchmarks/RESULTS.md``, BFS, "Fifth built-in"). ``bfs.md``
 names the fallback, a pixel-unshuffle "VAE" with the composite treated as RGBA of alpha 1; raw
 unshuffled pixels, though, make tokens (``2f x 2f`` pixels x 4 channels = 256 numbers at ``f = 4``)
 wider than the tiny transformer (128), which then cannot carry the noise it must predict. So:
