@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.captions import COLORS
+
 #: A pixel belongs to the layer where alpha exceeds this.
 TOTAL_T = 0.05
 #: ... to the object where alpha is at least this (and it is not an effect).
@@ -86,8 +88,6 @@ def caption_colour_hit(layer: np.ndarray, caption: str, top: int = 1) -> float:
     NaN when the caption names no colour. Shading, stripes and speckles pull the median away from the named colour
     (a shaded yellow reads as brown), so even exact layers miss sometimes: compare methods with the exact layers'
     score. Chance is ``top / 12``."""
-    from ..data.captions import COLORS
-
     named = [word for word in caption.replace(",", " ").split() if word in COLORS]
     if not named:
         return float("nan")
