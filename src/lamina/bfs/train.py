@@ -61,21 +61,12 @@ def encode_rgb(vae: Any, rgb: torch.Tensor) -> Any:
     return vae.encode(rgb * 2.0 - 1.0).latent_dist
 
 
-def transparency_input(rgba: torch.Tensor) -> torch.Tensor:
-    """Transparency VAE input ``[N, 4, H, W]`` in [-1, 1] from straight RGBA in [0, 1]: the layer over grey
-    (so its first channels look like the RGB VAE's input) and alpha."""
-    return torch.cat([over_grey(rgba), rgba[:, 3:]], 1) * 2.0 - 1.0
-
-
 def encode_rgba(trans_vae: Any, rgba: torch.Tensor) -> Any:
-    """Transparency VAE posterior of straight RGBA ``[N, 4, H, W]`` in [0, 1]."""
-    return trans_vae.encode(transparency_input(rgba)).latent_dist
+    """Transparency VAE posterior of straight RGBA ``[N, 4, H, W]`` in [0, 1] (its input: the layer over grey,
+    then alpha, :func:`~lamina.bfs.transparency.layer_to_vae_input`)."""
+    from .transparency import layer_to_vae_input
 
-
-def normalise(vae: Any, latent: torch.Tensor) -> torch.Tensor:
-    """Raw VAE latent -> the transformer's latent space: ``(z - shift) * scale`` (FLUX's convention)."""
-    shift = vae.config.shift_factor or 0.0
-    return (latent - shift) * vae.config.scaling_factor
+    return trans_vae.encode(layer_to_vae_input(rgba)).latent_dist
 
 
 def _vae_crop(batch: dict[str, Any], side: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,10 +120,12 @@ def transparency_decoder_losses(trans_vae: Any, batch: dict[str, Any], generator
 def fit_patch_codes(vae: Any, trans_vae: Any, config: BFSTrainConfig) -> None:
     """Fit both :class:`~lamina.bfs.patch_vae.LinearPatchVAE` codes (principal components of their patches) to
     :data:`PATCH_FIT_SAMPLES` preview-range samples: ``vae`` to composites, ``trans_vae`` to layers."""
+    from .transparency import layer_to_vae_input
+
     source = make_source(replace(config, stage="layered", p_drop_caption=0.0))
     batch = collate([source(HELD_OUT_SEED + i) for i in range(PATCH_FIT_SAMPLES)])
     vae.fit(batch["composite"] * 2.0 - 1.0)
-    trans_vae.fit(transparency_input(batch["foreground"]))
+    trans_vae.fit(layer_to_vae_input(batch["foreground"]))
 
 
 @torch.no_grad()
