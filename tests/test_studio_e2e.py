@@ -132,6 +132,9 @@ def _click_image_pixel(page, selector: str, x: float, y: float) -> None:
     """Click pixel ``(x, y)`` of the image shown in ``selector`` (centred, object-fit contain or scale-down)."""
     img = page.locator(f"{selector} img").first
     img.wait_for()
+    # The page may be swapping the image (a new frame after the last click): wait until one is decoded.
+    page.wait_for_function("s => { const e = document.querySelector(s); return e && e.complete && e.naturalWidth; }",
+                           arg=f"{selector} img")
     width, height, fit = img.evaluate("e => [e.naturalWidth, e.naturalHeight, getComputedStyle(e).objectFit]")
     natural = (width, height)
     box = img.bounding_box()
