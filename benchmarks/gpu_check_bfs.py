@@ -16,6 +16,7 @@ measures, in one process:
 
     python benchmarks/gpu_check_bfs.py                      # on a GPU (bf16, 512 px, 50 steps)
     python benchmarks/gpu_check_bfs.py --tiny --steps 2     # CPU rehearsal of the same code, tiny sizes
+    python benchmarks/gpu_check_bfs.py --device meta --steps 1   # full size, shapes only, any machine
 
 Writes the table to stdout and ``--json`` (default ``$OUT/gpu_check_bfs.json`` when ``OUT`` is set).
 """
@@ -109,7 +110,8 @@ def sample(transformer, joint, data, config, steps: int, guidance: float | None,
     tokens = data["latents_x"].shape[1]
     sched = scheduler.config
     mu = calculate_shift(tokens, sched.base_image_seq_len, sched.max_image_seq_len, sched.base_shift, sched.max_shift)
-    scheduler.set_timesteps(sigmas=flux_sigmas(steps), device=device, mu=mu)
+    # On the meta device (a shape-only dry run) the schedule stays on the CPU: its values are read as floats.
+    scheduler.set_timesteps(sigmas=flux_sigmas(steps), device="cpu" if device.type == "meta" else device, mu=mu)
     latents = torch.cat([data["latents_x"], data["latents_y"]])
     rest = {k: v for k, v in data.items() if k not in ("latents_x", "latents_y")}
     _sync(device)
@@ -120,7 +122,9 @@ def sample(transformer, joint, data, config, steps: int, guidance: float | None,
         latents = scheduler.step(torch.cat([out.velocity_x, out.velocity_y]), t, latents, return_dict=False)[0]
     _sync(device)
     elapsed = (time.perf_counter() - start) / steps
-    if not torch.isfinite(latents).all():
+    if latents.shape != (2, *data["latents_x"].shape[1:]):
+        raise RuntimeError(f"sampling returned latents of shape {tuple(latents.shape)}")
+    if device.type != "meta" and not torch.isfinite(latents).all():
         raise RuntimeError("sampling produced non-finite latents")
     return elapsed
 
@@ -153,6 +157,10 @@ def train_step(transformer, joint, data, guidance: float | None, device: torch.d
     leaked = [n for n, p in transformer.named_parameters() if p.grad is not None]
     if leaked:
         raise RuntimeError(f"gradients reached the frozen base: {leaked[:3]}")
+    if device.type == "meta":  # shapes only: the step ran, there is no loss value
+        transformer.disable_gradient_checkpointing()
+        transformer.eval()
+        return elapsed, float("nan")
     transformer.disable_gradient_checkpointing()
     transformer.eval()
     return elapsed, loss.item()
@@ -163,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="CPU rehearsal: tiny sizes, float32")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (512; tiny: 64)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (official BFS: 50)")
-    parser.add_argument("--device", default=None, help="cuda (default) or cpu (--tiny)")
+    parser.add_argument("--device", default=None,
+                        help="cuda (default) or cpu (--tiny); meta: a shape-only dry run of the full-size model "
+                             "on any machine (no memory, no numbers, times meaningless)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="where to write the results (default $OUT/gpu_check_bfs.json)")
     args = parser.parse_args(argv)
@@ -199,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     seconds, loss = train_step(transformer, joint, data, guidance, device, args.seed)
     rows["training step (ckpt, base frozen)"] = (seconds, _peak_gib(device))
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = {"cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+            "meta": "meta (shapes only: seconds and memory mean nothing)"}.get(device.type, device.type)
     print(f"BFS GPU check: {config.name} transformer, {size}x{size} px, batch = 1 pair (2 rows), {dtype}, {name}")
     print(f"parameters: transformer {params['transformer'] / 1e9:.3f} B, joint {params['joint'] / 1e6:.1f} M; "
           f"build {build_s:.1f} s; weights {weights_gib:.2f} GiB")
