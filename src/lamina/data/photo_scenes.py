@@ -336,13 +336,6 @@ class PhotoFolder:
 
     def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """A random square crop of a random photograph: ``[size, size, 3]`` ``float32``, mirrored at random."""
-        import torch
-        import torch.nn.functional as nnf
-
         photo = self.photos[int(rng.integers(len(self.photos)))]
-        side = max(2, int(min(photo.shape[:2]) * rng.uniform(*self.CROP_SHARE)))
-        y, x = int(rng.integers(photo.shape[0] - side + 1)), int(rng.integers(photo.shape[1] - side + 1))
-        crop = torch.from_numpy(np.ascontiguousarray(photo[y:y + side, x:x + side])).permute(2, 0, 1)[None]
-        crop = nnf.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out = crop[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy()
+        out = np.clip(square_crop(rng, photo, size, self.CROP_SHARE), 0.0, 1.0)
         return np.ascontiguousarray(out[:, ::-1] if rng.random() < 0.5 else out, dtype=np.float32)
