@@ -122,6 +122,40 @@ def test_synth_sample_ground_truth():
     assert kept.caption.startswith("a")
 
 
+def test_synth_samples_over_photographs(tmp_path):
+    """``p_photo``: single-object samples over a crop of a photograph of ``photos`` (the same layer, its effects
+    now falling on the photo); multi-object samples and, without photos, every sample stay as they were."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, 80, dtype=np.float32)
+    for i in range(2):  # two "photographs": green 0.3 or 0.7 everywhere, which no procedural background is
+        green = np.full((80, 80), 0.3 + 0.4 * i, np.float32)
+        _write_rgba(tmp_path / f"photo{i}.png", np.stack([np.outer(ramp, ramp), green, rng.random((80, 80))], 2))
+    (tmp_path / "notes.txt").write_text("not a photograph")
+    plain = resolve_config("test", p_multi=0.0)
+    photos = resolve_config("test", p_multi=0.0, photos=str(tmp_path), p_photo=1.0)
+    for seed in range(3):
+        a, b = synth_sample(seed, plain), synth_sample(seed, photos)
+        np.testing.assert_array_equal(a.foreground, b.foreground)
+        assert a.box == b.box and a.caption == b.caption
+        assert not np.array_equal(a.background, b.background)
+        np.testing.assert_array_equal(b.composite, over(b.foreground, b.background))
+        assert np.all(np.abs(b.background[:, :, 1] - 0.3) < 0.01) or np.all(np.abs(b.background[:, :, 1] - 0.7) < 0.01)
+    multi = resolve_config("test", photos=str(tmp_path), p_photo=1.0)
+    np.testing.assert_array_equal(synth_sample(1, multi, multi=True).background,
+                                  synth_sample(1, resolve_config("test"), multi=True).background)
+    half = resolve_config("test", p_multi=0.0, photos=str(tmp_path), p_photo=0.5)
+    over_photos = [not np.array_equal(synth_sample(s, half).background, synth_sample(s, plain).background)
+                   for s in range(20)]
+    assert 3 <= sum(over_photos) <= 17
+    with pytest.raises(LaminaError, match="p_photo=0.5 needs photos=FOLDER"):
+        resolve_config("test", p_photo=0.5)
+    with pytest.raises(LaminaError, match="is not a folder of photographs"):
+        resolve_config("test", p_photo=0.5, photos=str(tmp_path / "photo0.png"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LaminaError, match="no readable photographs"):
+        make_source(resolve_config("test", p_photo=0.5, photos=str(tmp_path / "empty")))
+
+
 def test_composite_samples_and_collate():
     config = resolve_config("test", stage="composite")
     s = composite_sample(3, config, [])

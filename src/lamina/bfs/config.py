@@ -49,6 +49,8 @@ class BFSTrainConfig:
     box_jitter: float = 0.05  # ... and its sides moved by up to this share of its size
     p_drop_caption: float = 0.1  # empty caption (classifier-free guidance)
     composite_backgrounds: str = "auto"  # stage composite: "auto" (photos if scikit-image is installed), "procedural"
+    photos: str | None = None  # synth, stages layered/vae: a folder of photographs for single-object backgrounds
+    p_photo: float = 0.0  # synth: share of single-object samples drawn over a crop of one of ``photos``
     # Model.
     components: str = "tiny"  # tiny component preset (lamina.bfs.components) when base is None
     latent_channels: int | None = None  # ... with this many latent channels (None: the preset's; tiny: components)
@@ -114,6 +116,10 @@ class BFSTrainConfig:
         if self.composite_backgrounds not in ("auto", "procedural"):
             raise LaminaError(f"composite_backgrounds must be 'auto' or 'procedural', got "
                               f"{self.composite_backgrounds!r}")
+        if self.p_photo > 0 and self.photos is None:
+            raise LaminaError(f"p_photo={self.p_photo} needs photos=FOLDER (photographs for the backgrounds)")
+        if self.photos is not None and not Path(self.photos).expanduser().is_dir():
+            raise LaminaError(f"photos={self.photos!r} is not a folder of photographs")
         if self.data != "synth":
             path = Path(self.data).expanduser()
             if not (path.is_dir() or (path.is_file() and path.suffix == ".jsonl")):

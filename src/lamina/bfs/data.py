@@ -88,7 +88,9 @@ def synth_sample(seed: int, config: BFSTrainConfig, *, multi: bool | None = None
 
     With ``multi`` (default: with probability ``config.p_multi``) the scene holds 2-4 objects and
     one instance ``k`` is the target: its background is the scene's background with instances
-    ``< k`` composited on it, so backgrounds already hold objects and their shadows.
+    ``< k`` composited on it, so backgrounds already hold objects and their shadows. A single-object
+    sample is drawn, with probability ``config.p_photo``, over a crop of a photograph of
+    ``config.photos`` instead (the object's shadows and reflections, in its layer, then fall on the photo).
     """
     from ..data import generate_scene
 
@@ -105,6 +107,12 @@ def synth_sample(seed: int, config: BFSTrainConfig, *, multi: bool | None = None
     foreground = inst.canvas(size, size)
     box = grow_box(inst.box, rng, config.box_grow, config.box_jitter, size, size)
     caption = "" if rng.random() < config.p_drop_caption else inst.caption
+    if not multi and config.p_photo > 0:  # its own generator: without photos the samples stay as they were
+        photo_rng = np.random.default_rng([int(seed), 4])
+        if photo_rng.random() < config.p_photo:
+            from ..data.photo_scenes import PhotoFolder
+
+            background = PhotoFolder.of(config.photos).crop(photo_rng, size)
     return BFSSample(background, over(foreground, background), box, caption, foreground)
 
 
@@ -266,6 +274,10 @@ def make_source(config: BFSTrainConfig) -> Callable[[int], BFSSample]:
     layered = config.stage != "composite"
     if config.data == "synth":
         if layered:
+            if config.p_photo > 0:
+                from ..data.photo_scenes import PhotoFolder
+
+                PhotoFolder.of(config.photos)  # an unreadable folder fails here, before the run starts
             return lambda seed: synth_sample(seed, config)
         photos = _photo_backgrounds() if config.composite_backgrounds == "auto" else []
         return lambda seed: composite_sample(seed, config, photos)
