@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, LaminaError
+from ..errors import ConfigError
 from ..overrides import config_values
 from ..training import EMA, Deadline, RunDir
 from .cutout import CutoutNet, CutoutNetConfig, crop_padded, cutout_loss, network_input, refine_mask
@@ -207,11 +207,9 @@ def _grabcut(scene: dict[str, Any]) -> np.ndarray:
     from .foreground import ForegroundConfig, grabcut_mask
 
     defaults = ForegroundConfig()
-    try:
-        return grabcut_mask(scene["composite"], scene["box"], defaults.grabcut_iterations, defaults.grabcut_max_side,
-                            defaults.seed)
-    except LaminaError:  # GrabCut found nothing: the refiner must find the object from the image alone
-        return np.zeros(scene["composite"].shape[:2], bool)
+    # allow_empty: when GrabCut finds nothing, the refiner must find the object from the image alone.
+    return grabcut_mask(scene["composite"], scene["box"], defaults.grabcut_iterations, defaults.grabcut_max_side,
+                        defaults.seed, allow_empty=True)
 
 
 def inner_content(scene: dict[str, Any], rng: np.random.Generator, photos: list[np.ndarray]) -> dict[str, Any]:
