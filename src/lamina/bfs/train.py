@@ -116,27 +116,35 @@ def transparency_decoder_losses(trans_vae: Any, batch: dict[str, Any], generator
     return {"loss": trans["loss"], "alpha": trans["alpha"], "rgb": trans["rgb"], "composite": trans["composite"]}
 
 
+def held_out_batch(config: BFSTrainConfig, count: int) -> dict[str, Any]:
+    """The first ``count`` preview-range layered samples (seeds from ``HELD_OUT_SEED``, captions kept), collated."""
+    source = make_source(replace(config, stage="layered", p_drop_caption=0.0))
+    return collate([source(HELD_OUT_SEED + i) for i in range(count)])
+
+
 @torch.no_grad()
-def fit_patch_codes(vae: Any, trans_vae: Any, config: BFSTrainConfig) -> None:
-    """Fit both :class:`~lamina.bfs.patch_vae.LinearPatchVAE` codes (principal components of their patches) to
-    :data:`PATCH_FIT_SAMPLES` preview-range samples: ``vae`` to composites, ``trans_vae`` to layers."""
+def fit_patch_codes(vae: Any, trans_vae: Any, batch: dict[str, Any]) -> None:
+    """Fit both :class:`~lamina.bfs.patch_vae.LinearPatchVAE` codes (principal components of their patches) to a
+    layered ``batch`` (:func:`held_out_batch` of :data:`PATCH_FIT_SAMPLES`): ``vae`` to composites, ``trans_vae``
+    to layers."""
     from .transparency import layer_to_vae_input
 
-    source = make_source(replace(config, stage="layered", p_drop_caption=0.0))
-    batch = collate([source(HELD_OUT_SEED + i) for i in range(PATCH_FIT_SAMPLES)])
     vae.fit(batch["composite"] * 2.0 - 1.0)
     trans_vae.fit(layer_to_vae_input(batch["foreground"]))
 
 
 @torch.no_grad()
-def set_latent_statistics(vae: Any, trans_vae: Any, config: BFSTrainConfig) -> None:
-    """Set both VAEs' ``shift_factor`` (mean) and ``scaling_factor`` (1 / std) from held-out samples,
-    so the transformer sees unit-variance latents in both rows."""
-    source = make_source(replace(config, stage="layered", p_drop_caption=0.0))
-    batch = collate([source(HELD_OUT_SEED + i) for i in range(LATENT_STAT_SAMPLES)])
+def set_latent_statistics(vae: Any, trans_vae: Any, config: BFSTrainConfig, batch: dict[str, Any] | None = None
+                          ) -> None:
+    """Set both VAEs' ``shift_factor`` (mean) and ``scaling_factor`` (1 / std) from the first
+    :data:`LATENT_STAT_SAMPLES` held-out samples (of ``batch`` when given, a :func:`held_out_batch`), so the
+    transformer sees unit-variance latents in both rows."""
+    if batch is None:
+        batch = held_out_batch(config, LATENT_STAT_SAMPLES)
+    composite, foreground = batch["composite"][:LATENT_STAT_SAMPLES], batch["foreground"][:LATENT_STAT_SAMPLES]
     device = vae.device
-    for model, latent in ((vae, encode_rgb(vae, batch["composite"].to(device)).mean),
-                          (trans_vae, encode_rgba(trans_vae, batch["foreground"].to(device)).mean)):
+    for model, latent in ((vae, encode_rgb(vae, composite.to(device)).mean),
+                          (trans_vae, encode_rgba(trans_vae, foreground.to(device)).mean)):
         model.register_to_config(shift_factor=float(latent.mean()), scaling_factor=float(1.0 / latent.std()))
 
 
@@ -245,8 +253,9 @@ def load_parts(config: BFSTrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                             latent_channels=config.latent_channels or preset.latent_channels)
         parts = build_components(preset, seed=config.seed)
         if preset.vae_kind == "patch":  # no VAE stage: fit and normalise the codes now (a KL pair: at its export)
-            fit_patch_codes(parts["vae"], parts["trans_vae"], config)
-            set_latent_statistics(parts["vae"], parts["trans_vae"], config)
+            batch = held_out_batch(config, PATCH_FIT_SAMPLES)
+            fit_patch_codes(parts["vae"], parts["trans_vae"], batch)
+            set_latent_statistics(parts["vae"], parts["trans_vae"], config, batch)
         options = {"resolution": config.resolution, "inference_steps": config.inference_steps,
                    "guidance_scale": preset.guidance_scale, "max_sequence_length": preset.max_sequence_length}
         return parts, options
