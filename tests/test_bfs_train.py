@@ -253,8 +253,13 @@ def test_stage_runs_resumes_and_exports(stage, tiny_model, tmp_path):
                   echo=lines.append)
     assert any("resuming" in line and "step 2" in line for line in lines)
     assert [json.loads(r)["step"] for r in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
-    with pytest.raises(LaminaError, match="different configuration: lr"):
-        training_loop(resolve_config("test", stage=stage, init=tiny_model, lr=0.5), run)
+    with pytest.raises(LaminaError, match="different configuration: batch_size"):
+        training_loop(resolve_config("test", stage=stage, init=tiny_model, batch_size=3, total_steps=3), run)
+    # A cool-down: the learning rate and the EMA's half-life may change when a run resumes.
+    training_loop(resolve_config("test", stage=stage, init=tiny_model, preview_every=10, total_steps=4, lr=1e-4,
+                                 ema_halflife_nimg=100), run)
+    assert [json.loads(r)["step"] for r in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert json.loads((run / "training-config.json").read_text())["lr"] == 1e-4
 
     pipe = BFSPipeline.from_pretrained(export)
     if stage == "vae":  # latent statistics measured at export

@@ -149,9 +149,9 @@ TRAINING_PRESETS: dict[str, BFSTrainConfig] = {
                                 object_scale=(0.12, 0.3)),
 }
 
-#: Options that may change when a run is resumed.
+#: Options that may change when a run is resumed (``lr`` and the EMA's: a cool-down at the end of a run).
 RESUMABLE_CHANGES = ("total_steps", "log_every", "checkpoint_every", "preview_every", "preview_count",
-                     "inference_steps", "max_loss")
+                     "inference_steps", "max_loss", "lr", "ema_halflife_nimg", "ema_rampup")
 
 
 def resolve_config(preset: str = "tiny", **overrides: Any) -> BFSTrainConfig:
