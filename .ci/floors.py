@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 #: Not pinned: torch (see .ci/run), lamina's own extras, lint, and the studio's browser driver (its e2e tests
 #: are not in the floors subset).
