@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -275,9 +276,11 @@ def test_stage_runs_resumes_and_exports(stage, tiny_model, tmp_path):
         assert layer.shape == (32, 32, 4) and 0.0 <= layer.min() and layer.max() <= 1.0
 
 
-def test_patch_code_components_train_from_scratch_without_a_vae_stage(tmp_path):
+def test_patch_code_components_train_from_scratch_without_a_vae_stage(tmp_path, monkeypatch):
     """``--preset tiny`` from nothing: the linear patch codes are fitted and normalised when the run starts, the
-    ``layered`` stage trains and exports them as they are, and a ``vae`` stage is refused with a clear error."""
+    ``layered`` stage trains and exports them as they are, a resumed run restores them from its state instead of
+    fitting them again, and a ``vae`` stage is refused with a clear error."""
+    import lamina.bfs.train as bfs_train
     from lamina.bfs.patch_vae import LinearPatchVAE
     from lamina.bfs.pipeline import BFSPipeline
     from lamina.bfs.train import training_loop
@@ -290,6 +293,19 @@ def test_patch_code_components_train_from_scratch_without_a_vae_stage(tmp_path):
         assert vae.config.latent_channels == 8 and not torch.equal(vae.basis, torch.eye(64)[:, :8])  # fitted
     assert pipe.transformer.config.in_channels == 2 * 4 * 8 + 4 * 16
     assert pipe.trans_vae.config.shift_factor != pipe.vae.config.shift_factor  # each branch normalised on its own
+
+    def no_refit(*_args, **_kwargs):
+        raise AssertionError("a resumed run fitted its patch codes again")
+
+    monkeypatch.setattr(bfs_train, "fit_patch_codes", no_refit)
+    resumed = BFSPipeline.from_pretrained(training_loop(dataclasses.replace(config, total_steps=3), tmp_path / "run",
+                                                       echo=lambda _: None))
+    for name in ("vae", "trans_vae"):
+        before, after = getattr(pipe, name), getattr(resumed, name)
+        assert torch.equal(before.basis, after.basis) and torch.equal(before.center, after.center)
+        assert after.config.scaling_factor == before.config.scaling_factor
+        assert after.config.shift_factor == before.config.shift_factor
+    monkeypatch.undo()
     with pytest.raises(LaminaError, match="nothing to train"):  # before anything is written
         resolve_config("test", stage="vae", components="tiny")
     with pytest.raises(LaminaError, match="nothing to train"):  # a saved model with patch codes

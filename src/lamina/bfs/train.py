@@ -233,10 +233,23 @@ def load_model(name: str) -> Any:
     return load_pipeline(name)
 
 
-def load_parts(config: BFSTrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def patch_codes(parts: dict[str, Any]) -> dict[str, Any] | None:
+    """The fitted linear patch codes of ``parts`` (basis, mean and latent normalisation of ``vae`` and
+    ``trans_vae``) for a run's training state, or None when its VAEs are not patch codes."""
+    from .patch_vae import LinearPatchVAE
+
+    if not isinstance(parts["vae"], LinearPatchVAE):
+        return None
+    return {name: {"buffers": parts[name].state_dict(), "shift_factor": parts[name].config.shift_factor,
+                   "scaling_factor": parts[name].config.scaling_factor} for name in ("vae", "trans_vae")}
+
+
+def load_parts(config: BFSTrainConfig, codes: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The components a run starts from and the pipeline options: ``config.init`` (a saved BFS
     pipeline, ``"builtin"``), ``config.base`` (a FLUX.1-Fill-style model, frozen, new joint adapter), or
-    fresh tiny components (``config.components`` preset)."""
+    fresh tiny components (``config.components`` preset). Fresh patch codes are fitted to data, or, for a
+    resumed run, restored from its state's ``codes`` (:func:`patch_codes`), so the transformer goes on in the
+    latent space it started in."""
     if config.init is not None:
         pipe = load_model(config.init)
     elif config.base is not None:
@@ -252,7 +265,12 @@ def load_parts(config: BFSTrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         preset = dc_replace(preset, joint_rank=config.lora_rank, joint_alpha=float(config.lora_rank),
                             latent_channels=config.latent_channels or preset.latent_channels)
         parts = build_components(preset, seed=config.seed)
-        if preset.vae_kind == "patch":  # no VAE stage: fit and normalise the codes now (a KL pair: at its export)
+        if preset.vae_kind == "patch" and codes is not None:
+            for name, code in codes.items():
+                parts[name].load_state_dict(code["buffers"])
+                parts[name].register_to_config(shift_factor=code["shift_factor"],
+                                               scaling_factor=code["scaling_factor"])
+        elif preset.vae_kind == "patch":  # no VAE stage: fit and normalise the codes now (a KL pair: at its export)
             batch = held_out_batch(config, PATCH_FIT_SAMPLES)
             fit_patch_codes(parts["vae"], parts["trans_vae"], batch)
             set_latent_statistics(parts["vae"], parts["trans_vae"], config, batch)
@@ -394,13 +412,13 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
     source = make_source(config)  # fails early on bad data
 
     torch.manual_seed(config.seed)
-    parts, options = load_parts(config) if parts is None else parts
+    state = run.load_state()
+    parts, options = load_parts(config, None if state is None else state.get("codes")) if parts is None else parts
     modules = _trainable(config, parts)
     params = [p for p in modules.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(modules, config.ema_halflife_nimg, config.ema_rampup)
     step = 0
-    state = run.load_state()
     if state is not None:
         modules.load_state_dict(state["modules"])
         ema.model.load_state_dict(state["ema"])
@@ -423,7 +441,7 @@ def training_loop(config: BFSTrainConfig, run_dir: str | Path, *, echo: Callable
     def save() -> None:
         run.save_state({"step": step, "modules": modules.state_dict(),
                         "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "config": config.to_dict()})
+                        "config": config.to_dict(), "codes": patch_codes(parts)})
         export()
         accelerator.wait_for_everyone()
 
