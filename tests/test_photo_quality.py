@@ -1,4 +1,4 @@
-"""Issue 21: the ghost metric, the local-feature perceptual error, the harmonic fill."""
+"""Issue 21: the ghost metrics, the local-feature perceptual error, the harmonic fill."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from lamina.errors import LaminaError, LayerError
 from lamina.layeringdiff.classical import ClassicalConfig, harmonic_fill, inpaint_background
-from lamina.metrics.background import LocalFeatureDistance, ghost_opacity
+from lamina.metrics.background import LocalFeatureDistance, ghost_opacity, ghost_structure
 
 
 def _scene(size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +45,57 @@ def test_ghost_opacity_ignores_errors_unrelated_to_the_object() -> None:
     assert ghost_opacity(background, background, np.zeros_like(layer)) != ghost_opacity(background, background, layer)
     with pytest.raises(LayerError):
         ghost_opacity(background, background, layer[..., :3])
+
+
+def _textured_scene(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A textured background and a striped, soft-edged disc layer ``[H, W, 4]``: both have structure."""
+    rng = np.random.default_rng(2)
+    background = np.clip(0.5 + 0.15 * rng.standard_normal((size, size, 3)), 0, 1).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    layer = np.zeros((size, size, 4), np.float32)
+    layer[..., 0] = 0.5 + 0.5 * np.sin(xx / 2.0)
+    layer[..., 1] = 0.2
+    layer[..., 2] = 0.5 + 0.5 * np.cos(yy / 3.0)
+    layer[..., 3] = np.clip(size / 4 - np.hypot(yy - size / 2, xx - size / 2), 0, 1)
+    return background, layer
+
+
+@pytest.mark.parametrize("opacity", [0.0, 0.3, 1.0])
+def test_ghost_structure_is_the_opacity_of_the_object_left(opacity: float) -> None:
+    background, layer = _textured_scene()
+    a = layer[..., 3:]
+    composite = a * layer[..., :3] + (1 - a) * background
+    predicted = opacity * composite + (1 - opacity) * background  # the object left at `opacity`
+    assert ghost_structure(predicted, background, layer) == pytest.approx(opacity, abs=0.05)
+
+
+def test_ghost_structure_ignores_fills_that_know_nothing_of_the_object() -> None:
+    from scipy import ndimage
+
+    background, layer = _textured_scene()
+    rng = np.random.default_rng(3)
+    hole = ndimage.binary_dilation(layer[..., 3] > 0, iterations=2)
+    smooth = background.copy()
+    smooth[hole] = background[hole].mean(axis=0)  # a flat fill: the texture is lost, nothing of the object
+    noisy = np.clip(background + 0.1 * rng.standard_normal(background.shape), 0, 1).astype(np.float32)
+    assert abs(ghost_structure(smooth, background, layer)) < 0.05
+    assert abs(ghost_structure(noisy, background, layer)) < 0.05
+    # No layer: nan; a wrong shape is named.
+    assert np.isnan(ghost_structure(background, background, np.zeros_like(layer)))
+    with pytest.raises(LayerError, match="ghost_structure"):
+        ghost_structure(background, background, layer[..., :3])
+
+
+def test_ghost_structure_by_hand() -> None:
+    """One opaque pixel: the high-pass of a point is the point minus its blur, so the ratio is exact."""
+    background = np.full((9, 9, 3), 0.5, np.float32)
+    layer = np.zeros((9, 9, 4), np.float32)
+    layer[4, 4] = (1.0, 0.0, 0.5, 1.0)
+    predicted = background.copy()
+    predicted[4, 4] = (0.75, 0.25, 0.5)  # halfway between the background and the object
+    # m = 0.5 (the background is flat), so the object's picture is hp(a (F - m)) = hp(point of (0.5, -0.5, 0));
+    # the error is the point of (0.25, -0.25, 0) = half of it, before and after the (linear) high-pass.
+    assert ghost_structure(predicted, background, layer, radius=2, sigma=1.0) == pytest.approx(0.5, abs=1e-9)
 
 
 def test_local_feature_distance() -> None:
