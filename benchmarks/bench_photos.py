@@ -350,7 +350,7 @@ def main() -> None:
             print(f"- {size}², {method} vs telea: bg PSNR {gain:+.2f} ± {gain_se:.2f} dB (target >= +3); "
                   f"ghost {r['ghost']:.4f} ± {r['ghost_se']:.4f} = x{ghost:.2f} "
                   f"(target <= 0.1); ghost (structure) {r['ghost_structure']:.4f} ± {r['ghost_structure_se']:.4f} "
-                  f"= x{structure:.2f}; alpha SAD {100 * sad:+.0f} % lower (target >= 25 %); "
+                  f"= x{structure:.2f} (target <= 0.1); alpha SAD {100 * sad:+.0f} % lower (target >= 25 %); "
                   f"{r['seconds']:.2f} s/img (limit {limit:g}); recomposition {'exact' if exact else 'NOT exact'}")
     print("\n(± : standard error over the scenes: of the paired PSNR difference, and of the mean ghosts)")
     photos = rows[0][2]["photos"]

@@ -366,6 +366,13 @@ def test_training_runs_resumes_and_exports(photo_folder, tmp_path):
         training_loop(resolve_config("tiny", photos=str(photo_folder), lr=0.5), run, echo=lambda _: None)
     with pytest.raises(ConfigError, match="photos"):
         training_loop(resolve_config("tiny"), tmp_path / "other", echo=lambda _: None)
+    # A run may start from a refiner at another working size (the weights do not depend on it), not another width.
+    larger = training_loop(resolve_config("tiny", photos=str(photo_folder), init=str(export), total_steps=1,
+                                          **{"net.working_size": 64}), tmp_path / "larger", echo=lambda _: None)
+    assert CutoutNet.from_pretrained(larger).config.working_size == 64
+    with pytest.raises(ConfigError, match="another size"):
+        training_loop(resolve_config("tiny", photos=str(photo_folder), init=str(export),
+                                     **{"net.channels": [8, 8]}), tmp_path / "wider", echo=lambda _: None)
     with pytest.raises(ConfigError, match="unknown"):
         resolve_config("tiny", nope=1)
 

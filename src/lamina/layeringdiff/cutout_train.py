@@ -64,7 +64,7 @@ class CutoutTrainingConfig:
         batch_size, total_steps, lr, warmup_steps, weight_decay, grad_clip: optimisation (AdamW).
         ema_halflife_nimg, ema_rampup: EMA of the weights (half-life in samples).
         workers: data-loader processes making samples (0: in the training process).
-        init: start from a saved refiner's weights (``"builtin"`` or a folder; same network size).
+        init: start from a saved refiner's weights (``"builtin"`` or a folder; same network, any working size).
         seed: data and initialisation seed.
         log_every, checkpoint_every, preview_every: in steps; max_loss: divergence guard.
         preview_count: held-out samples in each preview.
@@ -314,7 +314,8 @@ def training_loop(config: CutoutTrainingConfig, run_dir: str | Path, *, echo: Ca
     net = CutoutNet(config.net)
     if config.init is not None and not run.has_state():
         saved = CutoutNet.from_pretrained(config.init)
-        if saved.config != config.net:
+        # The working size is not in the weights (the network is convolutional): a refiner may continue at another.
+        if replace(saved.config, working_size=config.net.working_size) != config.net:
             raise ConfigError(f"init {config.init!r} is a refiner of another size ({saved.config}); "
                               f"this run's is {config.net}")
         net.load_state_dict(saved.state_dict())

@@ -2,7 +2,7 @@
 local-feature perceptual error.
 
 Images are channel-last ``[H, W, C]`` NumPy arrays in ``[0, 1]`` (``uint8`` rescaled); alphas
-and masks ``[H, W]``. Both metrics are for one image; average them over a data set.
+and masks ``[H, W]``. Each metric is for one image; average them over a data set.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from .features import RandomConvFeatures
 GHOST_MIN_CONTRAST = 0.15
 #: Layer alpha above this belongs to the object (or its effects) when finding its footprint and colours.
 GHOST_ALPHA_FLOOR = 0.01
+#: The ghost metrics' footprint margin and high-pass width are the image's short side over this.
+GHOST_SCALE = 64
 
 
-def _ghost_inputs(pred_bg: Any, gt_bg: Any, gt_layer: Any, radius: int | None, name: str):
+def _ghost_inputs(pred_bg: Any, gt_bg: Any, gt_layer: Any, radius: int | None, name: str
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Checked ``(pred, gt, layer, covered, footprint)`` of the ghost metrics; ``footprint`` is ``None`` when empty.
 
     ``covered``: the layer's alpha ``> GHOST_ALPHA_FLOOR``; ``footprint``: that dilated by ``radius`` px
-    (``None``: ``max(2, min(H, W) // 64)``).
+    (``None``: ``max(2, min(H, W) // GHOST_SCALE)``).
     """
     pred = as_images(pred_bg, "predicted background")[..., :3]
     gt = as_images(gt_bg, "ground-truth background")[..., :3]
@@ -40,7 +43,7 @@ def _ghost_inputs(pred_bg: Any, gt_bg: Any, gt_layer: Any, radius: int | None, n
     covered = layer[..., 3] > GHOST_ALPHA_FLOOR
     if not covered.any():
         return pred, gt, layer, covered, None
-    radius = max(2, min(gt.shape[:2]) // 64) if radius is None else int(radius)
+    radius = max(2, min(gt.shape[:2]) // GHOST_SCALE) if radius is None else int(radius)
     footprint = ndimage.binary_dilation(covered, iterations=radius) if radius > 0 else covered
     return pred, gt, layer, covered, footprint
 
@@ -81,7 +84,7 @@ def ghost_structure(pred_bg: Any, gt_bg: Any, gt_layer: Any, radius: int | None 
     pred, gt, layer, _, footprint = _ghost_inputs(pred_bg, gt_bg, gt_layer, radius, "ghost_structure")
     if footprint is None:
         return float("nan")
-    sigma = max(1.0, min(gt.shape[:2]) / 64.0) if sigma is None else float(sigma)
+    sigma = max(1.0, min(gt.shape[:2]) / GHOST_SCALE) if sigma is None else float(sigma)
     gt64 = gt.astype(np.float64)
     alpha = layer[..., 3:].astype(np.float64)
     mean = gt64[footprint].mean(axis=0)
