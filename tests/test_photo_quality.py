@@ -154,3 +154,27 @@ def test_shadow_model_relights_the_texture_under_a_shadow() -> None:
     np.testing.assert_allclose(part.composite(), image, atol=1e-4)  # still exact
     with pytest.raises(LaminaError, match="effects model"):
         ClassicalConfig(effects_model="magic")
+
+
+def test_shadow_model_leaves_a_dark_thing_next_to_the_object() -> None:
+    """A near-black patch beside the object is part of the background, not a shadow to relight."""
+    from lamina.layeringdiff.classical import ClassicalDecomposer
+
+    size = 64
+    rng = np.random.default_rng(4)
+    background = np.clip(0.7 + 0.05 * rng.standard_normal((size, size, 3)), 0, 1).astype(np.float32)
+    background[30:44, 18:42] = 0.03  # a black thing (a helmet, a gap in a fence) touching the object
+    alpha = np.zeros((size, size), np.float32)
+    alpha[10:30, 20:40] = 1.0
+    image = np.where(alpha[..., None] > 0, np.float32(0.4), background).astype(np.float32)
+    region = np.zeros((size, size), bool)
+    region[30:50, 10:50] = True
+    part = ClassicalDecomposer().decompose(image, alpha, region)
+    dark = (slice(32, 44), slice(18, 42))  # beyond the object's hole margin
+    assert part.effects_alpha[dark].max() == 0.0  # 1 - 0.03 / 0.7 > shadow_max: no shadow
+    np.testing.assert_array_equal(part.background[dark], image[dark])  # the background keeps it
+    off = ClassicalDecomposer(ClassicalConfig(shadow_max=1.0)).decompose(image, alpha, region)
+    assert off.effects_alpha[dark].mean() > 0.5  # without the limit it became a black layer over a smear
+    assert np.abs(off.background[dark] - background[dark]).mean() > 0.3
+    with pytest.raises(LaminaError, match="shadow_max"):
+        ClassicalConfig(shadow_max=0.0)

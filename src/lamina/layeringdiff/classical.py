@@ -72,6 +72,9 @@ EFFECTS_MODELS = ("shadow", "difference")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 #: The shadow model's largest opacity (a relit pixel is divided by at least ``1 - MAX_SHADOW``).
 MAX_SHADOW = 0.95
+#: Pixels within this many Gaussian sigmas of a darkening above ``ClassicalConfig.shadow_max`` are no shadow
+#: either (the smoothed opacity of a dark thing falls off towards its edge).
+SHADOW_REJECT_GROW = 1.0 / 3.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,10 @@ class ClassicalConfig:
         foreground_regularization: smoothness of the estimated foreground colours.
         effects_model: ``"shadow"`` (:func:`relight_shadows`) or ``"difference"`` (``detect_effects``).
         shadow_sigma: the shadow model's smoothing, a fraction of the image's short side.
+        shadow_max: a darkening of more than this (one minus the brightness ratio) is a dark *thing* next to
+            the object (a black helmet, a gap in a fence, a drawing's outline), not a shadow: it stays in the
+            background as the image, and so do its edges. Relit, it would be a bright smear under a black
+            layer (``benchmarks/RESULTS.md``: alpha SAD -18 to -37 % with the true object alpha). 1: off.
     """
 
     inpaint: str = "harmonic"
@@ -106,12 +113,15 @@ class ClassicalConfig:
     foreground_regularization: float = 1e-5
     effects_model: str = "shadow"
     shadow_sigma: float = 0.02
+    shadow_max: float = 0.8
 
     def __post_init__(self) -> None:
         if self.effects_model not in EFFECTS_MODELS:
             raise LaminaError(f"unknown effects model {self.effects_model!r}; choose from {', '.join(EFFECTS_MODELS)}")
         if not 0.0 < self.shadow_sigma <= 1.0:
             raise LaminaError(f"ClassicalConfig.shadow_sigma must lie in (0, 1], got {self.shadow_sigma!r}")
+        if not 0.0 < self.shadow_max <= 1.0:
+            raise LaminaError(f"ClassicalConfig.shadow_max must lie in (0, 1], got {self.shadow_max!r}")
         if self.inpaint not in INPAINT_METHODS:
             raise LaminaError(f"unknown inpainting method {self.inpaint!r}; choose from {', '.join(INPAINT_METHODS)}")
         if self.inpaint_max_side < 8:
@@ -216,7 +226,7 @@ def inpaint_background(image: np.ndarray, hole: np.ndarray, method: str = "telea
 
 def relight_shadows(unoccluded: np.ndarray, rough: np.ndarray, region: np.ndarray, sigma_px: float,
                     threshold: float, seed: np.ndarray,
-                    neutral_spread: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                    neutral_spread: float = 0.5, max_opacity: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Shadows in ``region`` as a smooth black layer, and the image relit under them.
 
     Args:
@@ -228,6 +238,8 @@ def relight_shadows(unoccluded: np.ndarray, rough: np.ndarray, region: np.ndarra
         seed: ``bool`` ``[H, W]``; only shadows touching it are kept (the object, grown).
         neutral_spread: a shadow darkens the three channels alike: the same ratio per channel,
             ``s_c``, must be positive and spread by at most this share of ``s``.
+        max_opacity: a darkening above this is a dark thing, not a shadow; it and the pixels within
+            :data:`SHADOW_REJECT_GROW` sigmas of it are left out (1: none is).
     Returns:
         ``(opacity [H, W], relit [H, W, 3])``: ``s = 1 - G(luma E) / G(luma rough)`` over the
         region's pixels (clipped to ``[0, MAX_SHADOW]``) where it exceeds ``threshold`` and is
@@ -248,7 +260,12 @@ def relight_shadows(unoccluded: np.ndarray, rough: np.ndarray, region: np.ndarra
     spread = per_channel.max(axis=2) - per_channel.min(axis=2)
     neutral = (per_channel.min(axis=2) > 0.0) & (spread <= neutral_spread * np.maximum(opacity, 1e-3))
     opacity = opacity * region
-    found = touching_components((opacity > threshold) & neutral, seed)
+    candidates = (opacity > threshold) & neutral
+    dark_things = opacity > max_opacity
+    if dark_things.any():
+        grow = max(1, round(SHADOW_REJECT_GROW * sigma_px))
+        candidates &= ~ndimage.binary_dilation(dark_things, iterations=grow)
+    found = touching_components(candidates, seed)
     opacity = np.where(found, opacity, 0.0).astype(np.float32)
     relit = np.clip(unoccluded / (1.0 - opacity[:, :, None]), 0.0, 1.0).astype(np.float32)
     return opacity, relit
@@ -298,7 +315,7 @@ class ClassicalDecomposer:
             sigma = max(1.0, c.shadow_sigma * min(image.shape[:2]))
             visible = effects_region & (alpha < 0.5)  # where the image shows the background (as detect_effects)
             effects, relit = relight_shadows(unoccluded, rough, visible, sigma, c.effects_threshold,
-                                             _grow(alpha > c.alpha_floor, margin + 1))
+                                             _grow(alpha > c.alpha_floor, margin + 1), max_opacity=c.shadow_max)
             source = np.where(effects[:, :, None] > 0, relit, image)
             background = inpaint_background(source, hole, c.inpaint, radius, c.inpaint_max_side)
             return finish_decomposition(image, alpha, foreground, background, effects=effects)
