@@ -87,9 +87,12 @@ class ForegroundConfig:
             blurs); 0 (the default): the trimap comes from the refined mask alone (with the second
             GrabCut pass the band made real objects half transparent: the djembe's skin).
         refiner_max_hole: a hole that the refiner opens in the object (a region its mask encloses)
-            larger than this share of the object's filled area is left to GrabCut: the refiner learned
-            from procedural scenes that what a thin ring encloses is background (a handle's inside),
-            and it said the same of a real cup's contents seen from above. 1: no limit.
+            larger than this share of the object's filled area is left to GrabCut. 1 (the default since
+            2026-12-07's ninth session): no limit. It was 0.3 while the first refiner, trained on procedural
+            scenes only, called a real cup's contents seen from above a hole; today's refiner and its second
+            GrabCut pass keep them (``docs/real_photos.png`` and ``docs/cutout_real_objects.png`` are the same
+            with either value), and the limit gave ring-shaped objects' real holes back to GrabCut (alpha SAD
+            +6 % / +20 % on the photo benchmark's validation split at 256² / 512², ``benchmarks/RESULTS.md``).
         refiner_mirror: average the refiner's probabilities of the window and its mirror image (off: on
             the validation split it changed the alpha SAD by less than the noise, at twice the cost).
         effects: mark the effects region around and below the object.
@@ -108,7 +111,7 @@ class ForegroundConfig:
     refiner_grabcut: float | None = 0.005
     refiner_threshold: float = 0.05
     refiner_unknown: float = 0.0
-    refiner_max_hole: float = 0.3
+    refiner_max_hole: float = 1.0
     refiner_mirror: bool = False
     effects: bool = True
     effects_below: float = 0.5
