@@ -100,7 +100,8 @@ class ClassicalConfig:
         shadow_max: a darkening of more than this (one minus the brightness ratio) is a dark *thing* next to
             the object (a black helmet, a gap in a fence, a drawing's outline), not a shadow: it stays in the
             background as the image, and so do its edges. Relit, it would be a bright smear under a black
-            layer (``benchmarks/RESULTS.md``: alpha SAD -18 to -37 % with the true object alpha). 1: off.
+            layer (``benchmarks/RESULTS.md``: alpha SAD 3 to 16 % lower on the photo benchmark's validation
+            split, the hidden background level or better). 1: off.
     """
 
     inpaint: str = "harmonic"
