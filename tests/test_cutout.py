@@ -26,7 +26,7 @@ from lamina.layeringdiff.cutout import (
     object_probability,
     refine_mask,
 )
-from lamina.layeringdiff.cutout_train import make_sample, resolve_config, training_loop
+from lamina.layeringdiff.cutout_train import camouflage, make_sample, resolve_config, training_loop
 from lamina.layeringdiff.foreground import ForegroundConfig, foreground_from_box, grabcut_mask
 
 TINY = CutoutNetConfig(working_size=32, channels=(8, 16), dilations=(1,))
@@ -150,6 +150,46 @@ def test_photo_scene_is_exact_and_deterministic():
     assert x0 <= cols.min() and cols.max() < x1 and y0 <= rows.min() and rows.max() < y1
     loose = photo_scene(7, 64, photos, pad=0.2)["box"]
     assert loose[0] <= x0 and loose[2] >= x1 and (loose[2] - loose[0]) >= (x1 - x0)
+
+
+def test_camouflage_gives_part_of_the_object_its_surroundings_colours():
+    """Alpha, box and background stay; a part of the object moves to the colour next to it; the rest stays."""
+    size = 64
+    background = np.zeros((size, size, 3), np.float32)
+    background[:, :, 0] = 0.9  # a red saucer ...
+    background[:, :, 2] = np.linspace(0.0, 0.4, size)[None, :]  # ... with a gradient, for the spread
+    yy, xx = np.mgrid[0:size, 0:size]
+    alpha = (np.hypot(yy - 32, xx - 32) < 14).astype(np.float32)
+    layer = np.dstack([np.full((size, size), 0.2), np.full((size, size), 0.8), np.full((size, size), 0.3),
+                       alpha]).astype(np.float32)  # ... and a green object
+    composite = alpha[..., None] * layer[..., :3] + (1 - alpha[..., None]) * background
+    scene = {"composite": composite, "layer": layer, "background": background, "object_alpha": alpha,
+             "box": (16, 16, 48, 48)}
+    out = camouflage(scene, np.random.default_rng(3))
+    for key in ("background", "object_alpha", "box"):
+        assert out[key] is scene[key]
+    assert out["layer"] is not layer and np.array_equal(out["layer"][..., 3], alpha)
+    over = alpha[..., None] * out["layer"][..., :3] + (1 - alpha[..., None]) * background
+    np.testing.assert_allclose(out["composite"], over, atol=1e-6)
+    outside = alpha == 0
+    np.testing.assert_array_equal(out["composite"][outside], composite[outside])
+    moved = np.abs(out["layer"][..., :3] - layer[..., :3]).sum(-1) > 0.3
+    share = moved[alpha > 0].mean()
+    assert 0.25 <= share <= 1.0  # CAMOUFLAGE_AREA, less the soft edge
+    # The moved part is red now, near the saucer's colour; the rest is still the object's green.
+    red = out["layer"][moved]
+    assert red[:, 0].mean() > 0.6 and red[:, 1].mean() < 0.3
+    kept = (alpha > 0) & ~moved
+    if kept.any():
+        np.testing.assert_allclose(out["layer"][kept][:, :3].mean(0), [0.2, 0.8, 0.3], atol=0.1)
+    # Deterministic in its generator; drawn only when asked for (old runs see their old samples).
+    assert np.array_equal(camouflage(scene, np.random.default_rng(3))["composite"], out["composite"])
+    photos = _photos()
+    plain, camo = resolve_config("tiny", photos="x"), resolve_config("tiny", photos="x", p_camouflage=1.0)
+    assert resolve_config("tiny", photos="x", p_camouflage=0.0) == plain
+    assert not np.array_equal(make_sample(4, plain, photos)["input"], make_sample(4, camo, photos)["input"])
+    with pytest.raises(ConfigError, match="p_camouflage"):
+        resolve_config("tiny", photos="x", p_camouflage=1.5)
 
 
 def test_window_and_input_planes():

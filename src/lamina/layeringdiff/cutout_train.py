@@ -59,6 +59,9 @@ class CutoutTrainingConfig:
             inside it, still the object). A handle's inside shows the background around the object; a
             cup seen from above is also a ring, but what it encloses is the object: without such
             samples the refiner learns that whatever a ring encloses is background.
+        p_camouflage: share of samples in which part of the object takes the colours of its surroundings
+            (:func:`camouflage`: a cup's red body on a red saucer). GrabCut's colour models miss such parts,
+            so the refiner must find them by shape, shading and edges instead.
         p_flip: probability of a horizontal mirror of the window.
         dice_weight: weight of the Dice term (:func:`.cutout.cutout_loss`).
         batch_size, total_steps, lr, warmup_steps, weight_decay, grad_clip: optimisation (AdamW).
@@ -78,6 +81,7 @@ class CutoutTrainingConfig:
     pad: tuple[float, float] = (0.01, 0.12)
     p_handle: float = 0.5
     p_inner: float = 0.0
+    p_camouflage: float = 0.0
     p_flip: float = 0.5
     dice_weight: float = 1.0
     batch_size: int = 16
@@ -102,7 +106,7 @@ class CutoutTrainingConfig:
             object.__setattr__(self, "net", CutoutNetConfig.from_dict(self.net))
         for name in ("sizes", "pad"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("p_handle", "p_inner", "p_flip", "p_object"):
+        for name in ("p_handle", "p_inner", "p_camouflage", "p_flip", "p_object"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"CutoutTrainingConfig.{name} must be a probability in [0, 1], "
                                   f"got {getattr(self, name)}")
@@ -178,11 +182,15 @@ def training_scene(seed: int, config: CutoutTrainingConfig, photos: list[np.ndar
     """A real object's scene (share ``p_object``) or a procedural object's (maybe with inner content)."""
     from ..data.photo_scenes import object_scene, photo_scene
 
-    # No extra draw without objects: runs without them see the samples they always saw.
+    # No extra draw without objects (or camouflage): runs without them see the samples they always saw.
     if config.p_object > 0 and rng.random() < config.p_object:
-        return object_scene(seed, size, photos, objects, pad=pad)
-    scene = photo_scene(seed, size, photos, pad=pad, p_handle=config.p_handle)
-    return inner_content(scene, rng, photos) if rng.random() < config.p_inner else scene
+        scene = object_scene(seed, size, photos, objects, pad=pad)
+    else:
+        scene = photo_scene(seed, size, photos, pad=pad, p_handle=config.p_handle)
+        scene = inner_content(scene, rng, photos) if rng.random() < config.p_inner else scene
+    if config.p_camouflage > 0 and rng.random() < config.p_camouflage:
+        scene = camouflage(scene, rng)
+    return scene
 
 
 def make_sample(seed: int, config: CutoutTrainingConfig, photos: list[np.ndarray],
@@ -240,6 +248,70 @@ def inner_content(scene: dict[str, Any], rng: np.random.Generator, photos: list[
     paint = ring * colour + inside * texture
     amount = (ring + inside) * share
     layer[:, :, :3] = (1.0 - amount) * layer[:, :, :3] + amount * paint / np.maximum(ring + inside, 1e-6)
+    a = layer[:, :, 3:]
+    composite = (a * layer[:, :, :3] + (1.0 - a) * scene["background"]).astype(np.float32)
+    return scene | {"layer": layer.astype(np.float32), "composite": composite}
+
+
+#: :func:`camouflage`: share of the object's area recoloured; how far its colours move to the surroundings';
+#: the ring of surroundings whose colours it takes and the smoothing that carries them inwards (shares of
+#: the object's larger side); the soft edge of the recoloured part, px.
+CAMOUFLAGE_AREA = (0.3, 1.0)
+CAMOUFLAGE_STRENGTH = (0.7, 1.0)
+CAMOUFLAGE_RING = 0.1
+CAMOUFLAGE_SMOOTH = 0.15
+CAMOUFLAGE_EDGE = 1.0
+
+
+def camouflage(scene: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """``scene`` with part of its object recoloured to the colours of the background next to it.
+
+    A random half-plane through the object (a share ``CAMOUFLAGE_AREA`` of its pixels) takes, by
+    ``CAMOUFLAGE_STRENGTH``, the colour of the background in a ring around the object, smoothed and
+    carried inwards (each pixel the mean colour of the surroundings nearest it) plus its own deviation
+    from the part's mean (scaled down to the ring's spread where that is smaller): the part keeps its shading
+    and texture but shares its surroundings' colours, as a cup's red body on a red saucer does. The alpha,
+    box and background are unchanged; the layer (the object's share of it, not its effects) and the
+    composite are redrawn.
+    """
+    import cv2
+
+    from .foreground import distance_to_outside
+
+    a_obj = scene["object_alpha"]
+    solid = a_obj > 0.5
+    if solid.sum() < 16:
+        return scene
+    rows, cols = np.nonzero(solid)
+    extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    ring = (distance_to_outside(~(a_obj > 0.01)) <= max(2.0, CAMOUFLAGE_RING * extent)) & (a_obj <= 0.01)
+    if ring.sum() < 16:
+        return scene
+    # The half-plane: a random direction, its offset chosen so that the wanted share of the object is in it.
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    yy, xx = np.mgrid[0:a_obj.shape[0], 0:a_obj.shape[1]].astype(np.float32)
+    along = xx * np.cos(angle) + yy * np.sin(angle)
+    cut = np.quantile(along[solid], 1.0 - rng.uniform(*CAMOUFLAGE_AREA))
+    part = np.clip((along - cut) / CAMOUFLAGE_EDGE + 0.5, 0.0, 1.0)[:, :, None]
+    inside = solid & (part[:, :, 0] > 0.5)
+    if inside.sum() < 4:
+        return scene
+    # The surroundings' colour at each pixel: the ring's colours smoothed by normalised convolution.
+    sigma = max(1.0, CAMOUFLAGE_SMOOTH * extent)
+    weight = ring.astype(np.float32)
+    spread = cv2.GaussianBlur(weight, (0, 0), sigma)
+    surround = cv2.GaussianBlur(scene["background"] * weight[:, :, None], (0, 0), sigma)
+    far = spread < 1e-4  # beyond the blur's reach: the ring's mean colour
+    surround = np.where(far[:, :, None], scene["background"][ring].mean(0),
+                        surround / np.maximum(spread, 1e-4)[:, :, None])
+    layer = scene["layer"].copy()
+    rgb = layer[:, :, :3]
+    mu_o, sd_o = rgb[inside].mean(0), rgb[inside].std(0) + 1e-3
+    sd_b = scene["background"][ring].std(0)
+    moved = np.clip(surround + (rgb - mu_o) / sd_o * np.minimum(sd_b, sd_o), 0.0, 1.0)
+    share = np.where(layer[:, :, 3] > 0, a_obj / np.maximum(layer[:, :, 3], 1e-6), 0.0)[:, :, None]
+    amount = rng.uniform(*CAMOUFLAGE_STRENGTH) * part * share
+    layer[:, :, :3] = (1.0 - amount) * rgb + amount * moved
     a = layer[:, :, 3:]
     composite = (a * layer[:, :, :3] + (1.0 - a) * scene["background"]).astype(np.float32)
     return scene | {"layer": layer.astype(np.float32), "composite": composite}
