@@ -164,10 +164,11 @@ def test_camouflage_gives_part_of_the_object_its_surroundings_colours():
                        alpha]).astype(np.float32)  # ... and a green object
     composite = alpha[..., None] * layer[..., :3] + (1 - alpha[..., None]) * background
     scene = {"composite": composite, "layer": layer, "background": background, "object_alpha": alpha,
-             "box": (16, 16, 48, 48)}
+             "box": (16, 16, 48, 48), "truth": "stale once recoloured"}
     out = camouflage(scene, np.random.default_rng(3))
     for key in ("background", "object_alpha", "box"):
         assert out[key] is scene[key]
+    assert "truth" not in out
     assert out["layer"] is not layer and np.array_equal(out["layer"][..., 3], alpha)
     over = alpha[..., None] * out["layer"][..., :3] + (1 - alpha[..., None]) * background
     np.testing.assert_allclose(out["composite"], over, atol=1e-6)

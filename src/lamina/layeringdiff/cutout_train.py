@@ -253,7 +253,7 @@ def inner_content(scene: dict[str, Any], rng: np.random.Generator, photos: list[
     return scene | {"layer": layer.astype(np.float32), "composite": composite}
 
 
-#: :func:`camouflage`: share of the object's area recoloured; how far its colours move to the surroundings';
+#: :func:`camouflage`: share of the object's area recoloured; how far its colours move towards those around it;
 #: the ring of surroundings whose colours it takes and the smoothing that carries them inwards (shares of
 #: the object's larger side); the soft edge of the recoloured part, px.
 CAMOUFLAGE_AREA = (0.3, 1.0)
@@ -272,7 +272,7 @@ def camouflage(scene: dict[str, Any], rng: np.random.Generator) -> dict[str, Any
     from the part's mean (scaled down to the ring's spread where that is smaller): the part keeps its shading
     and texture but shares its surroundings' colours, as a cup's red body on a red saucer does. The alpha,
     box and background are unchanged; the layer (the object's share of it, not its effects) and the
-    composite are redrawn.
+    composite are redrawn, and a ``truth`` entry, which would be stale, is left out.
     """
     import cv2
 
@@ -314,7 +314,8 @@ def camouflage(scene: dict[str, Any], rng: np.random.Generator) -> dict[str, Any
     layer[:, :, :3] = (1.0 - amount) * rgb + amount * moved
     a = layer[:, :, 3:]
     composite = (a * layer[:, :, :3] + (1.0 - a) * scene["background"]).astype(np.float32)
-    return scene | {"layer": layer.astype(np.float32), "composite": composite}
+    kept = {key: value for key, value in scene.items() if key != "truth"}
+    return kept | {"layer": layer.astype(np.float32), "composite": composite}
 
 
 class _StepBatches(torch.utils.data.Dataset):
