@@ -477,8 +477,7 @@ def test_builtin_refiner_beats_grabcut_on_photo_scenes():
                 alpha = np.zeros_like(scene["object_alpha"])
             sad[refiner].append(np.abs(alpha - scene["object_alpha"]).sum())
     # Measured 2026-12-07: 2371 -> 1491 (-37 %); with the refiner cooled down and no hole limit (ninth session)
-    # 2372 -> 1384 (-42 %); with the camouflage-trained refiner (tenth session) 2372 -> 1181 (-50 %).
-    # GrabCut alone finds nothing in 2 of the 36 boxes.
+    # 2372 -> 1384 (-42 %). GrabCut alone finds nothing in 2 of the 36 boxes.
     assert np.mean(sad["builtin"]) < 0.8 * np.mean(sad[None]), sad
 
 
