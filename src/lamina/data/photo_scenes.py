@@ -64,6 +64,15 @@ def square_crop(rng: np.random.Generator, photo: np.ndarray, size: int | tuple[i
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if side > max(h, w) else cv2.INTER_LINEAR)
 
 
+def object_share(object_alpha: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """The object's share ``[H, W, 1]`` of a layer's opacity ``total`` ``[H, W]`` (0 where the layer is clear).
+
+    The part of the layer's colour that is the object's rather than its effects' (the layer's alpha is
+    ``object_alpha`` over the effects' alpha): what a recolouring of the object changes.
+    """
+    return np.where(total > 0, object_alpha / np.maximum(total, 1e-6), 0.0)[:, :, None]
+
+
 def handle_alpha(object_alpha: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     """An anti-aliased ring ``[H, W]`` in ``[0, 1]`` (a cup's handle) on the left or right side of the object."""
     rows, cols = np.nonzero(object_alpha > 0.5)
@@ -115,7 +124,7 @@ def photo_scene(seed: int, size: int, photos: list[np.ndarray], *, pad: float = 
     patch = np.zeros_like(layer[:, :, :3])
     patch[y0:y1, x0:x1] = square_crop(rng, photos[texture], (y1 - y0, x1 - x0), TEXTURE_SHARE)
     # The object's share of the layer's opacity takes the photo's colour; effects keep theirs.
-    share = np.where(total > 0, a_obj / np.maximum(total, 1e-6), 0.0)[:, :, None]
+    share = object_share(a_obj, total)
     layer[:, :, :3] = (1.0 - share) * layer[:, :, :3] + share * patch
     layer[:, :, 3] = total
     truth = LayeredImage.from_foreground(background, layer)
@@ -195,7 +204,7 @@ def object_scene(seed: int, size: int, photos: list[np.ndarray], objects: list[n
     effects = silhouette_shadow(a_obj, rng) if rng.random() < p_shadow else np.zeros_like(a_obj)
     shade = rng.uniform(*SHADOW_COLOUR, 3).astype(np.float32)
     total = a_obj + effects * (1.0 - a_obj)
-    share = np.where(total > 0, a_obj / np.maximum(total, 1e-6), 0.0)[:, :, None]
+    share = object_share(a_obj, total)
     layer = np.dstack([np.clip(share * colour + (1.0 - share) * shade, 0.0, 1.0), total]).astype(np.float32)
     truth = LayeredImage.from_foreground(background, layer)
     rows, cols = np.nonzero(a_obj > 0.5)

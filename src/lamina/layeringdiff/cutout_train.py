@@ -224,9 +224,9 @@ def inner_content(scene: dict[str, Any], rng: np.random.Generator, photos: list[
     """``scene`` with an ellipse inside its object painted with another photo's texture and a rim (a cup's inside).
 
     The alpha, the box and the background are unchanged (the inside is still the object); the layer
-    and the composite are redrawn.
+    and the composite are redrawn (:func:`_redrawn`).
     """
-    from ..data.photo_scenes import square_crop
+    from ..data.photo_scenes import object_share, square_crop
     from .foreground import distance_to_outside
 
     solid = scene["object_alpha"] > 0.99
@@ -244,13 +244,20 @@ def inner_content(scene: dict[str, Any], rng: np.random.Generator, photos: list[
     texture = square_crop(rng, photos[int(rng.integers(len(photos)))], depth.shape, (0.2, 0.6))
     colour = rng.uniform(0.0, 1.0, 3).astype(np.float32)
     layer = scene["layer"].copy()
-    share = np.where(layer[:, :, 3:] > 0, scene["object_alpha"][:, :, None] / np.maximum(layer[:, :, 3:], 1e-6), 0.0)
+    share = object_share(scene["object_alpha"], layer[:, :, 3])
     paint = ring * colour + inside * texture
     amount = (ring + inside) * share
     layer[:, :, :3] = (1.0 - amount) * layer[:, :, :3] + amount * paint / np.maximum(ring + inside, 1e-6)
+    return _redrawn(scene, layer)
+
+
+def _redrawn(scene: dict[str, Any], layer: np.ndarray) -> dict[str, Any]:
+    """``scene`` with a recoloured ``layer`` ``[S, S, 4]``: its composite redrawn over the unchanged background,
+    and its ``truth`` entry, which would be stale, left out."""
     a = layer[:, :, 3:]
     composite = (a * layer[:, :, :3] + (1.0 - a) * scene["background"]).astype(np.float32)
-    return scene | {"layer": layer.astype(np.float32), "composite": composite}
+    kept = {key: value for key, value in scene.items() if key != "truth"}
+    return kept | {"layer": layer.astype(np.float32), "composite": composite}
 
 
 #: :func:`camouflage`: share of the object's area recoloured; how far its colours move towards those around it;
@@ -272,10 +279,11 @@ def camouflage(scene: dict[str, Any], rng: np.random.Generator) -> dict[str, Any
     from the part's mean (scaled down to the ring's spread where that is smaller): the part keeps its shading
     and texture but shares its surroundings' colours, as a cup's red body on a red saucer does. The alpha,
     box and background are unchanged; the layer (the object's share of it, not its effects) and the
-    composite are redrawn, and a ``truth`` entry, which would be stale, is left out.
+    composite are redrawn (:func:`_redrawn`).
     """
     import cv2
 
+    from ..data.photo_scenes import object_share
     from .foreground import distance_to_outside
 
     a_obj = scene["object_alpha"]
@@ -301,21 +309,16 @@ def camouflage(scene: dict[str, Any], rng: np.random.Generator) -> dict[str, Any
     weight = ring.astype(np.float32)
     spread = cv2.GaussianBlur(weight, (0, 0), sigma)
     surround = cv2.GaussianBlur(scene["background"] * weight[:, :, None], (0, 0), sigma)
+    surroundings = scene["background"][ring]  # [n, 3]
     far = spread < 1e-4  # beyond the blur's reach: the ring's mean colour
-    surround = np.where(far[:, :, None], scene["background"][ring].mean(0),
-                        surround / np.maximum(spread, 1e-4)[:, :, None])
+    surround = np.where(far[:, :, None], surroundings.mean(0), surround / np.maximum(spread, 1e-4)[:, :, None])
     layer = scene["layer"].copy()
     rgb = layer[:, :, :3]
     mu_o, sd_o = rgb[inside].mean(0), rgb[inside].std(0) + 1e-3
-    sd_b = scene["background"][ring].std(0)
-    moved = np.clip(surround + (rgb - mu_o) / sd_o * np.minimum(sd_b, sd_o), 0.0, 1.0)
-    share = np.where(layer[:, :, 3] > 0, a_obj / np.maximum(layer[:, :, 3], 1e-6), 0.0)[:, :, None]
-    amount = rng.uniform(*CAMOUFLAGE_STRENGTH) * part * share
+    moved = np.clip(surround + (rgb - mu_o) / sd_o * np.minimum(surroundings.std(0), sd_o), 0.0, 1.0)
+    amount = rng.uniform(*CAMOUFLAGE_STRENGTH) * part * object_share(a_obj, layer[:, :, 3])
     layer[:, :, :3] = (1.0 - amount) * rgb + amount * moved
-    a = layer[:, :, 3:]
-    composite = (a * layer[:, :, :3] + (1.0 - a) * scene["background"]).astype(np.float32)
-    kept = {key: value for key, value in scene.items() if key != "truth"}
-    return kept | {"layer": layer.astype(np.float32), "composite": composite}
+    return _redrawn(scene, layer)
 
 
 class _StepBatches(torch.utils.data.Dataset):
