@@ -27,7 +27,7 @@ from lamina.layeringdiff.cutout import (
     refine_mask,
 )
 from lamina.layeringdiff.cutout_train import camouflage, make_sample, resolve_config, training_loop
-from lamina.layeringdiff.foreground import ForegroundConfig, foreground_from_box, grabcut_mask
+from lamina.layeringdiff.foreground import ForegroundConfig, foreground_from_box, grabcut_mask, reach_box_sides
 
 TINY = CutoutNetConfig(working_size=32, channels=(8, 16), dilations=(1,))
 
@@ -326,7 +326,8 @@ def test_foreground_from_box_uses_the_refiner(tmp_path):
     with pytest.raises(LaminaError, match="refiner"):
         ForegroundConfig(refiner=3)
     for bad in ({"refiner_threshold": 0.0}, {"refiner_threshold": 1.0}, {"refiner_unknown": 0.6},
-                {"refiner_grabcut": 0.5}, {"refiner_grabcut": -0.1}):
+                {"refiner_grabcut": 0.5}, {"refiner_grabcut": -0.1}, {"tight_box": 0.5}, {"tight_box": -0.1},
+                {"tight_box_probability": 1.5}):
         with pytest.raises(LaminaError, match=next(iter(bad))):
             ForegroundConfig(**bad)
 
@@ -350,6 +351,32 @@ def test_grabcut_from_a_prior_keeps_its_sure_pixels():
     assert loose.dtype == bool and loose.any()
     with pytest.raises(LaminaError, match="marks no object"):
         grabcut_mask(image, box, prior=np.zeros(truth.shape, np.float32))
+
+
+def test_reach_box_sides_follows_the_probability_to_a_far_side():
+    rng = np.random.default_rng(0)
+    image = np.clip(0.5 + 0.03 * rng.standard_normal((64, 64, 3)), 0, 1).astype(np.float32)
+    image[12:52, 28:36] = (0.2, 0.3, 0.9)  # a blue bar, the object
+    image[24:52, 28:36] = 1.0  # ... whose lower part is white
+    box = (26, 10, 38, 54)
+    mask = np.zeros((64, 64), bool)
+    mask[24:52, 28:36] = True  # the cut-out missed the blue top: 14 of the box's 44 rows away from its top
+    probability = np.zeros((64, 64), np.float32)
+    probability[24:52, 28:36] = 0.9
+    probability[12:24, 31:33] = 0.3  # the refiner, unsure, along the middle of the missed part
+
+    grown, sides = reach_box_sides(image, box, mask, probability, 0.07, 0.05)
+    assert sides == ("top",)
+    rows = np.flatnonzero(grown.any(axis=1))
+    assert rows[0] <= 10 + 0.07 * 44  # the top side is reached
+    assert grown[14:24, 31:33].all()  # along the likely route
+    assert not grown[:, :26].any() and not grown[:, 38:].any() and not grown[:10].any()  # never outside the box
+    # Off the likely route the refiner is sure of the background: the path is not taken.
+    same, sides = reach_box_sides(image, box, mask, np.where(mask, 0.9, 0.0).astype(np.float32), 0.07, 0.05)
+    assert sides == () and same is mask
+    # Within the tolerance of every side (or no mask at all): nothing to do.
+    assert reach_box_sides(image, box, mask, probability, 0.35, 0.05)[1] == ()
+    assert reach_box_sides(image, box, np.zeros_like(mask), probability, 0.07, 0.05)[1] == ()
 
 
 def test_large_holes():

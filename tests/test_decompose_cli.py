@@ -164,6 +164,31 @@ def test_auto_mode_finds_the_object_on_a_plain_scene():
         salient_boxes(flat)
 
 
+
+def test_auto_mode_boxes_are_not_held_to_the_tight_box_prior():
+    """A saliency box has a margin: automatic regions run without the tight-box prior, a user's box with it."""
+    from lamina.layeringdiff.bounded import peel_window
+    from lamina.layeringdiff.decompose import make_decomposer, peel
+    from lamina.layeringdiff.foreground import ForegroundConfig, foreground_from_box
+
+    class Recorder:  # a grounder that segments boxes as lamina does, keeping each box's configuration
+        configs: list = []
+
+        def estimate_box(self, image, box, config=None):
+            self.configs.append(config)
+            return foreground_from_box(image, box, config)
+
+    s = scene(910_000_004)
+    grounder = Recorder()
+    decomposer = make_decomposer("classical")
+    config = ForegroundConfig()
+    peel(s.composite, [("auto", None), ("box", s.box)], decomposer, config=config, grounder=grounder)
+    canvas = np.concatenate([s.composite.transpose(2, 0, 1), np.ones((1, SIZE, SIZE), np.float32)])
+    peel_window(canvas.copy(), "auto", None, decomposer, config, grounder)
+    peel_window(canvas.copy(), "box", s.box, decomposer, config, grounder)
+    assert [c.tight_box for c in grounder.configs] == [None, config.tight_box, None, config.tight_box]
+    assert config.tight_box is not None
+
 # ------------------------------------------------------------------ Python API
 class FakeGrounder:
     """A stand-in for Grounding DINO / SAM: the prompt's object is the scene's true mask."""

@@ -372,10 +372,12 @@ def peel_window(canvas: np.ndarray, kind: str, value: Any, decomposer: Decompose
     layer came out empty. ``keep_alphas``: also the object's alpha and the effects' opacity on the
     box (:attr:`WindowPart.part`).
     """
-    from .foreground import ForegroundConfig
+    from .foreground import ForegroundConfig, without_tight_box
 
     bounded = bounded or BoundedConfig()
     config = config or ForegroundConfig()
+    if kind == "auto":
+        config = without_tight_box(config)
     kind, value, rows, cols = _region_window(kind, value, canvas, bounded, saliency)
     full = (rows.stop - rows.start, cols.stop - cols.start)
     size = _work_size(rows, cols, bounded.max_side)

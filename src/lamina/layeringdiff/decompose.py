@@ -24,7 +24,14 @@ from ..layers import Layer, LayeredImage, parse_box, pil_to_array
 from ._util import BUILTIN_MODEL, BUILTIN_NAME
 from .bounded import BoundedConfig, is_large, peel_bounded, recomposition_psnr
 from .disassembly import Decomposer, Decomposition, psnr
-from .foreground import ForegroundConfig, ForegroundEstimate, as_rgb, foreground_from_box, foreground_from_mask
+from .foreground import (
+    ForegroundConfig,
+    ForegroundEstimate,
+    as_rgb,
+    foreground_from_box,
+    foreground_from_mask,
+    without_tight_box,
+)
 
 __all__ = ["BUILTIN_MODEL", "BUILTIN_NAME", "METHODS", "Region", "decompose_image", "make_decomposer", "peel",
            "regions_from_args"]
@@ -95,13 +102,15 @@ def peel(
     config = config or ForegroundConfig()
     out = []
     for kind, value in regions:
+        box_config = config
         if kind == "auto":
             from .saliency import salient_boxes
 
             kind, value = "box", salient_boxes(current, 1, saliency)[0]
+            box_config = without_tight_box(config)
         if kind == "box":
-            estimate = (foreground_from_box(current, value, config) if grounder is None
-                        else grounder.estimate_box(current, value, config))
+            estimate = (foreground_from_box(current, value, box_config) if grounder is None
+                        else grounder.estimate_box(current, value, box_config))
         elif kind == "prompt":
             if grounder is None:
                 from .grounding import Grounder
