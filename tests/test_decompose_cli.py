@@ -189,6 +189,21 @@ def test_auto_mode_boxes_are_not_held_to_the_tight_box_prior():
     assert [c.tight_box for c in grounder.configs] == [None, config.tight_box, None, config.tight_box]
     assert config.tight_box is not None
 
+
+def test_loose_box_option_turns_the_tight_box_prior_off(photos, tmp_path, monkeypatch):
+    folder, boxes = photos
+    configs = []
+    real = decompose_module.decompose_image
+    monkeypatch.setattr(decompose_module, "decompose_image",
+                        lambda *a, **k: configs.append(k["config"]) or real(*a, **k))
+    box = ",".join(map(str, boxes[0]))
+    for name, extra in (("loose.psd", ["--loose-box"]), ("tight.psd", [])):
+        result = run("decompose", folder / "p0.png", "--box", box, "--out", tmp_path / name, "--method", "classical",
+                     "--no-preview", *extra)
+        assert result.exit_code == 0, result.output
+    loose, tight = configs
+    assert loose.tight_box is None and tight.tight_box is not None
+
 # ------------------------------------------------------------------ Python API
 class FakeGrounder:
     """A stand-in for Grounding DINO / SAM: the prompt's object is the scene's true mask."""

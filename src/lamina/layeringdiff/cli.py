@@ -54,6 +54,10 @@ _common_decompose_options = [
                  help="the learned refiner of GrabCut's cut-out from a box (it says where the object is, GrabCut "
                       "runs again from that): builtin, a folder saved by lamina layeringdiff train-cutout, or none "
                       "(GrabCut's mask as it is)"),
+    click.option("--loose-box", "loose_box", is_flag=True,
+                 help="the --box leaves a wide margin around the object: do not assume that the object touches "
+                      "every side of it (by default a side the cut-out does not reach is joined to it along the "
+                      "refiner's most likely path)"),
     click.option("--split-effects", is_flag=True,
                  help="write each object's shadow and reflection as their own layers under the object (blend "
                       "modes multiply and screen), so effects can be toggled in an editor"),
@@ -74,7 +78,7 @@ class _Settings:
 
     def __init__(self, *, method: str, model: str | None, steps: int | None, seed: int, hfa: bool,
                  self_similar: bool, split_effects: bool, grounding: tuple[str, ...], prompts: tuple[str, ...],
-                 device: str, dtype: str, cutout_model: str = "builtin") -> None:
+                 device: str, dtype: str, cutout_model: str = "builtin", loose_box: bool = False) -> None:
         if method == "classical" and (model is not None or steps is not None):
             raise LaminaError("--model and --steps apply to --method layeringdiff (FBDD), not classical")
         self.method, self.model, self.device, self.dtype = method, model, device, dtype
@@ -85,6 +89,7 @@ class _Settings:
                 self.options["self_similar"] = None
         self.split_effects = split_effects
         self.refiner = None if cutout_model.lower() == "none" else cutout_model
+        self.loose_box = loose_box
         from .grounding import parse_model_roles
 
         self.grounding = parse_model_roles(grounding)
@@ -117,7 +122,8 @@ class _Settings:
 
         kwargs: dict[str, Any] = {"layers": layers, "decomposer": self.decomposer, "grounder": grounder,
                                   "split_effects": self.split_effects,
-                                  "config": ForegroundConfig(refiner=self.refiner)}
+                                  "config": ForegroundConfig(refiner=self.refiner,
+                                                             **({"tight_box": None} if self.loose_box else {}))}
         if boxes:
             kwargs["box"] = list(boxes)
         elif masks:
@@ -172,8 +178,9 @@ def _check_boxes(parsed: list[Any], size: tuple[int, int], what: str) -> None:
 @preview_option
 def decompose(inputs: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[Path, ...], prompts: tuple[str, ...],
               layers: int | None, out: Path, fmt: str, method: str, model: str | None, steps: int | None,
-              hfa: bool, self_similar: bool, cutout_model: str, split_effects: bool, grounding: tuple[str, ...],
-              seed: int, device: str, dtype: str, threads: int | None, overwrite: bool, preview: bool) -> None:
+              hfa: bool, self_similar: bool, cutout_model: str, loose_box: bool, split_effects: bool,
+              grounding: tuple[str, ...], seed: int, device: str, dtype: str, threads: int | None, overwrite: bool,
+              preview: bool) -> None:
     """Split photos into a completed background and one layer per object (shadows included).
 
     IMAGE is a photo; a FOLDER or a quoted GLOB ("photos/*.jpg") decomposes every image into the
@@ -207,7 +214,7 @@ def decompose(inputs: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[Path
     setup_runtime(device, dtype, threads)  # an unavailable device fails here, before any model loads
     settings = _Settings(method=method, model=model, steps=steps, seed=seed, hfa=hfa, self_similar=self_similar,
                          split_effects=split_effects, grounding=grounding, prompts=prompts, device=device,
-                         dtype=dtype, cutout_model=cutout_model)
+                         dtype=dtype, cutout_model=cutout_model, loose_box=loose_box)
     if not batch:
         output_format(out)
         size = image_size(paths[0])
@@ -272,8 +279,8 @@ def _report(layered: Any, out: Path, preview: bool) -> None:
 @preview_option
 def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, t2i_steps: int, guidance: float,
              out: Path, method: str, model: str | None, steps: int | None, hfa: bool, self_similar: bool,
-             cutout_model: str, split_effects: bool, grounding: tuple[str, ...], seed: int, device: str, dtype: str,
-             threads: int | None, overwrite: bool, preview: bool) -> None:
+             cutout_model: str, loose_box: bool, split_effects: bool, grounding: tuple[str, ...], seed: int,
+             device: str, dtype: str, threads: int | None, overwrite: bool, preview: bool) -> None:
     """Generate a composite from PROMPT, find the --foreground object(s) by text, and split it into layers.
 
     The text-to-image, grounding and FBDD models run on --device (the GPU when there is one) in
@@ -286,7 +293,7 @@ def generate(prompt: str, phrases: tuple[str, ...], t2i: str, size: int | None, 
     output_format(out)
     settings = _Settings(method=method, model=model, steps=steps, seed=seed, hfa=hfa, self_similar=self_similar,
                          split_effects=split_effects, grounding=grounding, prompts=phrases, device=device,
-                         dtype=dtype, cutout_model=cutout_model)
+                         dtype=dtype, cutout_model=cutout_model, loose_box=loose_box)
     with claim_outputs([out] + ([sheet_path(out)] if preview else []), overwrite):
         image = generate_composite(t2i, prompt, size=size, num_inference_steps=t2i_steps, guidance_scale=guidance,
                                    seed=seed, device=device, dtype=dtype)
