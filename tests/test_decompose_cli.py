@@ -172,7 +172,8 @@ def test_auto_mode_boxes_are_not_held_to_the_tight_box_prior():
     from lamina.layeringdiff.foreground import ForegroundConfig, foreground_from_box
 
     class Recorder:  # a grounder that segments boxes as lamina does, keeping each box's configuration
-        configs: list = []
+        def __init__(self):
+            self.configs = []
 
         def estimate_box(self, image, box, config=None):
             self.configs.append(config)

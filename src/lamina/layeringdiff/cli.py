@@ -118,12 +118,12 @@ class _Settings:
 
         # Boxes (given or automatic) go to SAM only when the user named one; prompts always need the grounder.
         grounder = self.grounder if prompts or "segmenter" in self.grounding else None
-        from .foreground import ForegroundConfig
+        from .foreground import ForegroundConfig, without_tight_box
 
+        config = ForegroundConfig(refiner=self.refiner)
         kwargs: dict[str, Any] = {"layers": layers, "decomposer": self.decomposer, "grounder": grounder,
                                   "split_effects": self.split_effects,
-                                  "config": ForegroundConfig(refiner=self.refiner,
-                                                             **({"tight_box": None} if self.loose_box else {}))}
+                                  "config": without_tight_box(config) if self.loose_box else config}
         if boxes:
             kwargs["box"] = list(boxes)
         elif masks:
