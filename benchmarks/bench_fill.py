@@ -11,8 +11,9 @@ image (one thread). Fills whose library is missing are listed as such:
 * ``shiftmap``, ``fsr_fast``, ``fsr_best``: OpenCV contrib's ``cv2.xphoto.inpaint``
   (``opencv-contrib-python-headless``, which replaces ``opencv-python-headless`` in a venv);
 * ``patchmatch``: ``pypatchmatch`` (PyPI; a prebuilt PatchMatch library, MIT);
-* ``harmonic``, ``ns``: lamina's :func:`~lamina.layeringdiff.classical.inpaint_background` methods
-  (``harmonic``: :func:`~lamina.layeringdiff.classical.harmonic_fill`, the default since 2026-12-06).
+* ``oriented``, ``harmonic``, ``ns``: lamina's :func:`~lamina.layeringdiff.classical.inpaint_background`
+  methods (``oriented``: :func:`~lamina.layeringdiff.classical.oriented_fill`, the default since 2026-12-08;
+  ``harmonic``: :func:`~lamina.layeringdiff.classical.harmonic_fill`, the default from 2026-12-06).
 
     python benchmarks/bench_fill.py [--split validation] [--count 12] [--sizes 256,512] [--fills telea,...]
 """
@@ -96,7 +97,7 @@ def main() -> None:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--count", type=int, default=12)
     parser.add_argument("--sizes", default="256,512")
-    parser.add_argument("--fills", default="telea,harmonic,shiftmap,fsr_fast,patchmatch")
+    parser.add_argument("--fills", default="telea,harmonic,oriented,shiftmap,fsr_fast,patchmatch")
     parser.add_argument("--wallpapers", default="/usr/share/backgrounds")
     args = parser.parse_args()
     photos, names = load_photos(args.split, args.wallpapers)
