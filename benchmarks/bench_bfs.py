@@ -3,12 +3,18 @@
 Cases (seeds from 9e8; training uses seeds far below and the previews 2e9), at the model's
 resolution: ``single`` (one object per scene), ``multi`` (2-4 objects placed back to front: each
 layer is generated over the composite so far) and ``photo`` (the procedural objects' boxes and
-captions over random crops of scikit-image's photographs, when scikit-image is installed).
+captions over random crops of scikit-image's photographs, when scikit-image is installed); and at
+``--small-size`` px (256): ``small`` and ``small-photo`` (``--small N``), one object a quarter of the
+size the model was trained on (a box of 8 to 17 % of the image's side, as on a user's photo), over
+procedural backgrounds and over the photographs.
 
 Methods, each given the background, the object's box and its caption, each returning a
 straight-alpha layer:
 
-* ``bfs``: the BFS model (``--model``, default the built-in).
+* ``bfs``: the BFS model (``--model``, default the built-in), with its own sampling window (the model's
+  ``box_share``; ``--box-share`` sets it).
+* ``bfs-whole``, ``bfs-window``: the same model over the whole background at its resolution (as the paper
+  samples), or in a window around the box (:meth:`~lamina.bfs.pipeline.BFSPipeline.sampling_window`).
 * ``paste``: baseline (a), the **exact** object without its shadows/reflections (an oracle cut-out:
   what a perfect cut-out tool gives; its object IoU is an upper bound, its effects IoU is 0).
 * ``bfs-cutout``: an ablation of (a) with a non-oracle object, BFS's own layer with its predicted effects
@@ -23,11 +29,12 @@ Metrics (:mod:`lamina.metrics.synthesis`): total / object / effects IoU against 
 (predicted effects = dark soft-alpha pixels, i.e. mostly shadows), alpha SAD (/1000), the largest
 background change where alpha is 0 (BFS and paste: must be exactly 0), composite FID/KID against
 the ground-truth composites with lamina's local random-conv features (relative only; few images),
+(on the small sets: over squares twice the object's box across around it, at the model's resolution),
 the share of "with a shadow" captions whose layer has a shadow touching the object, the share of layers whose
 object's median colour is nearest to the caption's colour among the 12 named colours (the ``paste`` row is
 the exact objects' score, the ceiling), and seconds per layer (one thread, wall clock).
 
-    python benchmarks/bench_bfs.py [--single 24] [--multi 8] [--photo 12] [--model builtin] [--steps N]
+    python benchmarks/bench_bfs.py [--single 24] [--multi 8] [--photo 12] [--small 0] [--model builtin] [--steps N]
 """
 
 from __future__ import annotations
@@ -69,7 +76,8 @@ def gen_decompose_method(pipe, decomposer, steps, seed):
                        generator=torch.Generator().manual_seed(seed + next(counter)), return_composite=True)
         finally:
             pipe.joint.enabled = True
-        composite = out.layers[-1].pixels[:, :, :3]  # the hidden "bfs composite" preview layer
+        # The hidden "bfs composite" preview layer (opaque over the sampling window) over the background.
+        composite = out.composite(include_hidden=True)[:, :, :3]
         try:
             layered = decompose_image(composite, box=box, decomposer=decomposer)
         except LaminaError:  # GrabCut finds no object in the generated box: no layer, the composite as background
@@ -104,7 +112,26 @@ def paste_method(layers):
     return method
 
 
-def run(method, cases):
+def around_objects(images, cases, size):
+    """Each image cut to a square twice its case's (first) object's box across, centred on it, resized to ``size``:
+    on a large canvas the composite FID then compares the objects and their surroundings, not the background."""
+    import torch
+    import torch.nn.functional as nnf
+
+    out = []
+    for image, case in zip(images, cases, strict=True):
+        x0, y0, x1, y1 = case.targets[0].box
+        h, w = image.shape[:2]
+        side = min(2 * max(x1 - x0, y1 - y0), h, w)
+        left = min(max((x0 + x1 - side) // 2, 0), w - side)
+        top = min(max((y0 + y1 - side) // 2, 0), h - side)
+        crop = torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side])).permute(2, 0, 1)[None]
+        crop = nnf.interpolate(crop.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(crop[0].permute(1, 2, 0).clamp(0, 1).numpy())
+    return out
+
+
+def run(method, cases, resolution):
     from lamina.bfs.evaluate import evaluate_method
     from lamina.metrics import RandomConvFeatures, fid_kid
 
@@ -112,6 +139,8 @@ def run(method, cases):
     result = evaluate_method(method, cases, keep=kept)
     real = [np.ascontiguousarray(case.composite()) for case in cases]
     fake = [np.ascontiguousarray(layered.composite()[:, :, :3]) for layered in kept]
+    if cases and max(cases[0].background.shape[:2]) > resolution:  # the small sets: FID around the object
+        real, fake = around_objects(real, cases, resolution), around_objects(fake, cases, resolution)
     if len(real) >= 2:
         scores = fid_kid(real, fake, feature=RandomConvFeatures(), kid_subsets=20)
         result["fid"], result["kid"] = scores["fid"], scores["kid_mean"] * 1e3
@@ -130,6 +159,10 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=24)
     parser.add_argument("--multi", type=int, default=8)
     parser.add_argument("--photo", type=int, default=12)
+    parser.add_argument("--small", type=int, default=0, help="cases of each small set (small, small-photo)")
+    parser.add_argument("--small-size", type=int, default=256, help="canvas of the small sets, px")
+    parser.add_argument("--box-share", type=float, default=None,
+                        help="the model's sampling window: its box_share (default: the model's own)")
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--steps", type=int, default=None, help="BFS sampling steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None,
@@ -143,6 +176,8 @@ def main() -> None:
 
     pipe = load_model(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.box_share is not None:
+        pipe.register_to_config(box_share=args.box_share)
     resolution = int(pipe.config.resolution)
     decomposer = make_decomposer("layeringdiff", seed=args.seed) if "gen+decompose" in args.methods else None
     photos = _photo_backgrounds()
@@ -153,18 +188,25 @@ def main() -> None:
         sets.append(("photo", held_out_cases(args.photo, resolution, "single", seed=first, photos=photos)))
     elif args.photo:
         print("(scikit-image is not installed: no photo backgrounds)")
+    if args.small:
+        sets.append(("small", held_out_cases(args.small, args.small_size, "small", seed=first)))
+        if photos:
+            sets.append(("small-photo", held_out_cases(args.small, args.small_size, "small", seed=first,
+                                                       photos=photos)))
     sets = [(name, cases) for name, cases in sets if cases]
 
     print(f"model {args.model} at {resolution} px, steps {args.steps or pipe.config.inference_steps}, "
           f"guidance {args.guidance if args.guidance is not None else pipe.config.guidance_scale}, "
+          f"box share {pipe.config.get('box_share')}, "
           f"seed {args.seed}, scenes from seed {first}; {', '.join(f'{n} {len(c)}' for n, c in sets)} case(s)\n")
     print("| cases | method | " + " | ".join(label for _, label in COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))
     for name, cases in sets:
         for method_name in args.methods.split(","):
             sampler = {"steps": args.steps, "seed": args.seed, "guidance_scale": args.guidance}
-            if method_name == "bfs":
-                method = bfs_method(pipe, **sampler)
+            if method_name in ("bfs", "bfs-whole", "bfs-window"):
+                crop = {"bfs": None, "bfs-whole": False, "bfs-window": True}[method_name]
+                method = bfs_method(pipe, **sampler, crop=crop)
             elif method_name == "bfs-cutout":
                 method = cutout_method(bfs_method(pipe, **sampler))
             elif method_name == "paste":
@@ -174,7 +216,7 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown method {method_name!r}")
             start = time.time()
-            result = run(method, cases)
+            result = run(method, cases, resolution)
             cells = []
             for key, _ in COLUMNS:
                 value = result.get(key, math.nan)

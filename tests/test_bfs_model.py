@@ -543,6 +543,67 @@ def test_pipeline_rejects_bad_regions(pipe):
         pipe(background, mask=np.zeros((32, 32)), prompt=CAPTION)
 
 
+def test_sampling_window_geometry():
+    from lamina.bfs.pipeline import sampling_window
+
+    assert sampling_window((10, 20, 30, 40), 100, 200, None, 64) == (0, 0, 200, 100)  # no share: the whole image
+    assert sampling_window((90, 40, 100, 50), 100, 200, 0.5, 32) == (79, 29, 111, 61)  # 32 px (the minimum) around it
+    assert sampling_window((90, 40, 110, 50), 100, 200, 0.5, 32) == (80, 25, 120, 65)  # 20 / 0.5: 40 px
+    assert sampling_window((90, 40, 130, 50), 100, 200, 0.5, 32) == (70, 5, 150, 85)  # 40 / 0.5: 80 px
+    assert sampling_window((0, 0, 10, 10), 100, 200, 0.25, 16) == (0, 0, 40, 40)  # moved inside at a corner
+    assert sampling_window((150, 80, 200, 100), 100, 200, 0.5, 16) == (100, 0, 200, 100)  # 100 px: cut to the height
+    assert sampling_window((0, 0, 200, 100), 100, 200, 0.5, 16) == (0, 0, 200, 100)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # the window always holds the box and lies in the image
+        h, w = (int(v) for v in rng.integers(8, 120, 2))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        box = (x0, y0, int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1)))
+        left, top, right, bottom = sampling_window(box, h, w, float(rng.uniform(0.2, 1.0)), int(rng.integers(8, 64)))
+        assert 0 <= left <= box[0] and box[2] <= right <= w and 0 <= top <= box[1] and box[3] <= bottom <= h
+
+
+def test_sampling_window_equals_the_pipeline_on_the_cropped_background(pipe, tmp_path):
+    _soft_alpha(pipe)
+    background = np.random.default_rng(7).random((70, 90, 3)).astype(np.float32)
+    box, kwargs = (50, 30, 62, 44), dict(prompt=CAPTION, return_composite=True)
+    assert pipe.config.box_share is None and pipe.sampling_window(box, 70, 90) == (0, 0, 90, 70)
+    window = pipe.sampling_window(box, 70, 90, crop=True)  # DEFAULT_BOX_SHARE: 14 / 0.5 -> 28, at least 32 px
+    assert window == (40, 21, 72, 53)
+    out = pipe(background, box=box, generator=torch.Generator().manual_seed(7), crop=True, **kwargs)
+    left, top, right, bottom = window
+    alone = pipe(background[top:bottom, left:right], box=(10, 9, 22, 23), generator=torch.Generator().manual_seed(7),
+                 **kwargs)
+    layer = out.layers[0]
+    assert layer.offset == (left, top) and layer.pixels.shape == (32, 32, 4)
+    assert np.array_equal(layer.pixels, alone.layers[0].pixels)
+    assert layer.metadata["box"] == list(box) and layer.metadata["window"] == list(window)
+    assert out.metadata["window"] == list(window) and out.layers[1].offset == (left, top)
+    assert np.array_equal(out.background.pixels[..., :3], background)
+    alpha = out.canvas(0)[..., 3]
+    assert (alpha > 0).any() and (alpha[:, :left] == 0).all() and (alpha[bottom:] == 0).all()
+    composite = out.composite()[..., :3]
+    assert np.array_equal(composite[alpha == 0], background[alpha == 0])
+    # A mask region takes the same window; bounded (an offset rectangle inside the window) matches too.
+    mask = np.zeros((70, 90), np.float32)
+    mask[box[1]:box[3], box[0]:box[2]] = 1
+    masked = pipe(background, mask=mask, generator=torch.Generator().manual_seed(7), crop=True, **kwargs)
+    assert np.array_equal(masked.canvas(0), out.canvas(0))
+    bounded = pipe(background, box=box, generator=torch.Generator().manual_seed(7), crop=True, bounded=True, **kwargs)
+    np.testing.assert_allclose(bounded.canvas(0), out.canvas(0), rtol=0, atol=1e-4)
+    # The share is the pipeline's config: saved, loaded back, and then the default.
+    pipe.register_to_config(box_share=0.5)
+    try:
+        pipe.save_pretrained(tmp_path / "bfs")
+    finally:
+        pipe.register_to_config(box_share=None)
+    loaded = load_pipeline(tmp_path / "bfs")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.box_share == 0.5 and loaded.sampling_window(box, 70, 90) == window
+    assert loaded.sampling_window(box, 70, 90, crop=False) == (0, 0, 90, 70)
+    with pytest.raises(LaminaError, match="box_share"):
+        BFSPipeline.from_components(dict(pipe.components), resolution=32, box_share=1.5)
+
+
 def test_from_fill_on_a_saved_tiny_fill_folder(parts, tmp_path):
     from diffusers import FluxFillPipeline
 

@@ -403,6 +403,32 @@ def test_synthesize_layers_bounded_path_matches_the_full_one(tiny_model, monkeyp
     assert deep.bit_depth == 16 and deep.layers[0].stored.dtype == np.uint16
 
 
+def test_synthesize_layers_in_sampling_windows(tiny_model, monkeypatch):
+    import lamina.bfs.pipeline as bfs_pipeline
+    from lamina.bfs.synthesize import synthesize_layers
+    from lamina.bfs.train import load_model
+
+    pipe = load_model(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(box_share=0.5)
+    background = (np.random.default_rng(3).random((72, 96, 3)) * 255).astype(np.uint8)
+    boxes, prompts = [(2, 3, 20, 20), (50, 30, 70, 52)], ["a red star", "a blue heart"]
+    windows = [pipe.sampling_window(box, 72, 96) for box in boxes]
+    assert windows == [(0, 0, 36, 36), (38, 19, 82, 63)]
+    full = synthesize_layers(pipe, background, boxes, prompts, num_inference_steps=1, seed=3)
+    assert [layer.offset for layer in full.layers] == [w[:2] for w in windows]
+    assert [layer.metadata["window"] for layer in full.layers] == [list(w) for w in windows]
+    whole = synthesize_layers(pipe, background, boxes[:1], prompts[:1], num_inference_steps=1, crop=False)
+    assert whole.layers[0].offset == (0, 0) and whole.layers[0].metadata["window"] == [0, 0, 96, 72]
+    monkeypatch.setattr(bfs_pipeline, "BOUNDED_SIDE", 16)  # the bounded path: composite bands cut to each window
+    bounded = synthesize_layers(pipe, background, boxes, prompts, num_inference_steps=1, seed=3)
+    assert [layer.metadata for layer in bounded.layers] == [layer.metadata for layer in full.layers]
+    np.testing.assert_allclose(bounded.canvas(0), full.canvas(0), rtol=0, atol=0.5 / 255 + 1e-4)
+    np.testing.assert_allclose(bounded.canvas(1), full.canvas(1), rtol=0, atol=1e-2)
+    alpha = np.max([bounded.canvas(k)[..., 3] for k in range(2)], axis=0)
+    assert np.array_equal(bounded.composite_uint8()[..., :3][alpha == 0], background[alpha == 0])
+
+
 def test_synthesize_cli_errors_before_loading(tmp_path):
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "bg.png")
     bg, out = str(tmp_path / "bg.png"), str(tmp_path / "o.psd")

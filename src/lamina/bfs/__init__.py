@@ -30,6 +30,7 @@ _LAZY = {
     "load_pipeline": "pipeline",
     "resize_premultiplied": "pipeline",
     "working_size": "pipeline",
+    "sampling_window": "pipeline",
     "encode_image": "pipeline",
     "encode_prompts": "pipeline",
     "latent_image_ids": "pipeline",

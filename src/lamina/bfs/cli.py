@@ -61,13 +61,17 @@ def _load(model: str, device: str, dtype: str, threads: int | None):
 @click.option("--steps", type=click.IntRange(1), default=None, help="sampling steps (default: the model's)")
 @click.option("--guidance", type=click.FloatRange(0), default=None,
               help="guidance scale (default: the model's): classifier-free, or FLUX.1-Fill's embedded guidance")
+@click.option("--crop/--no-crop", default=None,
+              help="draw each object in a window around its box, at the model's full resolution (default: as the "
+                   "model says; the built-in does), or over the whole background scaled to the model's resolution "
+                   "(--no-crop, as the paper does)")
 @seed_option(help="random seed: layer k samples with seed + k")
 @preview_option
 @runtime_options
 @overwrite_option
 def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...], out: Path, model: str,
-               steps: int | None, guidance: float | None, seed: int, preview: bool, device: str, dtype: str,
-               threads: int | None, overwrite: bool) -> None:
+               steps: int | None, guidance: float | None, crop: bool | None, seed: int, preview: bool, device: str,
+               dtype: str, threads: int | None, overwrite: bool) -> None:
     """Draw captioned objects (with their shadows and reflections) onto BACKGROUND as separate layers.
 
     Each --box/--prompt pair adds one layer, back to front: the next object is drawn over the
@@ -99,7 +103,7 @@ def synthesize(background: Path, boxes: tuple[str, ...], prompts: tuple[str, ...
 
     pipe = _load(model, device, dtype, threads)
     layered = synthesize_layers(pipe, image, parsed, list(prompts), num_inference_steps=steps,
-                                guidance_scale=guidance, seed=seed,
+                                guidance_scale=guidance, seed=seed, crop=crop,
                                 progress=lambda items: progress(items, desc="BFS layers"))
     layered.metadata["model"] = str(model)
     written = [str(p) for p in write_layered(layered, out, overwrite=overwrite, preview=preview)]

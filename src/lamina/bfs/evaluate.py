@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..errors import LaminaError
 from ..layers import Layer, LayeredImage
 from ..metrics.synthesis import background_change, caption_colour_hit, layer_metrics, shadow_touches_object
 
@@ -56,16 +57,23 @@ def _on_canvas(crop: np.ndarray, offset: tuple[int, int], width: int, height: in
     return out
 
 
+#: Object radius / canvas side of the held-out cases by mode (``small``: one object a few times smaller than the
+#: model was trained on, on a larger canvas: a small box on a user's photo).
+CASE_SCALES = {"single": (0.16, 0.32), "multi": (0.12, 0.22), "small": (0.04, 0.08)}
+
+
 def held_out_cases(count: int, resolution: int, mode: str = "single", seed: int = HELD_OUT_SEED,
                    photos: list[np.ndarray] | None = None) -> list[Case]:
-    """``count`` held-out procedural cases at ``resolution`` px: ``single`` (one object) or ``multi`` (2-4, back to
-    front). With ``photos`` the background is a random crop of one of them (the objects keep their effects)."""
+    """``count`` held-out procedural cases at ``resolution`` px: ``single`` (one object), ``multi`` (2-4, back to
+    front) or ``small`` (one object of :data:`CASE_SCALES`' small size). With ``photos`` the background is a random
+    crop of one of them (the objects keep their effects)."""
     from ..data import SCENE_PRESETS, generate_scene
     from .data import _random_crop
 
+    if mode not in CASE_SCALES:
+        raise LaminaError(f"unknown case mode {mode!r}; choose from {', '.join(CASE_SCALES)}")
     preset = SCENE_PRESETS["multi" if mode == "multi" else "default"]
-    scale = (0.16, 0.32) if mode == "single" else (0.12, 0.22)
-    config = replace(preset, size=resolution, scale=scale)
+    config = replace(preset, size=resolution, scale=CASE_SCALES[mode])
     cases = []
     for i in range(count):
         scene = generate_scene(seed + i, config)
@@ -81,14 +89,16 @@ def held_out_cases(count: int, resolution: int, mode: str = "single", seed: int 
     return cases
 
 
-def bfs_method(pipe, steps: int | None = None, seed: int = 0, guidance_scale: float | None = None) -> Method:
+def bfs_method(pipe, steps: int | None = None, seed: int = 0, guidance_scale: float | None = None,
+               crop: bool | None = None) -> Method:
     """A :class:`~lamina.bfs.pipeline.BFSPipeline` as a method (layer ``k`` of a run samples with ``seed + k``);
-    ``steps`` and ``guidance_scale`` default to the pipeline's."""
+    ``steps``, ``guidance_scale`` and ``crop`` (its sampling window) default to the pipeline's."""
     counter = iter(range(10**9))
 
     def method(background: np.ndarray, box: tuple[int, int, int, int], caption: str) -> tuple[np.ndarray, ...]:
         out = pipe(background=background, box=box, prompt=caption, num_inference_steps=steps,
-                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed + next(counter)))
+                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed + next(counter)),
+                   crop=crop)
         return out.canvas(0), out.background.rgb
 
     return method

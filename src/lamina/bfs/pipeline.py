@@ -41,6 +41,9 @@ ALPHA_FLOOR = 0.5 / 255
 BOUNDED_SIDE = 1024
 #: Full-size rows handled at a time by the bounded path (downscale of the background, upscale of the layer).
 BAND_ROWS = 256
+#: ``crop=True`` on a pipeline without a ``box_share``: the box's longer side is this share of the window's side
+#: (the ``tiny`` preset's procedural scenes: objects 0.32 to 0.64 of the canvas across, boxes grown by up to 15 %).
+DEFAULT_BOX_SHARE = 0.5
 
 # ---------------------------------------------------------------------------- outputs
 
@@ -293,6 +296,31 @@ def working_size(height: int, width: int, resolution: int, multiple: int) -> tup
     return side(height), side(width)
 
 
+def sampling_window(bbox: Sequence[int], height: int, width: int, box_share: float | None,
+                    min_side: int) -> tuple[int, int, int, int]:
+    """The rectangle ``(x0, y0, x1, y1)`` of a ``height x width`` background that the model samples in.
+
+    ``None`` ``box_share``: the whole background. Else a square around the region's box ``bbox`` whose side is
+    the box's longer side divided by ``box_share`` (the scale the model was trained at: the object, its
+    shadow and enough of the background around them), at least ``min_side`` (the model's resolution: the
+    background is never enlarged), centred on the box and moved inside the image; a side longer than the
+    image's is cut to it. The window always holds the box.
+    """
+    if box_share is None:
+        return 0, 0, width, height
+    x0, y0, x1, y1 = (int(v) for v in bbox)
+    side = max(int(np.ceil(max(x1 - x0, y1 - y0) / box_share)), int(min_side))
+
+    def span(lo: int, hi: int, size: int) -> tuple[int, int]:
+        extent = min(side, size)
+        start = min(max((lo + hi - extent) // 2, 0), size - extent)
+        return start, start + extent
+
+    left, right = span(x0, x1, width)
+    top, bottom = span(y0, y1, height)
+    return left, top, right, bottom
+
+
 def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
                     max_shift: float = 1.15) -> float:
     """FLUX's resolution-dependent timestep shift ``mu``: linear in the number of image tokens."""
@@ -479,7 +507,10 @@ class BFSPipeline(DiffusionPipeline):
 
     Config: ``resolution`` (short side the model works at), ``inference_steps``,
     ``guidance_scale`` (the guidance embedding's value for guidance-distilled transformers, else the
-    true-CFG scale; 1 means no CFG), ``max_sequence_length`` (T5 tokens).
+    true-CFG scale; 1 means no CFG), ``max_sequence_length`` (T5 tokens), ``box_share`` (``None``: the
+    model sees the whole background, as in the paper; else it samples in a window around the region whose
+    side the region's longer side takes this share of, never smaller than ``resolution`` pixels: see
+    :func:`sampling_window`).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae->trans_vae"
@@ -488,13 +519,16 @@ class BFSPipeline(DiffusionPipeline):
     def __init__(self, scheduler: Any, vae: Any, trans_vae: Any, text_encoder: Any, tokenizer: Any,
                  text_encoder_2: Any, tokenizer_2: Any, transformer: Any, joint: BFSJointAdapter,
                  resolution: int = 512, inference_steps: int = 50, guidance_scale: float = 30.0,
-                 max_sequence_length: int = 512) -> None:
+                 max_sequence_length: int = 512, box_share: float | None = None) -> None:
         super().__init__()
+        if box_share is not None and not 0.0 < float(box_share) <= 1.0:
+            raise LaminaError(f"box_share must be in (0, 1] (or None: the whole background), got {box_share}")
         self.register_modules(scheduler=scheduler, vae=vae, trans_vae=trans_vae, text_encoder=text_encoder,
                               tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                               transformer=transformer, joint=joint)
         self.register_to_config(resolution=int(resolution), inference_steps=int(inference_steps),
-                                guidance_scale=float(guidance_scale), max_sequence_length=int(max_sequence_length))
+                                guidance_scale=float(guidance_scale), max_sequence_length=int(max_sequence_length),
+                                box_share=None if box_share is None else float(box_share))
         multiple = self.packing_multiple
         if resolution % multiple:
             raise LaminaError(f"BFS resolution {resolution} must be a multiple of {multiple} (VAE factor x 2)")
@@ -506,7 +540,8 @@ class BFSPipeline(DiffusionPipeline):
     # ------------------------------------------------------------ construction
     @classmethod
     def from_components(cls, components: dict[str, Any], resolution: int = 64, inference_steps: int = 20,
-                        guidance_scale: float = 1.0, max_sequence_length: int = 24) -> BFSPipeline:
+                        guidance_scale: float = 1.0, max_sequence_length: int = 24,
+                        box_share: float | None = None) -> BFSPipeline:
         """A pipeline from a dict of components (e.g. :func:`~lamina.bfs.components.build_components`)."""
         names = ("scheduler", "vae", "trans_vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
                  "transformer", "joint")
@@ -514,7 +549,7 @@ class BFSPipeline(DiffusionPipeline):
         if missing:
             raise LaminaError(f"BFS components missing: {missing}")
         return cls(**{n: components[n] for n in names}, resolution=resolution, inference_steps=inference_steps,
-                   guidance_scale=guidance_scale, max_sequence_length=max_sequence_length)
+                   guidance_scale=guidance_scale, max_sequence_length=max_sequence_length, box_share=box_share)
 
     @classmethod
     def from_fill(
@@ -530,6 +565,7 @@ class BFSPipeline(DiffusionPipeline):
         inference_steps: int = 50,
         guidance_scale: float | None = None,
         max_sequence_length: int = 512,
+        box_share: float | None = None,
         **kwargs: Any,
     ) -> BFSPipeline:
         """BFS on a FLUX.1-Fill-style model (hub id, e.g. ``black-forest-labs/FLUX.1-Fill-dev``, or folder).
@@ -542,6 +578,8 @@ class BFSPipeline(DiffusionPipeline):
             torch_dtype, device: for every component (e.g. ``torch.bfloat16``, ``"cuda"``).
             resolution: short side to work at; default ``64 x`` the VAE factor (512 for FLUX).
             guidance_scale: default 30 for a guidance-distilled transformer (Fill-dev), else 1 (no CFG).
+            box_share: sample in a window around the region (:func:`sampling_window`); default ``None``, the
+                whole background, as the paper does.
             kwargs: more ``from_pretrained`` options (``revision``, ``local_files_only``...).
         """
         from diffusers import AutoencoderKL, FluxFillPipeline
@@ -574,7 +612,7 @@ class BFSPipeline(DiffusionPipeline):
                    transformer=transformer, joint=joint, resolution=resolution or 64 * factor,
                    inference_steps=inference_steps,
                    guidance_scale=guidance_scale if guidance_scale is not None else (30.0 if guided else 1.0),
-                   max_sequence_length=max_sequence_length)
+                   max_sequence_length=max_sequence_length, box_share=box_share)
         if torch_dtype is not None:
             pipe.trans_vae.to(dtype=torch_dtype)
             pipe.joint.to(dtype=torch_dtype)
@@ -603,6 +641,21 @@ class BFSPipeline(DiffusionPipeline):
         h, w = self.working_size(height, width)
         return max(height, width) > BOUNDED_SIDE and h <= height and w <= width
 
+    def sampling_window(self, bbox: Sequence[int], height: int, width: int,
+                        crop: bool | None = None) -> tuple[int, int, int, int]:
+        """The rectangle ``(x0, y0, x1, y1)`` the model samples in for a region with box ``bbox``.
+
+        ``crop``: ``None`` follows the pipeline's ``box_share`` (``None``: the whole background); ``False`` is
+        the whole background; ``True`` a window around the region (:func:`sampling_window`) with the
+        pipeline's ``box_share``, or :data:`DEFAULT_BOX_SHARE` when it has none.
+        """
+        share = self.config.get("box_share")
+        if crop is False:
+            share = None
+        elif crop and share is None:
+            share = DEFAULT_BOX_SHARE
+        return sampling_window(bbox, height, width, share, int(self.config.resolution))
+
     @torch.no_grad()
     def __call__(
         self,
@@ -615,12 +668,13 @@ class BFSPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         return_composite: bool = False,
         bounded: bool | None = None,
+        crop: bool | None = None,
     ) -> LayeredImage:
         """Synthesise one layer for ``prompt`` in the region (``box`` or ``mask``) over ``background``.
 
         Args:
             background: PIL image, NumPy ``[H, W, 3]`` (float in ``[0, 1]``, uint8 or uint16) or torch ``[3, H, W]``
-                in ``[0, 1]``; any size (the model works at :meth:`working_size`).
+                in ``[0, 1]``; any size (the model works at :meth:`working_size` of its sampling window).
             box: ``(x0, y0, x1, y1)`` pixel box of the object (exclusive end), or
             mask: ``[H, W]`` region mask (> 0.5 inside).
             prompt: the object's caption (names the layer).
@@ -628,40 +682,52 @@ class BFSPipeline(DiffusionPipeline):
             generator: for the initial noise of both branches.
             return_composite: add the decoded composite branch as a hidden top layer ``"bfs composite"``
                 (a preview; BFS's output composite is the layer over the untouched background).
-            bounded: memory bounded by the layer's area rather than the background's size (default: for
-                large backgrounds, :meth:`is_bounded`): the background is downscaled a band at a time
-                without a ``float32`` copy, and the layer is made only over the rectangle its alpha can
-                reach (an offset layer, stored as ``uint16``), resized back a band at a time.
+            bounded: memory bounded by the layer's area rather than the window's size (default: for large
+                windows, :meth:`is_bounded`): the background is downscaled a band at a time without a
+                ``float32`` copy, and the layer is made only over the rectangle its alpha can reach (an offset
+                layer, stored as ``uint16``), resized back a band at a time.
+            crop: sample in a window around the region rather than over the whole background
+                (:meth:`sampling_window`; default: the pipeline's ``box_share``). A small box on a large photo
+                then gets the model's full resolution instead of a few of its pixels.
         Returns:
             ``LayeredImage(background, [Layer(F, name=prompt)])``: the background is the caller's, untouched;
-            ``F`` is straight RGBA, at the background's full size (or, bounded, over its rectangle).
+            ``F`` is straight RGBA over the sampling window (an offset layer; the whole background's size
+            without a window), or, bounded, over the rectangle its alpha reaches.
         """
-        array = _background_array(background)
-        height, width = array.shape[:2]
+        full = _background_array(background)
+        full_height, full_width = full.shape[:2]
+        if box is not None and mask is None:
+            bbox, region = check_box(box, full_width, full_height), None
+        else:
+            region, bbox = _region_mask(box, mask, full_height, full_width)
+        window = self.sampling_window(bbox, full_height, full_width, crop)
+        left, top, right, bottom = window
+        array = full[top:bottom, left:right]  # a view
+        height, width = bottom - top, right - left
+        inner = (bbox[0] - left, bbox[1] - top, bbox[2] - left, bbox[3] - top)
         size = self.working_size(height, width)
         if bounded is None:
             bounded = self.is_bounded(height, width)
         bounded = bool(bounded) and size[0] <= height and size[1] <= width  # the band upscale only enlarges
-        if bounded and mask is None and box is not None:
-            bbox = check_box(box, width, height)
-            small_mask = box_cells(bbox, height, width, size)
+        if region is None:
+            small_mask = box_cells(inner, height, width, size)
         else:
-            region, bbox = _region_mask(box, mask, height, width)
-            small_mask = (nnf.interpolate(torch.from_numpy(region.astype(np.float32))[None, None], size=size,
-                                          mode="area") > REGION_COVERAGE).float()
-            del region
+            inside = torch.from_numpy(region[top:bottom, left:right].astype(np.float32))[None, None]
+            small_mask = (nnf.interpolate(inside, size=size, mode="area") > REGION_COVERAGE).float()
+            del region, inside
         if bounded:
             small = downscale_bands(array_bands(array), height, width, size)
         else:
             rgb = torch.from_numpy(np.ascontiguousarray(_to_unit_float(array)[..., :3])).permute(2, 0, 1)[None]
             small = nnf.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
             del rgb
-        layers = self.layers_over(small, small_mask, height, width, bbox, prompt, num_inference_steps,
+        layers = self.layers_over(small, small_mask, height, width, inner, prompt, num_inference_steps,
                                   guidance_scale, generator, return_composite, bounded)
+        place_in_window(layers, window, bbox)
         steps, scale = layers[0].metadata["steps"], layers[0].metadata["guidance_scale"]
         metadata = {"method": "bfs", "prompt": prompt, "box": list(bbox), "steps": steps, "guidance_scale": scale,
-                    "working_size": list(size)}
-        return LayeredImage(array, layers, metadata=metadata)
+                    "working_size": list(size), "window": list(window)}
+        return LayeredImage(full, layers, metadata=metadata)
 
     @torch.no_grad()
     def layers_over(
@@ -682,14 +748,15 @@ class BFSPipeline(DiffusionPipeline):
         """The layer (and, with ``return_composite``, the hidden preview) for a background already at the working size.
 
         Args:
-            small: the ``height x width`` background at :meth:`working_size`: [1, 3, h, w] in ``[0, 1]``
-                (e.g. :func:`downscale_bands` of a composite's bands).
+            small: the ``height x width`` background (or sampling window of one) at :meth:`working_size`:
+                [1, 3, h, w] in ``[0, 1]`` (e.g. :func:`downscale_bands` of a composite's bands).
             small_mask: the region there, [1, 1, h, w] in ``{0, 1}`` (e.g. :func:`box_cells`).
             bbox: the region's pixel box (recorded in the layer's metadata).
             bounded: the layer over its rectangle only (:func:`upscale_layer`, integers of ``layer_dtype``:
                 ``np.uint16`` or ``np.uint8``), else full size ``float32``.
         Returns:
-            ``[Layer(F, name=prompt)]`` (+ ``"bfs composite"``), full-size coordinates.
+            ``[Layer(F, name=prompt)]`` (+ ``"bfs composite"``) in the coordinates of the ``height x width``
+            image (:func:`place_in_window` moves them onto a larger background).
         """
         steps = int(num_inference_steps or self.config.inference_steps)
         if steps < 1:
@@ -773,6 +840,18 @@ class BFSPipeline(DiffusionPipeline):
                 layers.append(Layer(composite[0].clamp(0, 1).permute(1, 2, 0).numpy(), name="bfs composite",
                                     visible=False, metadata=preview))
         return layers
+
+
+def place_in_window(layers: Sequence[Layer], window: Sequence[int], bbox: Sequence[int]) -> None:
+    """Layers made for the sampling ``window`` ``(x0, y0, x1, y1)`` moved onto the whole background, in place:
+    offsets shifted by the window's corner, and the region's box ``bbox`` and the window in full-size
+    coordinates in their metadata."""
+    left, top = int(window[0]), int(window[1])
+    for layer in layers:
+        layer.offset = (layer.offset[0] + left, layer.offset[1] + top)
+        if "box" in layer.metadata:
+            layer.metadata["box"] = [int(v) for v in bbox]
+        layer.metadata["window"] = [int(v) for v in window]
 
 
 def _to_unit_float(array: np.ndarray) -> np.ndarray:

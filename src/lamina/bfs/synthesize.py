@@ -18,7 +18,8 @@ from ..layers import Layer, LayeredImage, check_box
 
 def synthesize_layers(pipe: Any, background: np.ndarray | Layer, boxes: Sequence[Sequence[int]],
                       prompts: Sequence[str], *, num_inference_steps: int | None = None,
-                      guidance_scale: float | None = None, seed: int = 0, progress: Any = None) -> LayeredImage:
+                      guidance_scale: float | None = None, seed: int = 0, progress: Any = None,
+                      crop: bool | None = None) -> LayeredImage:
     """Place one captioned object per box onto ``background``, back to front.
 
     Args:
@@ -33,14 +34,18 @@ def synthesize_layers(pipe: Any, background: np.ndarray | Layer, boxes: Sequence
             value of a guidance-distilled transformer).
         seed: layer ``k`` samples with seed ``seed + k``.
         progress: optional wrapper of an iterable (e.g. :func:`lamina.progress.progress`).
+        crop: sample each object in a window around its box (default: the pipeline's ``box_share``) or, ``False``,
+            over the whole background (:meth:`~lamina.bfs.pipeline.BFSPipeline.sampling_window`).
     Returns:
         ``LayeredImage(background, [layer_1, ..., layer_n])``; layer ``k`` was generated over the
         composite of the background and layers ``< k``.
 
-    A large background (:meth:`~lamina.bfs.pipeline.BFSPipeline.is_bounded`) is never copied as a
-    ``float32`` canvas: the composite so far is downscaled to the model's working size a band of rows
-    at a time, and each layer covers only the rectangle its alpha reaches (an offset layer stored in
-    integers of the result's depth: what the writers store, rounded once).
+    Each object is drawn in the pipeline's sampling window around its box
+    (:meth:`~lamina.bfs.pipeline.BFSPipeline.sampling_window`). A large background
+    (:meth:`~lamina.bfs.pipeline.BFSPipeline.is_bounded`) is never copied as a ``float32`` canvas: the
+    composite so far is downscaled to the model's working size a band of rows at a time, and each layer
+    covers only the rectangle its alpha reaches (an offset layer stored in integers of the result's
+    depth: what the writers store, rounded once).
     """
     if len(boxes) != len(prompts) or not boxes:
         raise LaminaError(f"give one --prompt per --box (got {len(boxes)} box(es) and {len(prompts)} prompt(s))")
@@ -55,17 +60,23 @@ def synthesize_layers(pipe: Any, background: np.ndarray | Layer, boxes: Sequence
     for k, (box, prompt) in enumerate(progress(pairs) if progress is not None else pairs):
         generator = torch.Generator().manual_seed(seed + k)
         if bounded:
-            from .pipeline import BAND_ROWS, box_cells, downscale_bands
+            from .pipeline import BAND_ROWS, box_cells, downscale_bands, place_in_window
 
-            size = pipe.working_size(height, width)
-            small = downscale_bands(result.iter_composite(rows=BAND_ROWS), height, width, size)
-            layer = pipe.layers_over(small, box_cells(box, height, width, size), height, width, box, prompt,
-                                     num_inference_steps, guidance_scale, generator, bounded=True,
-                                     layer_dtype=np.uint16 if depth == 16 else np.uint8)[0]
+            window = pipe.sampling_window(box, height, width, crop)
+            left, top, right, bottom = window
+            size = pipe.working_size(bottom - top, right - left)
+            inner = (box[0] - left, box[1] - top, box[2] - left, box[3] - top)
+            small = downscale_bands(_window_bands(result.iter_composite(rows=BAND_ROWS), window), bottom - top,
+                                    right - left, size)
+            fits = size[0] <= bottom - top and size[1] <= right - left  # the band upscale only enlarges
+            layer = pipe.layers_over(small, box_cells(inner, bottom - top, right - left, size), bottom - top,
+                                     right - left, inner, prompt, num_inference_steps, guidance_scale, generator,
+                                     bounded=fits, layer_dtype=np.uint16 if depth == 16 else np.uint8)[0]
+            place_in_window([layer], window, box)
         else:
             current = result.composite()[:, :, :3]
             out = pipe(background=current, box=box, prompt=prompt, num_inference_steps=num_inference_steps,
-                       guidance_scale=guidance_scale, generator=generator)
+                       guidance_scale=guidance_scale, generator=generator, crop=crop)
             layer = out.layers[0]
         name = _unique(layer.name, [existing.name for existing in result.layers])
         layer.name = name
@@ -73,6 +84,17 @@ def synthesize_layers(pipe: Any, background: np.ndarray | Layer, boxes: Sequence
     result.metadata["prompts"] = list(prompts)
     result.metadata["boxes"] = [list(b) for b in boxes]
     return result
+
+
+def _window_bands(bands: Any, window: Sequence[int]) -> Any:
+    """``(first row, band)`` of a whole canvas cut to ``window`` ``(x0, y0, x1, y1)``: rows counted from its top."""
+    left, top, right, bottom = window
+    for r0, band in bands:
+        if r0 >= bottom:
+            break
+        first, last = max(r0, top), min(r0 + band.shape[0], bottom)
+        if first < last:
+            yield first - top, band[first - r0:last - r0, left:right]
 
 
 def _unique(name: str, taken: list[str]) -> str:

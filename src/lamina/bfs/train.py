@@ -260,6 +260,7 @@ def load_parts(config: BFSTrainConfig, codes: dict[str, Any] | None = None) -> t
         from dataclasses import replace as dc_replace
 
         from .components import build_components, get_preset
+        from .pipeline import DEFAULT_BOX_SHARE
 
         preset = get_preset(config.components)
         preset = dc_replace(preset, joint_rank=config.lora_rank, joint_alpha=float(config.lora_rank),
@@ -275,9 +276,11 @@ def load_parts(config: BFSTrainConfig, codes: dict[str, Any] | None = None) -> t
             fit_patch_codes(parts["vae"], parts["trans_vae"], batch)
             set_latent_statistics(parts["vae"], parts["trans_vae"], config, batch)
         options = {"resolution": config.resolution, "inference_steps": config.inference_steps,
-                   "guidance_scale": preset.guidance_scale, "max_sequence_length": preset.max_sequence_length}
+                   "guidance_scale": preset.guidance_scale, "max_sequence_length": preset.max_sequence_length,
+                   "box_share": DEFAULT_BOX_SHARE if config.data == "synth" else None}
         return parts, options
     options = {k: pipe.config[k] for k in ("resolution", "inference_steps", "guidance_scale", "max_sequence_length")}
+    options["box_share"] = pipe.config.get("box_share")
     options["resolution"] = config.resolution
     return {k: getattr(pipe, k) for k in COMPONENT_NAMES}, options
 
