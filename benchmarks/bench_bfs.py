@@ -4,9 +4,9 @@ Cases (seeds from 9e8; training uses seeds far below and the previews 2e9), at t
 resolution: ``single`` (one object per scene), ``multi`` (2-4 objects placed back to front: each
 layer is generated over the composite so far) and ``photo`` (the procedural objects' boxes and
 captions over random crops of scikit-image's photographs, when scikit-image is installed); and at
-``--small-size`` px (256): ``small`` and ``small-photo`` (``--small N``), one object a quarter of the
-size the model was trained on (a box of 8 to 17 % of the image's side, as on a user's photo), over
-procedural backgrounds and over the photographs.
+``--small-size`` px (default 4x the model's resolution: 256 px): ``small`` and ``small-photo``
+(``--small N``), one object a quarter of the size the model was trained on (a box of 8 to 17 % of
+the image's side, as on a user's photo), over procedural backgrounds and over the photographs.
 
 Methods, each given the background, the object's box and its caption, each returning a
 straight-alpha layer:
@@ -151,7 +151,7 @@ def main() -> None:
     import torch
 
     from lamina.bfs.data import _photo_backgrounds
-    from lamina.bfs.evaluate import HELD_OUT_SEED, bfs_method, held_out_cases, object_only
+    from lamina.bfs.evaluate import HELD_OUT_SEED, SMALL_CANVAS, bfs_method, held_out_cases, object_only
     from lamina.bfs.train import load_model
     from lamina.layeringdiff import make_decomposer
 
@@ -160,7 +160,8 @@ def main() -> None:
     parser.add_argument("--multi", type=int, default=8)
     parser.add_argument("--photo", type=int, default=12)
     parser.add_argument("--small", type=int, default=0, help="cases of each small set (small, small-photo)")
-    parser.add_argument("--small-size", type=int, default=256, help="canvas of the small sets, px")
+    parser.add_argument("--small-size", type=int, default=None,
+                        help="canvas of the small sets, px (default: 4x the model's resolution)")
     parser.add_argument("--box-share", type=float, default=None,
                         help="the model's sampling window: its box_share (default: the model's own)")
     parser.add_argument("--model", default="builtin")
@@ -189,10 +190,10 @@ def main() -> None:
     elif args.photo:
         print("(scikit-image is not installed: no photo backgrounds)")
     if args.small:
-        sets.append(("small", held_out_cases(args.small, args.small_size, "small", seed=first)))
+        small_size = args.small_size or SMALL_CANVAS * resolution
+        sets.append(("small", held_out_cases(args.small, small_size, "small", seed=first)))
         if photos:
-            sets.append(("small-photo", held_out_cases(args.small, args.small_size, "small", seed=first,
-                                                       photos=photos)))
+            sets.append(("small-photo", held_out_cases(args.small, small_size, "small", seed=first, photos=photos)))
     sets = [(name, cases) for name, cases in sets if cases]
 
     print(f"model {args.model} at {resolution} px, steps {args.steps or pipe.config.inference_steps}, "

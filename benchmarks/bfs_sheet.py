@@ -7,6 +7,12 @@ makes ``docs/bfs_builtin.png``:
 
     python benchmarks/bfs_sheet.py --models OLD_EXPORT,builtin --names "previous built-in,built-in now" \\
         --single 6 --photo 2 --out docs/bfs_builtin.png
+
+and, with ``--small`` scenes (a small box on a 256 px photograph) and ``--whole`` (each model also over the
+whole background scaled to its resolution, before its own sampling window), ``docs/bfs_window.png``:
+
+    python benchmarks/bfs_sheet.py --single 0 --photo 0 --small 4 --whole --names built-in --tile 256 \\
+        --out docs/bfs_window.png
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--names", default=None, help="comma-separated labels (default: the model paths)")
     parser.add_argument("--single", type=int, default=6, help="single-object test scenes")
     parser.add_argument("--photo", type=int, default=2, help="scenes over scikit-image photographs")
+    parser.add_argument("--small", type=int, default=0, help="small boxes on 256 px crops of the photographs")
+    parser.add_argument("--whole", action="store_true",
+                        help="each model also over the whole background (crop=False), before its own window")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tile", type=int, default=128)
@@ -49,14 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     photos = _photo_backgrounds()
     if photos and args.photo:
         cases += held_out_cases(args.photo, resolution, "single", seed=HELD_OUT_SEED, photos=photos)
+    if photos and args.small:
+        cases += held_out_cases(args.small, 256, "small", seed=HELD_OUT_SEED, photos=photos)
     rows = []
     for case in cases:
         target = case.targets[0]
         layers = [Layer(target.layer, name=f"exact: {target.caption}", visible=False)]
         for k, (pipe, name) in enumerate(zip(pipes, names, strict=True)):
-            method = bfs_method(pipe, seed=args.seed, guidance_scale=args.guidance)
-            layer, _ = method(case.background, target.box, target.caption)
-            layers.append(Layer(layer, name=name, visible=k == len(pipes) - 1))
+            for crop in (False, None) if args.whole else (None,):
+                method = bfs_method(pipe, seed=args.seed, guidance_scale=args.guidance, crop=crop)
+                layer, _ = method(case.background, target.box, target.caption)
+                label = f"{name}, whole background" if crop is False else name
+                layers.append(Layer(layer, name=label, visible=k == len(pipes) - 1 and crop is None))
         rows.append(LayeredImage(case.background, layers))
     print(save_contact_sheet(rows, args.out, tile=args.tile, overwrite=True))
 

@@ -544,6 +544,10 @@ def test_bfs_eval_cli(tiny_model):
     scores = json.loads(result.output[result.output.index("{"):])
     assert scores["background_change"] == 0.0 and 0.0 <= scores["total_iou"] <= 1.0
     assert scores["sec_per_layer"] > 0
+    result = _cli("bfs", "eval", tiny_model, "--n", "1", "--steps", "1", "--mode", "small", "--crop", "--json",
+                  "--threads", "1")  # a 128 px canvas for the 32 px model, sampled in a window around the box
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["background_change"] == 0.0
 
 
 @pytest.mark.slow

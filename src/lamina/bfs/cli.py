@@ -149,25 +149,29 @@ def train(data: str, preset: str, stage: str, run_dir: Path, init: str | None, b
 @bfs.command("eval")
 @click.argument("model", default="builtin")
 @click.option("--n", "count", type=click.IntRange(1), default=16, show_default=True, help="held-out scenes")
-@click.option("--mode", type=click.Choice(["single", "multi"]), default="single", show_default=True,
-              help="one object per scene, or 2-4 placed back to front")
+@click.option("--mode", type=click.Choice(["single", "multi", "small"]), default="single", show_default=True,
+              help="one object per scene, 2-4 placed back to front, or one small object on a canvas 4x the "
+                   "model's resolution (a small box on a photo)")
 @click.option("--steps", type=click.IntRange(1), default=None, help="sampling steps (default: the model's)")
 @click.option("--guidance", type=click.FloatRange(0), default=None, help="guidance scale (default: the model's)")
+@click.option("--crop/--no-crop", default=None,
+              help="sample in a window around each box, or over the whole background (default: as the model says)")
 @seed_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @runtime_options
-def evaluate(model: str, count: int, mode: str, steps: int | None, guidance: float | None, seed: int, as_json: bool,
-             device: str, dtype: str, threads: int | None) -> None:
+def evaluate(model: str, count: int, mode: str, steps: int | None, guidance: float | None, crop: bool | None,
+             seed: int, as_json: bool, device: str, dtype: str, threads: int | None) -> None:
     """Evaluate a BFS model (RUN, RUN/export, a folder, a hub id or builtin) on held-out procedural scenes."""
     from ..training import EXPORT_DIR
-    from .evaluate import bfs_method, evaluate_method, held_out_cases
+    from .evaluate import SMALL_CANVAS, bfs_method, evaluate_method, held_out_cases
 
     path = Path(model).expanduser()
     if path.is_dir() and (path / EXPORT_DIR / "model_index.json").is_file():
         model = str(path / EXPORT_DIR)
     pipe = _load(model, device, dtype, threads)
-    cases = held_out_cases(count, int(pipe.config.resolution), mode=mode)
-    result = evaluate_method(bfs_method(pipe, steps=steps, seed=seed, guidance_scale=guidance), cases)
+    resolution = int(pipe.config.resolution)
+    cases = held_out_cases(count, resolution * SMALL_CANVAS if mode == "small" else resolution, mode=mode)
+    result = evaluate_method(bfs_method(pipe, steps=steps, seed=seed, guidance_scale=guidance, crop=crop), cases)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

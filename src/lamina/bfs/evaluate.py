@@ -60,6 +60,8 @@ def _on_canvas(crop: np.ndarray, offset: tuple[int, int], width: int, height: in
 #: Object radius / canvas side of the held-out cases by mode (``small``: one object a few times smaller than the
 #: model was trained on, on a larger canvas: a small box on a user's photo).
 CASE_SCALES = {"single": (0.16, 0.32), "multi": (0.12, 0.22), "small": (0.04, 0.08)}
+#: The ``small`` cases' canvas side, in multiples of the model's resolution (256 px for the built-in's 64).
+SMALL_CANVAS = 4
 
 
 def held_out_cases(count: int, resolution: int, mode: str = "single", seed: int = HELD_OUT_SEED,
