@@ -730,6 +730,43 @@ class BFSPipeline(DiffusionPipeline):
         return LayeredImage(full, layers, metadata=metadata)
 
     @torch.no_grad()
+    def layer_from_bands(
+        self,
+        bands: Iterable[tuple[int, np.ndarray]],
+        height: int,
+        width: int,
+        box: Sequence[int],
+        prompt: str = "",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        crop: bool | None = None,
+        layer_dtype: Any = np.uint16,
+    ) -> Layer:
+        """The bounded path for a background given as bands of rows: the layer for ``box`` in its sampling window.
+
+        Args:
+            bands: ``(first row, [r, W, C])`` of the whole ``height x width`` background, in order (e.g.
+                :meth:`~lamina.LayeredImage.iter_composite`); only the rows of the window are read, cut to it.
+            box: ``(x0, y0, x1, y1)`` in full-size pixels; ``crop`` as in :meth:`__call__`.
+        Returns:
+            The layer over the rectangle its alpha reaches (integers of ``layer_dtype``), on the whole background
+            (:func:`place_in_window`); a window smaller than the working size gives a ``float32`` layer over it.
+        """
+        window = self.sampling_window(box, height, width, crop)
+        left, top, right, bottom = window
+        rows, cols = bottom - top, right - left
+        size = self.working_size(rows, cols)
+        inner = (box[0] - left, box[1] - top, box[2] - left, box[3] - top)
+        small = downscale_bands(_window_bands(bands, window), rows, cols, size)
+        fits = size[0] <= rows and size[1] <= cols  # the band upscale only enlarges
+        layer = self.layers_over(small, box_cells(inner, rows, cols, size), rows, cols, inner, prompt,
+                                 num_inference_steps, guidance_scale, generator, bounded=fits,
+                                 layer_dtype=layer_dtype)[0]
+        place_in_window([layer], window, box)
+        return layer
+
+    @torch.no_grad()
     def layers_over(
         self,
         small: torch.Tensor,
@@ -840,6 +877,18 @@ class BFSPipeline(DiffusionPipeline):
                 layers.append(Layer(composite[0].clamp(0, 1).permute(1, 2, 0).numpy(), name="bfs composite",
                                     visible=False, metadata=preview))
         return layers
+
+
+def _window_bands(bands: Iterable[tuple[int, np.ndarray]], window: Sequence[int]
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, band)`` of a whole canvas cut to ``window`` ``(x0, y0, x1, y1)``: rows counted from its top."""
+    left, top, right, bottom = window
+    for r0, band in bands:
+        if r0 >= bottom:
+            break
+        first, last = max(r0, top), min(r0 + band.shape[0], bottom)
+        if first < last:
+            yield first - top, band[first - r0:last - r0, left:right]
 
 
 def place_in_window(layers: Sequence[Layer], window: Sequence[int], bbox: Sequence[int]) -> None:

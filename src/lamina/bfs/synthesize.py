@@ -60,19 +60,11 @@ def synthesize_layers(pipe: Any, background: np.ndarray | Layer, boxes: Sequence
     for k, (box, prompt) in enumerate(progress(pairs) if progress is not None else pairs):
         generator = torch.Generator().manual_seed(seed + k)
         if bounded:
-            from .pipeline import BAND_ROWS, box_cells, downscale_bands, place_in_window
+            from .pipeline import BAND_ROWS
 
-            window = pipe.sampling_window(box, height, width, crop)
-            left, top, right, bottom = window
-            size = pipe.working_size(bottom - top, right - left)
-            inner = (box[0] - left, box[1] - top, box[2] - left, box[3] - top)
-            small = downscale_bands(_window_bands(result.iter_composite(rows=BAND_ROWS), window), bottom - top,
-                                    right - left, size)
-            fits = size[0] <= bottom - top and size[1] <= right - left  # the band upscale only enlarges
-            layer = pipe.layers_over(small, box_cells(inner, bottom - top, right - left, size), bottom - top,
-                                     right - left, inner, prompt, num_inference_steps, guidance_scale, generator,
-                                     bounded=fits, layer_dtype=np.uint16 if depth == 16 else np.uint8)[0]
-            place_in_window([layer], window, box)
+            layer = pipe.layer_from_bands(result.iter_composite(rows=BAND_ROWS), height, width, box, prompt,
+                                          num_inference_steps, guidance_scale, generator, crop=crop,
+                                          layer_dtype=np.uint16 if depth == 16 else np.uint8)
         else:
             current = result.composite()[:, :, :3]
             out = pipe(background=current, box=box, prompt=prompt, num_inference_steps=num_inference_steps,
@@ -84,17 +76,6 @@ def synthesize_layers(pipe: Any, background: np.ndarray | Layer, boxes: Sequence
     result.metadata["prompts"] = list(prompts)
     result.metadata["boxes"] = [list(b) for b in boxes]
     return result
-
-
-def _window_bands(bands: Any, window: Sequence[int]) -> Any:
-    """``(first row, band)`` of a whole canvas cut to ``window`` ``(x0, y0, x1, y1)``: rows counted from its top."""
-    left, top, right, bottom = window
-    for r0, band in bands:
-        if r0 >= bottom:
-            break
-        first, last = max(r0, top), min(r0 + band.shape[0], bottom)
-        if first < last:
-            yield first - top, band[first - r0:last - r0, left:right]
 
 
 def _unique(name: str, taken: list[str]) -> str:

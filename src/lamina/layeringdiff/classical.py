@@ -296,7 +296,8 @@ def inpaint_background(image: np.ndarray, hole: np.ndarray, method: str = "telea
     """
     if method not in INPAINT_METHODS:
         raise LaminaError(f"unknown inpainting method {method!r}; choose from {', '.join(INPAINT_METHODS)}")
-    if method in ("harmonic", "oriented"):
+    laplace_fill = {"harmonic": harmonic_fill, "oriented": oriented_fill}.get(method)
+    if laplace_fill is not None:
         max_side = min(max_side, HARMONIC_MAX_SIDE)
     cv2 = import_cv2()
     out = np.array(image, np.float32, copy=True)
@@ -314,8 +315,8 @@ def inpaint_background(image: np.ndarray, hole: np.ndarray, method: str = "telea
         # A small pixel belongs to the hole if any of the pixels it averages does (no object colour leaks in).
         crop_hole = cv2.resize(crop_hole.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
         radius = max(1, round(radius * scale))
-    if method in ("harmonic", "oriented"):
-        filled = (harmonic_fill if method == "harmonic" else oriented_fill)(crop, crop_hole)
+    if laplace_fill is not None:
+        filled = laplace_fill(crop, crop_hole)
     else:
         flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
         hole8 = np.ascontiguousarray(crop_hole, np.uint8)
